@@ -1,0 +1,200 @@
+"""Camera/ISO vocabulary and the encoding that conditions every network.
+
+A :class:`ConditionSpace` knows the cameras and ISOs a model was built for and turns the public values
+(camera codes as ``str``, ISO as numbers) into a :class:`Condition` of tensors:
+
+* ``camera``: ``LongTensor (B,)``, the camera's index in the vocabulary;
+* ``cell``: ``LongTensor (B,)``, the (camera, ISO) cell ``camera * n_isos + iso_index`` in ``onehot``
+  mode (the per-condition tables of the paper's CL layer), ``-1`` in ``continuous`` mode;
+* ``features``: ``FloatTensor (B, D)``, the vector the condition networks read: a one-hot camera followed
+  by a one-hot ISO (``onehot``) or by the normalized log-ISO (``continuous``).
+
+``onehot`` follows the official NM-FlowGAN code and accepts only the training ISOs; ``continuous`` maps
+``log(iso)`` linearly so that the training range becomes [-1, 1], accepts any ISO inside it, and refuses
+ISOs outside unless asked to extrapolate. No value is ever silently mapped to another one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from nmflowgan.errors import BadInputError
+
+SIDD_CAMERAS: tuple[str, ...] = ("IP", "GP", "S6", "N6", "G4")
+SIDD_ISOS: tuple[int, ...] = (100, 400, 800, 1600, 3200)
+ISO_MODES = ("onehot", "continuous")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Encoded conditions of a batch.
+
+    Attributes:
+        camera: ``(B,)`` int64 camera indices.
+        cell: ``(B,)`` int64 (camera, ISO) cell indices in ``onehot`` mode, ``-1`` in ``continuous`` mode.
+        features: ``(B, D)`` float features for the condition networks.
+    """
+
+    camera: torch.Tensor
+    cell: torch.Tensor
+    features: torch.Tensor
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Condition:
+        """Returns the condition on ``device`` (features also cast to ``dtype`` when given)."""
+        return Condition(
+            self.camera.to(device), self.cell.to(device), self.features.to(device=device, dtype=dtype)
+        )
+
+    def __getitem__(self, index: slice | torch.Tensor) -> Condition:
+        return Condition(self.camera[index], self.cell[index], self.features[index])
+
+    def __len__(self) -> int:
+        return int(self.camera.shape[0])
+
+
+def check_iso(iso: object) -> float:
+    """Returns ``iso`` as a float, or raises if it is not a positive finite number."""
+    try:
+        value = float(iso)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BadInputError(f"ISO {iso!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise BadInputError(f"ISO {iso!r} is not a positive finite number")
+    return value
+
+
+@dataclass(frozen=True)
+class ConditionSpace:
+    """The cameras and ISOs a model knows, and how ISO is encoded.
+
+    Args:
+        cameras: camera codes, e.g. SIDD's ``("IP", "GP", "S6", "N6", "G4")``.
+        isos: the training ISOs, ascending. In ``continuous`` mode only their range matters.
+        iso_mode: ``"onehot"`` (the paper) or ``"continuous"`` (normalized log-ISO).
+
+    Example:
+        >>> space = ConditionSpace(("S6", "N6"), (100, 1600), "continuous")
+        >>> space.encode(["S6", "N6"], [100, 400]).features.shape
+        torch.Size([2, 3])
+    """
+
+    cameras: tuple[str, ...] = SIDD_CAMERAS
+    isos: tuple[float, ...] = SIDD_ISOS
+    iso_mode: str = "continuous"
+
+    def __post_init__(self) -> None:
+        if self.iso_mode not in ISO_MODES:
+            raise BadInputError(f"iso_mode {self.iso_mode!r} is not one of {ISO_MODES}")
+        if not self.cameras:
+            raise BadInputError("a condition space needs at least one camera")
+        if len(set(self.cameras)) != len(self.cameras):
+            raise BadInputError(f"duplicate camera codes in {self.cameras}")
+        if not self.isos:
+            raise BadInputError("a condition space needs at least one ISO")
+        isos = tuple(check_iso(iso) for iso in self.isos)
+        if list(isos) != sorted(set(isos)):
+            raise BadInputError(f"ISOs must be distinct and ascending, got {self.isos}")
+        object.__setattr__(self, "cameras", tuple(str(c) for c in self.cameras))
+        object.__setattr__(self, "isos", tuple(int(i) if float(i).is_integer() else i for i in isos))
+
+    @property
+    def n_cells(self) -> int:
+        """Number of (camera, ISO) cells of the ``onehot`` tables."""
+        return len(self.cameras) * len(self.isos)
+
+    @property
+    def feature_dim(self) -> int:
+        """Length D of :attr:`Condition.features`."""
+        return len(self.cameras) + (len(self.isos) if self.iso_mode == "onehot" else 1)
+
+    @property
+    def iso_range(self) -> tuple[float, float]:
+        return float(self.isos[0]), float(self.isos[-1])
+
+    def camera_index(self, camera: str) -> int:
+        """Index of ``camera`` in the vocabulary; raises naming the known cameras otherwise."""
+        try:
+            return self.cameras.index(camera)
+        except ValueError:
+            raise BadInputError(
+                f"unknown camera {camera!r}; this model knows {', '.join(self.cameras)}"
+            ) from None
+
+    def iso_feature(self, iso: object, extrapolate: bool = False) -> float:
+        """Normalized log-ISO (``continuous``) or the ISO's index (``onehot``)."""
+        value = check_iso(iso)
+        if self.iso_mode == "onehot":
+            for index, known in enumerate(self.isos):
+                if math.isclose(value, float(known), rel_tol=1e-9):
+                    return float(index)
+            raise BadInputError(
+                f"ISO {iso!r} is not one of the ISOs this one-hot model was trained on: "
+                f"{', '.join(str(i) for i in self.isos)}"
+            )
+        low, high = self.iso_range
+        if not extrapolate and not (low * (1 - 1e-9) <= value <= high * (1 + 1e-9)):
+            raise BadInputError(
+                f"ISO {iso!r} is outside the trained range {low:g}-{high:g} "
+                "(pass extrapolate=True / --extrapolate to allow it)"
+            )
+        if high == low:
+            return 0.0
+        return 2.0 * (math.log(value) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
+
+    def encode(
+        self,
+        cameras: str | Sequence[str],
+        isos: float | Sequence[float],
+        batch_size: int | None = None,
+        extrapolate: bool = False,
+    ) -> Condition:
+        """Encodes per-sample cameras and ISOs.
+
+        Args:
+            cameras: one camera code for the whole batch, or one per sample.
+            isos: one ISO for the whole batch, or one per sample.
+            batch_size: B, required when both are scalars.
+            extrapolate: accept ``continuous`` ISOs outside the trained range.
+
+        Returns:
+            A :class:`Condition` of batch size B on the CPU.
+        """
+        camera_list = [cameras] if isinstance(cameras, str) else list(cameras)
+        iso_list = list(isos) if isinstance(isos, Sequence) and not isinstance(isos, str) else [isos]
+        if isinstance(isos, torch.Tensor):
+            iso_list = isos.flatten().tolist()
+        size = batch_size or max(len(camera_list), len(iso_list))
+        if len(camera_list) == 1:
+            camera_list = camera_list * size
+        if len(iso_list) == 1:
+            iso_list = iso_list * size
+        if len(camera_list) != size or len(iso_list) != size:
+            raise BadInputError(
+                f"got {len(camera_list)} cameras and {len(iso_list)} ISOs for a batch of {size}"
+            )
+        camera = torch.tensor([self.camera_index(c) for c in camera_list], dtype=torch.long)
+        iso_values = [self.iso_feature(i, extrapolate) for i in iso_list]
+        n_cam = len(self.cameras)
+        camera_onehot = torch.nn.functional.one_hot(camera, n_cam).float()
+        if self.iso_mode == "onehot":
+            iso_index = torch.tensor(iso_values, dtype=torch.long)
+            iso_part = torch.nn.functional.one_hot(iso_index, len(self.isos)).float()
+            cell = camera * len(self.isos) + iso_index
+        else:
+            iso_part = torch.tensor(iso_values, dtype=torch.float32).unsqueeze(1)
+            cell = torch.full_like(camera, -1)
+        return Condition(camera=camera, cell=cell, features=torch.cat([camera_onehot, iso_part], dim=1))
+
+    def to_dict(self) -> dict:
+        return {"cameras": list(self.cameras), "isos": list(self.isos), "iso_mode": self.iso_mode}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConditionSpace:
+        unknown = set(data) - {"cameras", "isos", "iso_mode"}
+        if unknown:
+            raise BadInputError(f"unknown condition-space keys: {sorted(unknown)}")
+        return cls(tuple(data["cameras"]), tuple(data["isos"]), data["iso_mode"])

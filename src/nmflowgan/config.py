@@ -1,0 +1,296 @@
+"""Typed configuration: one frozen dataclass per component, two named presets, JSON as the only disk form.
+
+``paper()`` holds the architecture and hyper-parameters of the official NM-FlowGAN code (Han & Yu,
+arXiv 2312.10112); ``small()`` fits a 2-core CPU in minutes. Override fields with
+``dataclasses.replace``. ``from_dict(to_dict(c)) == c`` for every config, and unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nmflowgan.conditions import ISO_MODES
+from nmflowgan.errors import BadInputError
+
+FLOW_LAYER_NAMES = ("UD", "NE", "SAL", "SDL", "CL2")
+
+
+def _check_positive(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not value > 0:
+            raise BadInputError(f"{type(owner).__name__}.{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The pixel-wise conditional flow.
+
+    Attributes:
+        spec: layer names joined by ``|``, applied noisy -> z: ``UD`` uniform dequantization, ``NE``
+            noise extraction, ``SAL`` signal-aware affine, ``SDL`` signal-dependent affine, ``CL2``
+            conditional linear.
+        conv_features: width of the convolutional scale/bias networks of SAL and SDL.
+        receptive_field_px: receptive field of SAL's spatial convolutions (odd, >= 3).
+        meta_hidden: width of the residual MLP that embeds the condition.
+        meta_blocks: residual blocks of that MLP.
+        sdl_embedding: channels of the condition embedding that SDL concatenates to the clean image.
+    """
+
+    spec: str = "UD|NE|SAL|SDL|CL2|SAL|SDL|CL2"
+    conv_features: int = 16
+    receptive_field_px: int = 9
+    meta_hidden: int = 5
+    meta_blocks: int = 3
+    sdl_embedding: int = 3
+
+    def __post_init__(self) -> None:
+        names = self.layer_names
+        unknown = [n for n in names if n not in FLOW_LAYER_NAMES]
+        if unknown:
+            raise BadInputError(
+                f"unknown flow layer(s) {unknown} in spec {self.spec!r}; known: {', '.join(FLOW_LAYER_NAMES)}"
+            )
+        prefix = tuple(n for n in names if n in ("UD", "NE"))
+        if "NE" not in names or names[: len(prefix)] != prefix:
+            raise BadInputError(f"flow spec {self.spec!r} must start with [UD|]NE before the affine layers")
+        if self.receptive_field_px < 3 or self.receptive_field_px % 2 == 0:
+            raise BadInputError(f"receptive_field_px must be odd and >= 3, got {self.receptive_field_px}")
+        _check_positive(self, "conv_features", "meta_hidden", "meta_blocks", "sdl_embedding")
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.spec.split("|"))
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """The UNet that turns pixel-wise noise into spatially correlated noise (residual).
+
+    Attributes:
+        depth: resolution levels (``depth - 1`` poolings).
+        width: channels of the first level, doubled at every level.
+        sees_clean: also feed the clean image (the official code feeds the noise alone).
+    """
+
+    depth: int = 5
+    width: int = 64
+    sees_clean: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "depth", "width")
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """The WGAN critic on (noise, clean).
+
+    Attributes:
+        variant: ``"paper"`` (fixed 96x96 input, instance norm, flatten) or ``"any"`` (any patch of at
+            least 32x32, global average pooling, no normalization as WGAN-GP recommends).
+        width: channels of the first convolution.
+    """
+
+    variant: str = "any"
+    width: int = 64
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("paper", "any"):
+            raise BadInputError(f"critic variant {self.variant!r} is not 'paper' or 'any'")
+        _check_positive(self, "width")
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """DnCNN: ``depth`` convolutions of ``width`` features predicting the noise (residual learning)."""
+
+    depth: int = 18
+    width: int = 64
+    batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise BadInputError(f"DnCNN depth must be >= 2, got {self.depth}")
+        _check_positive(self, "width")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`~nmflowgan.models.noise_model.NoiseModel`."""
+
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    iso_mode: str = "continuous"
+
+    def __post_init__(self) -> None:
+        if self.iso_mode not in ISO_MODES:
+            raise BadInputError(f"iso_mode {self.iso_mode!r} is not one of {ISO_MODES}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Noise-model training (NLL + WGAN-GP).
+
+    Attributes:
+        patch_px: square patch side; stride_px: patch grid stride.
+        batch_size: global batch (split across ranks).
+        lr: Adam learning rate; betas: Adam betas.
+        lr_decay_every: learning rate is multiplied by ``lr_gamma`` every this many ``lr_decay_unit``.
+        weight_nll, weight_gan: loss weights; gp_lambda: gradient-penalty weight.
+        generator_every: the flow and refiner are updated every this many critic steps.
+        epochs: default length when neither ``--steps`` nor ``--epochs`` is given.
+        val_every: steps between validation passes; val_patches: patches per validation.
+    """
+
+    patch_px: int = 96
+    stride_px: int = 48
+    batch_size: int = 128
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_decay_every: int = 10
+    lr_decay_unit: str = "epoch"
+    lr_gamma: float = 0.5
+    weight_nll: float = 1.0
+    weight_gan: float = 1.0
+    gp_lambda: float = 10.0
+    generator_every: int = 5
+    epochs: int = 40
+    val_every: int = 1000
+    val_patches: int = 256
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "patch_px", "stride_px", "batch_size", "lr", "lr_decay_every",
+                        "generator_every", "epochs", "val_every", "val_patches")
+        if self.lr_decay_unit not in ("epoch", "step"):
+            raise BadInputError(f"lr_decay_unit {self.lr_decay_unit!r} is not 'epoch' or 'step'")
+
+
+@dataclass(frozen=True)
+class DenoiserTrainConfig:
+    """Denoiser training: L2 on clean patches with synthesized noisy partners."""
+
+    patch_px: int = 96
+    stride_px: int = 48
+    batch_size: int = 128
+    lr: float = 1e-4
+    lr_decay_every: int = 5
+    lr_decay_unit: str = "epoch"
+    lr_gamma: float = 0.5
+    epochs: int = 40
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "patch_px", "stride_px", "batch_size", "lr", "lr_decay_every", "epochs")
+        if self.lr_decay_unit not in ("epoch", "step"):
+            raise BadInputError(f"lr_decay_unit {self.lr_decay_unit!r} is not 'epoch' or 'step'")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole preset: noise model, critic, denoiser, and their training."""
+
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    denoiser_train: DenoiserTrainConfig = field(default_factory=DenoiserTrainConfig)
+
+
+def paper() -> Config:
+    """The official NM-FlowGAN configuration (flow ``UD|NE|SAL|SDL|CL2|SAL|SDL|CL2`` with 16 conv
+    features, UNet depth 5 / width 64, 96x96 patches, batch 128, Adam 1e-4 halved every 10 epochs,
+    1*NLL + 1*WGAN-GP with lambda 10, generator every 5th step, one-hot ISO; DnCNN 18x64, Adam 1e-4
+    halved every 5 epochs)."""
+    return Config(
+        name="paper",
+        model=ModelConfig(FlowConfig(), RefinerConfig(depth=5, width=64, sees_clean=False), "onehot"),
+        critic=CriticConfig(variant="paper", width=64),
+        train=TrainConfig(),
+        denoiser=DenoiserConfig(depth=18, width=64, batch_norm=True),
+        denoiser_train=DenoiserTrainConfig(),
+    )
+
+
+def small() -> Config:
+    """A configuration that trains on a 2-core CPU in minutes: same flow layers, a 3-level UNet of
+    width 16 that also sees the clean image, a width-16 critic for any patch size, continuous log-ISO,
+    48x48 patches in batches of 16 and a higher learning rate with step decay."""
+    return Config(
+        name="small",
+        model=ModelConfig(
+            FlowConfig(conv_features=16, meta_hidden=16, meta_blocks=1),
+            RefinerConfig(depth=3, width=16, sees_clean=True),
+            "continuous",
+        ),
+        critic=CriticConfig(variant="any", width=16),
+        train=TrainConfig(
+            patch_px=48, stride_px=48, batch_size=16, lr=1e-3, lr_decay_every=400, lr_decay_unit="step",
+            lr_gamma=0.5, generator_every=5, epochs=1, val_every=100, val_patches=64,
+        ),
+        denoiser=DenoiserConfig(depth=8, width=32, batch_norm=True),
+        denoiser_train=DenoiserTrainConfig(
+            patch_px=48, stride_px=48, batch_size=16, lr=1e-3, lr_decay_every=500, lr_decay_unit="step",
+            epochs=1,
+        ),
+    )
+
+
+PRESETS = {"paper": paper, "small": small}
+
+
+def preset(name: str) -> Config:
+    """Returns the preset called ``name`` (``paper`` or ``small``)."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise BadInputError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+def to_dict(config: object) -> dict:
+    """Plain-JSON form of any config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(cls: type, data: dict) -> object:
+    """Rebuilds a config dataclass from :func:`to_dict`'s output, refusing unknown or missing keys."""
+    if not isinstance(data, dict):
+        raise BadInputError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise BadInputError(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple or (
+            isinstance(hint, types.GenericAlias) and hint.__origin__ is tuple
+        ):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+def load_config(path: str | Path) -> Config:
+    """Reads a config JSON file, naming the file in any error."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise BadInputError(f"{path}: cannot read config JSON ({error})") from None
+    try:
+        return from_dict(Config, data)  # type: ignore[return-value]
+    except (BadInputError, TypeError) as error:
+        raise BadInputError(f"{path}: {error}") from None

@@ -1,0 +1,45 @@
+"""The layer protocol every flow layer follows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nmflowgan.conditions import Condition
+
+
+@dataclass
+class FlowContext:
+    """What a flow layer is conditioned on.
+
+    Attributes:
+        clean: ``(B, 3, H, W)`` clean image in [0, 1].
+        cond: encoded camera/ISO of each sample.
+        generator: source of the dequantization noise (``None``: torch's global generator).
+    """
+
+    clean: torch.Tensor
+    cond: Condition
+    generator: torch.Generator | None = None
+
+    @property
+    def clean_255(self) -> torch.Tensor:
+        """The clean image in 8-bit units (0-255)."""
+        return self.clean * 255.0
+
+
+class FlowLayer(nn.Module):
+    """A conditional bijection on ``(B, C, H, W)`` tensors.
+
+    ``forward`` maps data towards the latent z and ``inverse`` maps back; each returns
+    ``(output, logdet)`` where ``logdet`` has shape ``(B,)`` and is log|det J| of the map it applied,
+    summed over C, H and W, so that ``inverse``'s logdet is minus ``forward``'s at the matching point.
+    """
+
+    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError

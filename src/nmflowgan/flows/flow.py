@@ -1,0 +1,133 @@
+"""The pixel-wise conditional flow: a stack of layers built from a spec string such as
+``UD|NE|SAL|SDL|CL2|SAL|SDL|CL2``, with a standard normal base distribution."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from nmflowgan.conditions import Condition, ConditionSpace
+from nmflowgan.config import FlowConfig
+from nmflowgan.flows.affine import ConditionalLinear, SignalAwareAffine, SignalDependentAffine
+from nmflowgan.flows.base import FlowContext, FlowLayer
+from nmflowgan.flows.dequantize import NoiseExtraction, UniformDequantization
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def build_layer(name: str, config: FlowConfig, space: ConditionSpace, channels: int) -> FlowLayer:
+    """The one place a layer name becomes a layer."""
+    if name == "UD":
+        return UniformDequantization()
+    if name == "NE":
+        return NoiseExtraction()
+    if name == "SAL":
+        return SignalAwareAffine(channels, space, config.conv_features, config.receptive_field_px,
+                                 config.meta_hidden, config.meta_blocks)
+    if name == "SDL":
+        return SignalDependentAffine(channels, space, config.conv_features, config.sdl_embedding,
+                                     config.meta_hidden, config.meta_blocks)
+    if name == "CL2":
+        return ConditionalLinear(channels, space, config.meta_hidden)
+    raise ValueError(f"unknown flow layer {name!r}")  # FlowConfig validates names first
+
+
+class NoiseFlow(nn.Module):
+    """Conditional normalizing flow of camera noise given the clean image, camera and ISO.
+
+    The layers map a noisy image (8-bit units) to a latent ``z ~ N(0, I)`` of the same shape. Every
+    layer after ``NE`` is an element-wise affine map, so noise at one pixel is independent of noise at
+    other pixels given the clean image: spatial correlation is the refiner's job.
+
+    Args:
+        config: the layer spec and network sizes.
+        space: the camera/ISO vocabulary.
+        channels: C of the images (3 for RGB).
+    """
+
+    def __init__(self, config: FlowConfig, space: ConditionSpace, channels: int = 3) -> None:
+        super().__init__()
+        self.config = config
+        self.space = space
+        self.layers = nn.ModuleList(build_layer(n, config, space, channels) for n in config.layer_names)
+
+    @property
+    def dequantizes(self) -> bool:
+        """Whether the flow models integer images (it starts with ``UD``)."""
+        return isinstance(self.layers[0], UniformDequantization)
+
+    def forward_and_logdet(self, noisy_255: torch.Tensor, context: FlowContext
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps ``(B, C, H, W)`` noisy images in 8-bit units to ``(z, logdet)``; logdet is ``(B,)``."""
+        x, total = noisy_255, noisy_255.new_zeros(noisy_255.shape[0])
+        for layer in self.layers:
+            x, logdet = layer(x, context)
+            total = total + logdet
+        return x, total
+
+    def inverse_and_logdet(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps latents back to noisy images in 8-bit units (integers when the flow dequantizes)."""
+        x, total = z, z.new_zeros(z.shape[0])
+        for layer in reversed(self.layers):
+            x, logdet = layer.inverse(x, context)
+            total = total + logdet
+        return x, total
+
+    def log_prob(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Log-density of ``noise`` given ``clean`` and the condition.
+
+        Args:
+            noise: ``(B, C, H, W)`` noise in 8-bit units (``noisy - clean``; integers if the flow has UD).
+            clean: ``(B, C, H, W)`` clean image in [0, 1].
+            cond: encoded condition of batch size B.
+            generator: source of the dequantization noise.
+
+        Returns:
+            ``(B,)`` log-likelihood in nats, summed over C, H and W (a lower bound of the discrete
+            log-probability when the flow dequantizes).
+        """
+        context = FlowContext(clean, cond, generator)
+        z, logdet = self.forward_and_logdet(clean * 255.0 + noise, context)
+        log_base = -0.5 * (z.square() + LOG_2PI).flatten(1).sum(1)
+        return log_base + logdet
+
+    def nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood per dimension (nats), the training loss."""
+        return -self.log_prob(noise, clean, cond, generator).mean() / noise[0].numel()
+
+    def sample(self, clean: torch.Tensor, cond: Condition, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws pixel-wise noise.
+
+        Args:
+            clean: ``(B, C, H, W)`` clean image in [0, 1].
+            cond: encoded condition of batch size B.
+            temperature: standard deviation of the latent.
+            generator: the latent is drawn on the generator's device, then moved, so a CPU generator
+                gives the same numbers on any device.
+
+        Returns:
+            ``(B, C, H, W)`` noise in 8-bit units such that ``clean * 255 + noise`` is a valid noisy
+            image (integer and within [0, 255] when the flow dequantizes).
+        """
+        device = generator.device if generator is not None else clean.device
+        z = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype).to(clean.device)
+        noisy_255, _ = self.inverse_and_logdet(z * temperature, FlowContext(clean, cond, generator))
+        return noisy_255 - clean * 255.0
+
+    @torch.no_grad()
+    def initialize(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
+                   generator: torch.Generator | None = None) -> None:
+        """Data-dependent initialization, called once by the trainer before the first step: each CL
+        layer is set to standardize what reaches it on this batch (as ActNorm's initialization), so
+        training starts with z of roughly unit variance whatever the noise level."""
+        context = FlowContext(clean, cond, generator)
+        x = clean * 255.0 + noise
+        for layer in self.layers:
+            if isinstance(layer, ConditionalLinear):
+                layer.standardize(x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))
+            x, _ = layer(x, context)

@@ -1,0 +1,226 @@
+"""NoiseModel = pixel-wise flow + UNet refiner: the public face of a trained noise model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from nmflowgan import __version__
+from nmflowgan.atomic import atomic_path, write_text
+from nmflowgan.conditions import SIDD_CAMERAS, SIDD_ISOS, Condition, ConditionSpace
+from nmflowgan.config import ModelConfig, from_dict, preset, to_dict
+from nmflowgan.errors import BadInputError, CheckpointError
+from nmflowgan.flows import NoiseFlow
+from nmflowgan.models.unet import UNetRefiner
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT = "nmflowgan-noise-model"
+
+
+class NoiseModel(nn.Module):
+    """Synthesizes camera noise for a clean image, a camera and an ISO.
+
+    Args:
+        config: architecture (flow, refiner, ISO encoding).
+        cameras, isos: the vocabulary the model knows.
+
+    Example:
+        >>> model = NoiseModel.from_preset("small")
+        >>> clean = torch.full((1, 3, 37, 53), 0.5)
+        >>> model.sample(clean, camera="S6", iso=800, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([1, 3, 37, 53])
+    """
+
+    def __init__(self, config: ModelConfig, cameras: Sequence[str] = SIDD_CAMERAS,
+                 isos: Sequence[float] = SIDD_ISOS) -> None:
+        super().__init__()
+        self.config = config
+        self.space = ConditionSpace(tuple(cameras), tuple(isos), config.iso_mode)
+        self.flow = NoiseFlow(config.flow, self.space)
+        self.refiner = UNetRefiner(config.refiner)
+
+    @classmethod
+    def from_preset(cls, name: str, cameras: Sequence[str] = SIDD_CAMERAS,
+                    isos: Sequence[float] = SIDD_ISOS) -> NoiseModel:
+        """An untrained model of preset ``name``; the vocabulary defaults to SIDD's cameras and ISOs."""
+        return cls(preset(name).model, cameras, isos)
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return self.space.cameras
+
+    @property
+    def isos(self) -> tuple[float, ...]:
+        return self.space.isos
+
+    def encode(self, camera: str | Sequence[str], iso: float | Sequence[float], batch_size: int,
+               extrapolate: bool = False) -> Condition:
+        """Encodes public camera/ISO values for a batch, on the model's device."""
+        return self.space.encode(camera, iso, batch_size, extrapolate).to(self._device())
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
+              temperature: float = 1.0, refine: bool = True) -> torch.Tensor:
+        """Draws noise in 8-bit units for ``(B, 3, H, W)`` clean images in [0, 1] (not quantized).
+
+        With ``refine=False`` this is the flow alone (the ``flow-only`` ablation).
+        """
+        noise = self.flow.sample(clean, cond, temperature, generator)
+        return self.refiner(noise, clean) if refine else noise
+
+    @torch.no_grad()
+    def sample(self, clean: torch.Tensor | np.ndarray, camera: str | Sequence[str],
+               iso: float | Sequence[float], generator: torch.Generator | None = None,
+               temperature: float = 1.0, refine: bool = True, extrapolate: bool = False
+               ) -> torch.Tensor | np.ndarray:
+        """Returns a noisy version of ``clean``, quantized to 8 bits, in the type and range it came in.
+
+        Args:
+            clean: a float tensor ``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1], a uint8 tensor of those
+                shapes (0-255), or a uint8 array ``(H, W, 3)`` / ``(B, H, W, 3)``.
+            camera: a camera code for the whole batch, or one per image.
+            iso: an ISO for the whole batch, or one per image.
+            generator: makes the draw reproducible (same seed, same output on the same device).
+            temperature: latent standard deviation; refine: apply the refiner (False: flow only).
+            extrapolate: allow a continuous-ISO model to go outside its trained ISO range.
+
+        Returns:
+            The noisy image, same shape, dtype and range as ``clean``.
+        """
+        was_numpy = isinstance(clean, np.ndarray)
+        tensor = _as_nchw(clean)
+        squeeze = tensor.dim() == 3
+        if squeeze:
+            tensor = tensor.unsqueeze(0)
+        is_uint8 = tensor.dtype == torch.uint8
+        clean01 = _to_unit_float(tensor).to(self._device())
+        cond = self.encode(camera, iso, clean01.shape[0], extrapolate)
+        noise = self.noise(clean01, cond, generator, temperature, refine)
+        noisy_255 = (clean01 * 255.0 + noise).round().clamp(0, 255)
+        out = noisy_255.to(torch.uint8) if is_uint8 else (noisy_255 / 255.0).to(tensor.dtype)
+        out = out.to(tensor.device)
+        if squeeze:
+            out = out.squeeze(0)
+        if was_numpy:
+            return out.permute(*range(out.dim() - 3), -2, -1, -3).numpy()
+        return out
+
+    # ---- persistence: safetensors weights + JSON, never pickle -------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Writes ``model.safetensors`` and ``model.json`` into ``directory`` (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as temp:
+            save_file(tensors, str(temp))
+        meta = {"format": FORMAT, "version": __version__, "config": to_dict(self.config),
+                "space": self.space.to_dict()}
+        write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> NoiseModel:
+        """Loads a model saved by :meth:`save`, or the ``best`` (else ``last``) model of a run folder.
+
+        Raises:
+            CheckpointError: naming the file, when it is missing, corrupt, truncated or of another kind.
+        """
+        directory = resolve_model_dir(path)
+        meta = read_meta(directory / META_FILE, FORMAT)
+        try:
+            config = from_dict(ModelConfig, meta["config"])
+            space = ConditionSpace.from_dict(meta["space"])
+        except (KeyError, TypeError, BadInputError) as error:
+            raise CheckpointError(f"{directory / META_FILE}: invalid model description ({error})") from None
+        model = cls(config, space.cameras, space.isos)  # type: ignore[arg-type]
+        load_weights(model, directory / WEIGHTS_FILE)
+        return model.to(map_location).eval()
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """``path`` itself if it holds a saved model, else its ``best/`` or ``last/`` sub-folder."""
+    path = Path(path)
+    for candidate in (path, path / "best", path / "last"):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    raise CheckpointError(f"{path}: not a noise-model checkpoint (no {META_FILE} here or in best/ or last/)")
+
+
+def read_meta(path: Path, expected_format: str) -> dict:
+    """Reads a checkpoint's JSON description and checks its format tag."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable checkpoint description ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != expected_format:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: expected a {expected_format} checkpoint, found {found!r}")
+    return meta
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Loads safetensors weights into ``module``, strictly; every failure names ``path``."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file is missing")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({error})") from None
+    expected = module.state_dict()
+    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit this architecture (missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}); was it saved with another preset?"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}; "
+                "was it saved with another preset?"
+            )
+    module.load_state_dict(tensors)
+
+
+def _as_nchw(clean: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Validates an image batch and returns it as a channels-first tensor."""
+    if isinstance(clean, np.ndarray):
+        if clean.dtype != np.uint8:
+            raise BadInputError(f"image arrays must be uint8 (0-255), got {clean.dtype}")
+        if clean.ndim not in (3, 4) or clean.shape[-1] != 3:
+            raise BadInputError(f"image arrays must be (H, W, 3) or (B, H, W, 3), got {clean.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(clean))
+        return tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
+    if not isinstance(clean, torch.Tensor):
+        raise BadInputError(f"clean must be a torch tensor or a uint8 numpy array, got {type(clean).__name__}")
+    if clean.dim() not in (3, 4) or clean.shape[-3] != 3:
+        raise BadInputError(f"clean must be (3, H, W) or (B, 3, H, W) RGB, got shape {tuple(clean.shape)}")
+    if min(clean.shape[-2:]) < 1 or clean.numel() == 0:
+        raise BadInputError(f"clean image is empty: shape {tuple(clean.shape)}")
+    return clean
+
+
+def _to_unit_float(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dtype == torch.uint8:
+        return tensor.float() / 255.0
+    if not tensor.is_floating_point():
+        raise BadInputError(f"clean must be uint8 or floating point, got {tensor.dtype}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise BadInputError("clean image contains NaN or infinite values")
+    low, high = float(tensor.min()), float(tensor.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise BadInputError(f"float images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
+    return tensor.float().clamp(0, 1)

@@ -1,0 +1,82 @@
+"""The UNet refiner: turns pixel-wise noise into spatially correlated noise (residual)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmflowgan.config import RefinerConfig
+
+NOISE_SCALE_255 = 256.0  # noise enters divided by this, as in the official code (8-bit noise -> about [-1, 1])
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(),
+    )
+
+
+class UNetRefiner(nn.Module):
+    """``refined = noise + 256 * UNet(noise / 256 [, clean])``, any H x W.
+
+    Levels double the width and halve the resolution (max-pooling); the way up uses transposed
+    convolutions and skip connections; no batch norm. Inputs are padded (replicate) to a multiple of
+    ``2 ** (depth - 1)`` and the output is cropped back. The last convolution starts at zero, so an
+    untrained refiner is the identity.
+
+    Args:
+        config: depth, width and whether the clean image is an input too.
+    """
+
+    def __init__(self, config: RefinerConfig) -> None:
+        super().__init__()
+        self.config = config
+        in_channels = 6 if config.sees_clean else 3
+        widths = [config.width * 2**level for level in range(config.depth)]
+        self.down = nn.ModuleList()
+        for width in widths:
+            self.down.append(_conv_block(in_channels, width))
+            in_channels = width
+        self.up = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            self.up.append(nn.ConvTranspose2d(in_channels, width, 2, stride=2))
+            self.up_blocks.append(_conv_block(2 * width, width))
+            in_channels = width
+        self.last = nn.Conv2d(in_channels, 3, 1)
+        nn.init.zeros_(self.last.weight)
+        nn.init.zeros_(self.last.bias)
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** (self.config.depth - 1)
+
+    def forward(self, noise_255: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """Refines noise.
+
+        Args:
+            noise_255: ``(B, 3, H, W)`` pixel-wise noise in 8-bit units.
+            clean: ``(B, 3, H, W)`` clean image in [0, 1] (used when ``sees_clean``).
+
+        Returns:
+            ``(B, 3, H, W)`` refined noise in 8-bit units.
+        """
+        height, width = noise_255.shape[-2:]
+        x = noise_255 / NOISE_SCALE_255
+        if self.config.sees_clean:
+            x = torch.cat([x, clean.to(x.dtype)], dim=1)
+        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x)
+            if level < len(self.down) - 1:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        for up, block in zip(self.up, self.up_blocks):
+            x = block(torch.cat([up(x), skips.pop()], dim=1))
+        residual = self.last(x)[..., :height, :width]
+        return noise_255 + NOISE_SCALE_255 * residual

@@ -1,0 +1,182 @@
+"""One battery for every flow layer: round trip, log-det against autograd, pixel-wise Jacobian,
+conditioning actually used, gradients reach every parameter."""
+
+import pytest
+import torch
+
+from nmflowgan.conditions import ConditionSpace
+from nmflowgan.config import FlowConfig
+from nmflowgan.flows import FlowContext, NoiseFlow
+from nmflowgan.flows.flow import build_layer
+
+AFFINE = ["SAL", "SDL", "CL2"]
+
+
+def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
+    """Moves every parameter off its (often identity) initialization."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * scale)
+
+
+def _context(space: ConditionSpace, batch: int = 2, size: tuple[int, int] = (2, 2)) -> FlowContext:
+    cameras = [space.cameras[i % len(space.cameras)] for i in range(batch)]
+    isos = [space.isos[(i + 1) % len(space.isos)] for i in range(batch)]
+    cond = space.encode(cameras, isos).to("cpu", torch.float64)
+    clean = torch.rand(batch, 3, *size, dtype=torch.float64)
+    return FlowContext(clean, cond)
+
+
+def _layer(name: str, space: ConditionSpace):
+    layer = build_layer(name, FlowConfig(meta_hidden=6, meta_blocks=2), space, 3).double()
+    _perturb(layer)
+    return layer
+
+
+def _jacobian_logdet(fn, x: torch.Tensor) -> torch.Tensor:
+    """log|det| of the Jacobian of fn at each sample of x, by autograd."""
+    logdets = []
+    for b in range(x.shape[0]):
+        jac = torch.autograd.functional.jacobian(lambda v, b=b: fn(v.unsqueeze(0), b), x[b])
+        jac = jac.reshape(x[b].numel(), x[b].numel())
+        logdets.append(torch.linalg.slogdet(jac)[1])
+    return torch.stack(logdets), jac
+
+
+@pytest.mark.parametrize("name", AFFINE + ["NE"])
+def test_round_trip(name, space):
+    layer, ctx = _layer(name, space), _context(space, size=(5, 4))
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64) * 10
+    z, logdet = layer(x, ctx)
+    back, inv_logdet = layer.inverse(z, ctx)
+    assert z.shape == x.shape and z.dtype == torch.float64
+    assert logdet.shape == (2,)
+    assert (back - x).abs().max() < 1e-10
+    assert torch.allclose(inv_logdet, -logdet)
+    # forward o inverse as well
+    again, _ = layer(layer.inverse(x, ctx)[0], ctx)
+    assert (again - x).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("name", AFFINE + ["NE"])
+def test_round_trip_float32_within_1e4(name, space):
+    layer = build_layer(name, FlowConfig(), space, 3)
+    _perturb(layer)
+    cond = space.encode(space.cameras[0], space.isos[0], 2)
+    ctx = FlowContext(torch.rand(2, 3, 8, 8), cond)
+    x = torch.randn(2, 3, 8, 8) * 30
+    back, _ = layer.inverse(layer(x, ctx)[0], ctx)
+    assert (back - x).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", AFFINE + ["NE"])
+def test_logdet_matches_autograd_and_is_pixelwise(name, space):
+    layer = _layer(name, space)
+    for trial in range(3):  # several random conditions and clean images
+        torch.manual_seed(trial)
+        ctx = _context(space)
+        x = torch.randn(2, 3, 2, 2, dtype=torch.float64)
+
+        def forward(v, b, ctx=ctx):
+            sub = FlowContext(ctx.clean[b : b + 1], ctx.cond[b : b + 1])
+            return layer(v, sub)[0][0]
+
+        expected, jac = _jacobian_logdet(forward, x)
+        _, logdet = layer(x, ctx)
+        assert torch.allclose(logdet, expected, atol=1e-9)
+        # pixel-wise: only entries that connect the same pixel to itself (and same channel) are non-zero
+        off_diagonal = jac - torch.diag(torch.diagonal(jac))
+        assert off_diagonal.abs().max() == 0
+
+
+def test_uniform_dequantization_round_trip_on_integers(space):
+    layer, ctx = build_layer("UD", FlowConfig(), space, 3), _context(space, size=(6, 6))
+    x = torch.randint(0, 256, (2, 3, 6, 6)).double()
+    y, logdet = layer(x, ctx)
+    assert ((y - x) >= 0).all() and ((y - x) < 1).all()
+    assert logdet.abs().max() == 0
+    assert torch.equal(layer.inverse(y, ctx)[0], x)
+    assert layer.inverse(torch.full((1, 3, 1, 1), 300.0), ctx)[0].max() == 255
+
+
+@pytest.mark.parametrize("name", AFFINE)
+def test_output_depends_on_condition_and_clean(name, space):
+    layer = _layer(name, space)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    clean = torch.rand(1, 3, 4, 4, dtype=torch.float64).expand(2, -1, -1, -1)
+    cond = space.encode([space.cameras[0], space.cameras[1]], [space.isos[0], space.isos[-1]]).to(
+        "cpu", torch.float64)
+    z, _ = layer(x[:1].expand(2, -1, -1, -1), FlowContext(clean, cond))
+    assert not torch.allclose(z[0], z[1]), "changing camera/ISO must change the output"
+    if name != "CL2":  # CL depends on the condition alone
+        same = cond[torch.tensor([0, 0])]
+        z2, _ = layer(x[:1].expand(2, -1, -1, -1), FlowContext(torch.rand(2, 3, 4, 4).double(), same))
+        assert not torch.allclose(z2[0], z2[1]), "changing the clean image must change the output"
+
+
+@pytest.mark.parametrize("name", AFFINE)
+def test_every_parameter_gets_a_finite_gradient(name, space):
+    layer, ctx = _layer(name, space), _context(space, batch=len(space.cameras) * 2)
+    x = torch.randn(ctx.clean.shape, dtype=torch.float64)
+    z, logdet = layer(x, ctx)
+    (z.square().sum() - logdet.sum()).backward()
+    for pname, p in layer.named_parameters():
+        if name == "CL2" and space.iso_mode == "onehot":
+            continue  # one-hot tables: only rows of cells in the batch get gradients
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+def test_gradcheck_affine_layers(space):
+    for name in AFFINE:
+        layer, ctx = _layer(name, space), _context(space)
+        x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda v, layer=layer, ctx=ctx: layer(v, ctx), (x,))
+
+
+def test_whole_flow_round_trip_and_logdet_is_sum_of_parts(space):
+    flow = NoiseFlow(FlowConfig(spec="NE|SAL|SDL|CL2|SAL|SDL|CL2", meta_hidden=6), space).double()
+    _perturb(flow)
+    ctx = _context(space, size=(2, 2))
+    noisy = ctx.clean * 255 + torch.randn(2, 3, 2, 2, dtype=torch.float64) * 5
+    z, logdet = flow.forward_and_logdet(noisy, ctx)
+    back, inv_logdet = flow.inverse_and_logdet(z, ctx)
+    assert (back - noisy).abs().max() < 1e-9
+    assert torch.allclose(inv_logdet, -logdet)
+    parts, x = torch.zeros(2, dtype=torch.float64), noisy
+    for layer in flow.layers:
+        x, ld = layer(x, ctx)
+        parts += ld
+
+    def forward(v, b):
+        sub = FlowContext(ctx.clean[b : b + 1], ctx.cond[b : b + 1])
+        return flow.forward_and_logdet(v, sub)[0][0]
+
+    expected, _ = _jacobian_logdet(forward, noisy)
+    assert torch.allclose(logdet, parts) and torch.allclose(logdet, expected, atol=1e-9)
+
+
+def test_whole_flow_with_dequantization_round_trips_integer_images(space):
+    flow = NoiseFlow(FlowConfig(), space)
+    _perturb(flow, 0.1)
+    cond = space.encode(space.cameras[1], space.isos[1], 2)
+    clean = torch.randint(0, 256, (2, 3, 9, 7)).float() / 255
+    noisy = (clean * 255 + torch.randint(-20, 21, clean.shape)).clamp(0, 255)
+    ctx = FlowContext(clean, cond, torch.Generator().manual_seed(1))
+    z, _ = flow.forward_and_logdet(noisy, ctx)
+    back, _ = flow.inverse_and_logdet(z, ctx)
+    assert torch.equal(back, noisy)
+
+
+def test_sample_is_reproducible_and_valid(space):
+    flow = NoiseFlow(FlowConfig(), space)
+    _perturb(flow, 0.1)
+    clean = torch.rand(2, 3, 11, 13)
+    cond = space.encode(space.cameras[0], space.isos[0], 2)
+    a = flow.sample(clean, cond, generator=torch.Generator().manual_seed(3))
+    b = flow.sample(clean, cond, generator=torch.Generator().manual_seed(3))
+    c = flow.sample(clean, cond, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    noisy = clean * 255 + a
+    assert noisy.min() >= -1e-4 and noisy.max() <= 255 + 1e-4
+    assert torch.allclose(noisy, noisy.round(), atol=1e-3)

@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nmflowgan.conditions import ConditionSpace
+from nmflowgan.errors import BadInputError
+
+
+def test_unknown_camera_names_value_and_known_cameras(space):
+    with pytest.raises(ValueError, match=r"'XX'.*IP, S6, N6"):
+        space.encode("XX", 800, 1)
+
+
+@pytest.mark.parametrize("iso", [0, -100, float("nan"), float("inf"), "fast", None])
+def test_bad_iso_values_raise(space, iso):
+    with pytest.raises(ValueError, match="ISO"):
+        space.encode("S6", iso, 1)
+
+
+def test_onehot_refuses_iso_outside_its_set_and_lists_known():
+    space = ConditionSpace(("S6",), (100, 800), "onehot")
+    with pytest.raises(ValueError, match=r"400.*100, 800"):
+        space.encode("S6", 400, 1)
+
+
+def test_continuous_accepts_between_and_refuses_outside_unless_extrapolating():
+    space = ConditionSpace(("S6",), (100, 1600), "continuous")
+    assert space.encode("S6", 400, 1).features[0, -1].item() == pytest.approx(0.0)
+    assert space.encode("S6", 100, 1).features[0, -1].item() == pytest.approx(-1.0)
+    assert space.encode("S6", 1600, 1).features[0, -1].item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"6400.*100-1600"):
+        space.encode("S6", 6400, 1)
+    assert space.encode("S6", 6400, 1, extrapolate=True).features[0, -1].item() == pytest.approx(2.0)
+
+
+def test_onehot_features_and_cells():
+    space = ConditionSpace(("IP", "S6"), (100, 800), "onehot")
+    cond = space.encode(["S6", "IP"], [800, 100])
+    assert cond.features.tolist() == [[0, 1, 0, 1], [1, 0, 1, 0]]
+    assert cond.cell.tolist() == [3, 0]
+    assert cond.camera.dtype == torch.long
+
+
+def test_mismatched_batch_lengths_raise(space):
+    with pytest.raises(BadInputError, match="2 cameras and 3 ISOs"):
+        space.encode(["IP", "S6"], [100, 800, 3200])
+
+
+@given(st.floats(min_value=100, max_value=3200))
+def test_continuous_feature_is_monotone_and_in_range(iso):
+    space = ConditionSpace(("S6",), (100, 3200), "continuous")
+    value = space.encode("S6", iso, 1).features[0, -1].item()
+    assert -1 - 1e-6 <= value <= 1 + 1e-6
+    expected = 2 * (math.log(iso) - math.log(100)) / (math.log(3200) - math.log(100)) - 1
+    assert value == pytest.approx(expected, abs=1e-5)
+
+
+def test_round_trip_dict(space):
+    assert ConditionSpace.from_dict(space.to_dict()) == space
