@@ -24,7 +24,30 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(handler=_info)
+
+    simulate = sub.add_parser("simulate", help="write a simcam data set (SIDD layout, train/ and test/)")
+    simulate.add_argument("--out", required=True, help="folder to create")
+    simulate.add_argument("--cameras", nargs="+", default=None, help="built-in camera codes (default: all)")
+    simulate.add_argument("--isos", nargs="+", type=float, default=[100, 400, 1600, 3200])
+    simulate.add_argument("--scenes", type=int, default=20, help="scenes (about a quarter go to test/)")
+    simulate.add_argument("--size", type=int, default=512, help="side of each square scene in pixels")
+    simulate.add_argument("--seed", type=int, default=0)
+    _common_output(simulate)
+    simulate.set_defaults(handler=_simulate)
     return parser
+
+
+def _common_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from nmflowgan.data.simcam import simulate
+
+    out = simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
+                   overwrite=args.overwrite, progress=not args.quiet)
+    print(f"simcam data set written to {out} (train/, test/, simcam.json)")
 
 
 def _info(args: argparse.Namespace) -> None:

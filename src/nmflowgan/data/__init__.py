@@ -1,0 +1,1 @@
+"""Data sources: simcam, SIDD trees and blocks, paired folders, patches."""

@@ -1,0 +1,97 @@
+"""Any paired folder described by a ``metadata.csv``, and the one function that finds the pairs of a data set.
+
+``metadata.csv`` has exactly the columns ``clean,noisy,camera,iso`` (an optional ``scene`` column keeps
+scenes apart); paths are relative to the folder and may not point outside it.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from nmflowgan.data.pairs import PairRecord
+from nmflowgan.data.sidd import SPLITS, is_sidd_tree, scan_sidd
+from nmflowgan.errors import DataError
+
+METADATA_FILE = "metadata.csv"
+REQUIRED_COLUMNS = ("clean", "noisy", "camera", "iso")
+OPTIONAL_COLUMNS = ("scene",)
+SIMCAM_FILE = "simcam.json"
+
+
+def read_metadata(path: str | Path) -> list[PairRecord]:
+    """Reads a ``metadata.csv``; every error names the file and the line."""
+    path = Path(path)
+    root = path.parent.resolve()
+    try:
+        handle = open(path, newline="", encoding="utf-8")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error})") from None
+    records = []
+    with handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if unknown or missing:
+            raise DataError(f"{path}: unknown columns {unknown} / missing columns {missing}; expected "
+                            f"{','.join(REQUIRED_COLUMNS)} (and optionally {','.join(OPTIONAL_COLUMNS)})")
+        try:
+            rows = list(enumerate(reader, start=2))
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: malformed CSV ({error})") from None
+        for line, row in rows:
+            if None in row or any(row[c] is None for c in REQUIRED_COLUMNS):
+                raise DataError(f"{path}:{line}: expected {len(columns)} fields, got a different number")
+            try:
+                iso = float(row["iso"])
+            except ValueError:
+                raise DataError(f"{path}:{line}: iso {row['iso']!r} is not a number") from None
+            if not iso > 0 or iso == float("inf"):
+                raise DataError(f"{path}:{line}: iso {row['iso']!r} is not a positive finite number")
+            camera = row["camera"].strip()
+            if not camera:
+                raise DataError(f"{path}:{line}: empty camera code")
+            clean, noisy = (_inside(root, row[c], path, line) for c in ("clean", "noisy"))
+            records.append(PairRecord(clean, noisy, camera, iso, row.get("scene") or str(clean)))
+    if not records:
+        raise DataError(f"{path}: no pairs listed")
+    return records
+
+
+def _inside(root: Path, relative: str, path: Path, line: int) -> Path:
+    candidate = (root / relative).resolve()
+    if Path(relative).is_absolute() or not candidate.is_relative_to(root):
+        raise DataError(f"{path}:{line}: {relative!r} points outside the data set folder {root}")
+    return candidate
+
+
+def find_pairs(data: str | Path, split: str | None = None, skip_bad: bool = False) -> list[PairRecord]:
+    """The pairs of a data set, whatever its layout.
+
+    Args:
+        data: a folder with ``metadata.csv``; a folder with ``train/`` and ``test/`` trees (what
+            ``nmflowgan simulate`` writes); or a SIDD sRGB tree.
+        split: ``train`` / ``test`` for a folder with those sub-folders; ``sidd-train`` / ``sidd-test`` (or
+            None for every instance) for a SIDD tree.
+        skip_bad: log and skip unusable folders instead of raising.
+
+    Returns:
+        The pairs; simcam trees give each pair its oracle (the second independent noisy draw).
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder")
+    if (root / METADATA_FILE).is_file():
+        if split is not None:
+            raise DataError(f"{root}: a metadata.csv folder has no splits; got --split {split}")
+        return read_metadata(root / METADATA_FILE)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        if split not in ("train", "test"):
+            raise DataError(f"{root}: has train/ and test/; choose --split train or test, got {split!r}")
+        return scan_sidd(root / split, skip_bad=skip_bad, oracle_capture=(root / SIMCAM_FILE).is_file())
+    if is_sidd_tree(root):
+        if split is not None and split not in SPLITS:
+            raise DataError(f"{root}: a SIDD tree takes --split {' or '.join(SPLITS)}, got {split!r}")
+        return scan_sidd(root, split, skip_bad=skip_bad)
+    raise DataError(f"{root}: not a data set (no metadata.csv, no train/ and test/, no SIDD folders)")

@@ -1,0 +1,70 @@
+"""The one reader and writer of RGB images: 8-bit and 16-bit PNG/TIFF, JPEG, always RGB, never BGR.
+
+Images cross this module as ``uint8`` arrays ``(H, W, 3)`` in 8-bit units (0-255). 16-bit RGB PNG and
+TIFF files are reduced to 8-bit units by keeping the high byte, ``v // 256`` (Pillow's conversion), so
+65535 -> 255 and 0 -> 0; every noise statistic of this project works in 8-bit units anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from nmflowgan.atomic import atomic_path
+from nmflowgan.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Pillow's bound on decompressed pixels guards against decompression bombs; a 200 MP photo is plenty.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Reads an RGB image as ``uint8 (H, W, 3)`` (0-255).
+
+    Raises:
+        DataError: naming the file when it is missing, unreadable, truncated, or not RGB (grey, RGBA,
+            palette and CMYK images are refused rather than silently converted).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode != "RGB":
+                raise DataError(f"{path}: image mode {image.mode} is not RGB (need a 3-channel colour image)")
+            return np.asarray(image, dtype=np.uint8).copy()
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{path}: image too large ({error})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: unreadable or truncated image ({error})") from None
+
+
+def write_png(path: str | Path, image: np.ndarray, compress_level: int = 1) -> None:
+    """Writes ``uint8 (H, W, 3)`` as PNG, atomically (a crash never leaves a half-written file)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"{path}: can only write uint8 (H, W, 3) images, got {image.dtype}{image.shape}")
+    path = Path(path)
+    with atomic_path(path) as temp:
+        Image.fromarray(image, "RGB").save(temp, format="PNG", compress_level=compress_level)
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Writes ``uint8 (H, W, 3)`` in the format its suffix names (PNG, JPEG at quality 95, TIFF)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        write_png(path, image)
+        return
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"{path}: can only write uint8 (H, W, 3) images, got {image.dtype}{image.shape}")
+    formats = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+    if suffix not in formats:
+        raise DataError(f"{path}: unknown image type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+    options = {"quality": 95} if formats[suffix] == "JPEG" else {}
+    with atomic_path(path) as temp:
+        Image.fromarray(image, "RGB").save(temp, format=formats[suffix], **options)

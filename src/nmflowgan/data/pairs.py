@@ -1,0 +1,77 @@
+"""A (clean, noisy, camera, ISO) pair on disk: what every data source produces and training reads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from nmflowgan.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One noisy/clean image pair.
+
+    Attributes:
+        clean, noisy: image files (8-bit or 16-bit RGB).
+        camera: camera code; iso: ISO.
+        scene: an identifier of the scene, so that splits can keep scenes disjoint.
+        oracle: a second noisy image of the very same clean image, when the source has one (simcam).
+    """
+
+    clean: Path
+    noisy: Path
+    camera: str
+    iso: float
+    scene: str = ""
+    oracle: Path | None = None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image from its header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            mode = image.mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: unreadable or truncated image ({error})") from None
+    if mode != "RGB":
+        raise DataError(f"{path}: image mode {mode} is not RGB (need a 3-channel colour image)")
+    return height, width
+
+
+def check_pair(record: PairRecord) -> tuple[int, int]:
+    """Checks that both files exist, are RGB and have the same size; returns ``(H, W)``."""
+    for path in (record.clean, record.noisy):
+        if not path.is_file():
+            raise DataError(f"{path}: missing file (partner of {_partner(record, path)})")
+    clean_size, noisy_size = image_size(record.clean), image_size(record.noisy)
+    if clean_size != noisy_size:
+        raise DataError(f"{record.noisy}: size {noisy_size[1]}x{noisy_size[0]} does not match its clean "
+                        f"image {record.clean} ({clean_size[1]}x{clean_size[0]})")
+    return clean_size
+
+
+def checked(records: Iterable[PairRecord], skip_bad: bool) -> list[tuple[PairRecord, tuple[int, int]]]:
+    """Each record with its ``(H, W)``; a bad pair raises, or is logged and dropped with ``skip_bad``."""
+    good = []
+    for record in records:
+        try:
+            good.append((record, check_pair(record)))
+        except DataError as error:
+            if not skip_bad:
+                raise
+            log.warning("skipping bad pair: %s", error)
+    return good
+
+
+def _partner(record: PairRecord, path: Path) -> Path:
+    return record.noisy if path == record.clean else record.clean

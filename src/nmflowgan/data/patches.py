@@ -1,0 +1,129 @@
+"""Paired patches cut on a grid, read lazily, augmented deterministically.
+
+A :class:`PatchDataset` indexes every ``patch_px`` window on a ``stride_px`` grid of every pair. Images
+are decoded on demand and kept in a small per-process LRU cache, so a data set of any size is never held
+in memory and DataLoader workers each keep their own cache. Augmentation (horizontal flip and rot90, the
+8 symmetries of the square) is a pure function of ``(seed, epoch, index)``: the same patch comes out
+whatever the worker, the order or a resume.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nmflowgan.data.io import read_rgb
+from nmflowgan.data.pairs import PairRecord, checked
+from nmflowgan.errors import DataError
+
+
+@dataclass(frozen=True)
+class PatchBatch:
+    """A batch of paired patches.
+
+    Attributes:
+        clean, noisy: ``uint8 (B, 3, P, P)``, 0-255.
+        cameras: camera code per patch; isos: ``(B,)`` float ISOs.
+        oracle: ``uint8 (B, 3, P, P)`` second noisy draw (simcam only), else None.
+    """
+
+    clean: torch.Tensor
+    noisy: torch.Tensor
+    cameras: list[str]
+    isos: torch.Tensor
+    oracle: torch.Tensor | None = None
+
+
+class PatchDataset(Dataset):
+    """Patches of a list of pairs.
+
+    Args:
+        records: the pairs; sizes are read from the headers once.
+        patch_px, stride_px: window size and grid stride (96/48 by default, as the official code).
+        augment: apply a random flip/rot90 per patch.
+        seed: the augmentation seed; :meth:`set_epoch` changes it per epoch.
+        skip_bad: drop unusable pairs (logged) instead of raising.
+        cache_images: decoded images kept per process.
+    """
+
+    def __init__(self, records: Sequence[PairRecord], patch_px: int = 96, stride_px: int = 48,
+                 augment: bool = False, seed: int = 0, skip_bad: bool = False, cache_images: int = 32) -> None:
+        self.patch_px, self.stride_px, self.augment, self.seed = patch_px, stride_px, augment, seed
+        self.epoch = 0
+        self.records: list[PairRecord] = []
+        self.grids: list[tuple[int, int]] = []  # patches per column and per row of each pair
+        self.starts = [0]
+        for record, (height, width) in checked(records, skip_bad):
+            if height < patch_px or width < patch_px:
+                raise DataError(f"{record.clean}: {width}x{height} is smaller than the {patch_px}px patch")
+            rows, cols = (height - patch_px) // stride_px + 1, (width - patch_px) // stride_px + 1
+            self.records.append(record)
+            self.grids.append((rows, cols))
+            self.starts.append(self.starts[-1] + rows * cols)
+        if not self.records:
+            raise DataError("no usable image pairs")
+        self.cache_images = cache_images
+        self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the augmentations of ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    @property
+    def has_oracle(self) -> bool:
+        return all(r.oracle is not None for r in self.records)
+
+    def locate(self, index: int) -> tuple[PairRecord, int, int]:
+        """The pair and the top-left ``(y, x)`` of patch ``index``."""
+        pair = bisect.bisect_right(self.starts, index) - 1
+        rows_cols = self.grids[pair][1]
+        offset = index - self.starts[pair]
+        return self.records[pair], (offset // rows_cols) * self.stride_px, (offset % rows_cols) * self.stride_px
+
+    def _image(self, path: Path) -> np.ndarray:
+        if path in self._cache:
+            self._cache.move_to_end(path)
+            return self._cache[path]
+        image = read_rgb(path)
+        self._cache[path] = image
+        if len(self._cache) > self.cache_images:
+            self._cache.popitem(last=False)
+        return image
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        record, y, x = self.locate(index)
+        window = np.s_[y : y + self.patch_px, x : x + self.patch_px]
+        paths = [record.clean, record.noisy] + ([record.oracle] if record.oracle is not None else [])
+        crops = [self._image(p)[window] for p in paths]
+        if self.augment:
+            code = int(np.random.default_rng([self.seed, self.epoch, index]).integers(8))
+            crops = [np.rot90(c[:, ::-1] if code >= 4 else c, k=code % 4) for c in crops]
+        tensors = [torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in crops]
+        item = {"clean": tensors[0], "noisy": tensors[1], "camera": record.camera, "iso": float(record.iso)}
+        if record.oracle is not None:
+            item["oracle"] = tensors[2]
+        return item
+
+
+def collate(items: list[dict]) -> PatchBatch:
+    """Stacks dataset items into a :class:`PatchBatch` (the DataLoader's ``collate_fn``)."""
+    oracle = torch.stack([i["oracle"] for i in items]) if all("oracle" in i for i in items) else None
+    return PatchBatch(
+        clean=torch.stack([i["clean"] for i in items]),
+        noisy=torch.stack([i["noisy"] for i in items]),
+        cameras=[i["camera"] for i in items],
+        isos=torch.tensor([i["iso"] for i in items], dtype=torch.float64),
+        oracle=oracle,
+    )

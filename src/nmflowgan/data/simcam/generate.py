@@ -1,0 +1,148 @@
+"""Writes a simcam data set: ``train/`` and ``test/`` trees in the SIDD layout plus ``simcam.json``.
+
+Every (scene, camera, ISO) is one SIDD folder. Capture ``010`` is the clean image and one noisy draw;
+capture ``011`` is the same clean image with a second, independent draw: the oracle of evaluation.
+Scenes in ``train`` and ``test`` are disjoint (a bundled photo only ever lands in one of them).
+The whole tree is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nmflowgan import __version__
+from nmflowgan.atomic import write_text
+from nmflowgan.data.io import write_png
+from nmflowgan.data.sidd import SiddFolder
+from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, scene_tensor
+from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
+from nmflowgan.errors import BadInputError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "nmflowgan-simcam"
+DEFAULT_ISOS = (100, 400, 1600, 3200)
+TEST_EVERY = 4  # every 4th procedural scene and every 4th photo goes to the test split
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """One scene of a simcam data set: ``kind`` drawn with ``seed``, in ``split``."""
+
+    index: int
+    kind: str
+    seed: int
+    split: str
+
+
+def plan_scenes(count: int, seed: int, photos: Sequence[str]) -> list[SceneSpec]:
+    """Alternates bundled photos and procedural kinds; splits so that no photo is in both splits."""
+    specs = []
+    for index in range(count):
+        scene_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+        position = index // 2
+        if photos and index % 2 == 0:
+            photo_index = position % len(photos)
+            kind, test = f"photo:{photos[photo_index]}", photo_index % TEST_EVERY == TEST_EVERY - 1
+        else:
+            kind, test = PROCEDURAL[position % len(PROCEDURAL)], index % TEST_EVERY == TEST_EVERY - 1
+        specs.append(SceneSpec(index, kind, scene_seed, "test" if test else "train"))
+    if count >= 2 and all(s.split == "train" for s in specs):
+        specs[-1] = SceneSpec(specs[-1].index, specs[-1].kind, specs[-1].seed, "test")
+    return specs
+
+
+def camera_by_code(codes: Sequence[str] | None) -> list[VirtualCamera]:
+    """The built-in cameras named by ``codes`` (all when None)."""
+    cameras = {c.code: c for c in builtin_cameras()}
+    if codes is None:
+        return list(cameras.values())
+    unknown = [c for c in codes if c not in cameras]
+    if unknown:
+        raise BadInputError(f"unknown simcam camera(s) {unknown}; built-in: {', '.join(cameras)}")
+    return [cameras[c] for c in codes]
+
+
+def noise_seed(seed: int, scene: int, camera: int, iso: float) -> int:
+    return int(np.random.SeedSequence([seed, scene, camera, int(round(iso))]).generate_state(1)[0])
+
+
+def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequence[float] = DEFAULT_ISOS,
+             scenes: int = 20, size_px: int = 512, seed: int = 0, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Generates a simcam data set.
+
+    Args:
+        out: the folder to create (refused if it exists, unless ``overwrite``).
+        cameras: built-in camera codes (default: all five).
+        isos: ISOs in 50-10000.
+        scenes: number of scenes; about a quarter go to ``test``.
+        size_px: side of each square scene (rounded down to even).
+        seed: the whole data set is a pure function of its arguments.
+
+    Returns:
+        ``out``.
+    """
+    out = Path(out)
+    chosen = camera_by_code(cameras)
+    isos = sorted({float(i) for i in isos})
+    bad = [i for i in isos if not ISO_RANGE[0] <= i <= ISO_RANGE[1]]
+    if bad:
+        raise BadInputError(f"simcam ISOs must lie in {ISO_RANGE[0]:g}-{ISO_RANGE[1]:g}, got {bad}")
+    if scenes < 2:
+        raise BadInputError(f"simcam needs at least 2 scenes (one for train, one for test), got {scenes}")
+    size_px = size_px // 2 * 2
+    if size_px < 32:
+        raise BadInputError(f"simcam scenes must be at least 32 px, got {size_px}")
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise OutputExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for split in ("train", "test"):
+        (staging / split).mkdir(parents=True)
+
+    specs = plan_scenes(scenes, seed, available_photos())
+    total = len(specs) * len(chosen) * len(isos)
+    instance = 0
+    with tqdm(total=total, desc="simulate", unit="img", disable=not progress) as bar:
+        for spec in specs:
+            scene = scene_tensor(make_scene(spec.kind, spec.seed, size_px))
+            brightness = "L" if scene.float().mean() < 70 else ("H" if scene.float().mean() > 170 else "N")
+            for camera_index, camera in enumerate(chosen):
+                raw = camera.unprocess(scene)  # shared by every ISO of this camera
+                for iso in isos:
+                    instance += 1
+                    generator = torch.Generator().manual_seed(noise_seed(seed, spec.index, camera_index, iso))
+                    clean, noisy = camera.capture_raw(raw, iso, 2, generator)
+                    fields = SiddFolder(instance, spec.index + 1, camera.code, int(round(iso)),
+                                        min(99999, int(round(4e5 / iso))), 5500, brightness)
+                    folder = staging / spec.split / fields.name
+                    folder.mkdir()
+                    for capture, draw in (("010", noisy[0]), ("011", noisy[1])):
+                        clean_path, noisy_path = fields.pair_files(folder, capture)
+                        write_png(clean_path, clean)
+                        write_png(noisy_path, draw)
+                    bar.update()
+    meta = {
+        "format": FORMAT, "version": __version__, "seed": seed, "size_px": size_px,
+        "isos": isos, "cameras": [c.to_dict() for c in chosen],
+        "scenes": [{"index": s.index, "kind": s.kind, "seed": s.seed, "split": s.split} for s in specs],
+        "captures": {"010": "clean + noisy draw 1", "011": "the same clean + independent noisy draw 2"},
+    }
+    write_text(staging / "simcam.json", json.dumps(meta, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    log.info("simcam: wrote %d pairs (%d scenes x %d cameras x %d ISOs) to %s",
+             total, len(specs), len(chosen), len(isos), out)
+    return out

@@ -1,0 +1,140 @@
+"""The simulator shows what real camera noise shows, reproducibly, and writes a usable SIDD tree."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nmflowgan.data.folders import find_pairs
+from nmflowgan.data.simcam import builtin_cameras, simulate
+from nmflowgan.data.simcam.camera import scene_tensor
+from nmflowgan.data.simcam.scenes import flat_patches, make_scene
+from nmflowgan.errors import BadInputError, OutputExistsError
+
+SIDD_CODES = {"IP", "GP", "S6", "N6", "G4"}
+
+
+def _noise(camera, scene, iso, seed=0, draws=1):
+    clean, noisy = camera.capture(scene, iso, draws, torch.Generator().manual_seed(seed))
+    return clean, noisy.astype(np.float64) - clean
+
+
+def _corr(noise, distance):
+    """Mean over channels of the horizontal correlation of a (H, W, 3) noise map at ``distance``."""
+    return np.mean([np.corrcoef(noise[:, :-distance, c].ravel(), noise[:, distance:, c].ravel())[0, 1]
+                    for c in range(3)])
+
+
+@pytest.fixture(scope="module")
+def grey():
+    return np.full((128, 128, 3), 110, np.uint8)
+
+
+def test_five_cameras_with_distinct_codes_that_are_not_siddcodes():
+    codes = [c.code for c in builtin_cameras()]
+    assert len(codes) >= 5 and len(set(codes)) == len(codes) and not SIDD_CODES & set(codes)
+    assert len({c.bayer for c in builtin_cameras()}) >= 3
+    assert len({c.demosaic for c in builtin_cameras()}) == 3
+
+
+@pytest.mark.parametrize("camera", builtin_cameras(), ids=lambda c: c.code)
+def test_noise_std_grows_with_iso(camera, grey):
+    stds = [_noise(camera, grey, iso)[1].std() for iso in (100, 400, 1600, 6400)]
+    assert all(b > a * 1.3 for a, b in zip(stds, stds[1:])), stds
+
+
+@pytest.mark.parametrize("camera", builtin_cameras(), ids=lambda c: c.code)
+def test_noise_depends_on_intensity_and_channel(camera):
+    levels = (15, 60, 110, 170, 230)
+    stds = [_noise(camera, np.full((96, 96, 3), v, np.uint8), 1600)[1].std() for v in levels]
+    assert max(stds) / min(stds) > 1.2, stds
+    per_channel = _noise(camera, np.full((96, 96, 3), 110, np.uint8), 1600)[1].std(axis=(0, 1))
+    assert per_channel.max() / per_channel.min() > 1.1, per_channel
+
+
+@pytest.mark.parametrize("camera", builtin_cameras(), ids=lambda c: c.code)
+def test_neighbour_correlation_positive_and_decaying(camera, grey):
+    noise = _noise(camera, grey, 1600)[1]
+    c1, c2, c4 = _corr(noise, 1), _corr(noise, 2), _corr(noise, 4)
+    assert c1 > 0.3, c1
+    assert c1 > c2 > c4 - 0.02 and abs(c4) < 0.1, (c1, c2, c4)
+
+
+def test_cameras_differ_at_equal_iso(grey):
+    stats = [(n.std(axis=(0, 1)), _corr(n, 1)) for n in (_noise(c, grey, 800)[1] for c in builtin_cameras())]
+    for i in range(len(stats)):
+        for j in range(i + 1, len(stats)):
+            std_gap = np.abs(stats[i][0] - stats[j][0]).max()
+            assert std_gap > 0.5 or abs(stats[i][1] - stats[j][1]) > 0.03, (i, j, stats[i], stats[j])
+
+
+def test_raw_noise_is_zero_mean_and_follows_shot_read_model():
+    camera = builtin_cameras()[0]
+    raw = torch.full((1, 1, 256, 256), 0.3, dtype=torch.float64)
+    noisy = camera.add_noise(raw, 1600, torch.Generator().manual_seed(0))
+    shot, read = camera.noise_variance(1600)
+    residual = (noisy - raw).flatten()
+    n = residual.numel()
+    expected = shot * 0.3 + read
+    assert abs(residual.mean().item()) < 4 * (expected / n) ** 0.5
+    assert abs(residual.var().item() / expected - 1) < 4 * (2 / n) ** 0.5
+
+
+def test_independent_draws_of_one_clean_image():
+    camera = builtin_cameras()[1]
+    scene = make_scene("dead_leaves", 1, 64)
+    clean, noisy = camera.capture(scene, 1600, 3, torch.Generator().manual_seed(0))
+    assert noisy.shape == (3, 64, 64, 3) and clean.shape == (64, 64, 3)
+    first, second = noisy[0].astype(float) - clean, noisy[1].astype(float) - clean
+    assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.05
+
+
+def test_scene_and_capture_reject_bad_input():
+    with pytest.raises(BadInputError, match="uint8"):
+        scene_tensor(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(BadInputError, match="ISO 20000"):
+        builtin_cameras()[0].noise_variance(20000)
+    flat = flat_patches(64, np.random.default_rng(0))
+    assert flat.dtype == np.uint8 and len(np.unique(flat.reshape(-1, 3), axis=0)) > 20
+
+
+def _digest(root):
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return hashlib.sha256(b"".join(p.relative_to(root).as_posix().encode() + p.read_bytes() for p in files)).hexdigest()
+
+
+def test_same_seed_gives_identical_files_and_a_sidd_tree(tmp_path, simcam_tree):
+    again = simulate(tmp_path / "again", cameras=["V1", "V2"], isos=[100, 1600], scenes=6, size_px=64, seed=3,
+                     progress=False)
+    assert _digest(again) == _digest(simcam_tree)
+    other = simulate(tmp_path / "other", cameras=["V1", "V2"], isos=[100, 1600], scenes=6, size_px=64, seed=4,
+                     progress=False)
+    assert _digest(other) != _digest(simcam_tree)
+
+
+def test_tree_layout_splits_and_metadata(simcam_tree):
+    meta = json.loads((simcam_tree / "simcam.json").read_text())
+    assert meta["seed"] == 3 and [c["code"] for c in meta["cameras"]] == ["V1", "V2"]
+    assert {"shot_at_100", "read_at_100", "bayer", "wb_gains", "rgb_from_cam", "demosaic"} <= set(meta["cameras"][0])
+    train, test = find_pairs(simcam_tree, "train"), find_pairs(simcam_tree, "test")
+    assert train and test and all(r.oracle is not None and r.oracle.exists() for r in train + test)
+    assert not {r.scene for r in train} & {r.scene for r in test}
+    assert {(r.camera, r.iso) for r in train} == {(c, i) for c in ("V1", "V2") for i in (100, 1600)}
+    scenes = {s["index"]: s for s in meta["scenes"]}
+    photos = {}
+    for spec in scenes.values():
+        if spec["kind"].startswith("photo:"):
+            photos.setdefault(spec["kind"], set()).add(spec["split"])
+    assert all(len(splits) == 1 for splits in photos.values())
+
+
+def test_refuses_to_overwrite_and_validates(tmp_path, simcam_tree):
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        simulate(simcam_tree, scenes=2, size_px=32, progress=False)
+    with pytest.raises(BadInputError, match="S6"):
+        simulate(tmp_path / "x", cameras=["S6"], progress=False)
+    with pytest.raises(BadInputError, match="50-10000"):
+        simulate(tmp_path / "x", isos=[20000], progress=False)
+    assert not (tmp_path / "x").exists()
