@@ -1,0 +1,119 @@
+"""Metric values against hand-computed cases, the protocol's bins pinned, invariances, and baseline fits."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmflowgan.baselines import GaussianNoise, HeteroscedasticNoise
+from nmflowgan.errors import BadInputError
+from nmflowgan.metrics.akld import akld, akld_per_patch, gaussian_taps, local_variance
+from nmflowgan.metrics.image_quality import psnr, ssim
+from nmflowgan.metrics.kld import N_BINS, histograms, kld, kld_per_patch
+from nmflowgan.metrics.noise_stats import corr_error, noise_stats
+
+
+def test_kld_protocol_bins_match_numpy_histogram_edges():
+    assert N_BINS == 130
+    values = torch.tensor([[-260.0, -256.01, -256.0, -0.5, 0.0, 3.99, 4.0, 255.0, 259.99, 260.0]])
+    ours = histograms(values)[0].numpy()
+    reference, _ = np.histogram(values.numpy(), bins=np.arange(-260, 261, 4))
+    assert np.array_equal(ours, reference)
+
+
+def test_kld_hand_computed():
+    real = torch.zeros(1, 1, 2, 5)  # ten zeros -> bin [0, 4)
+    generated = torch.full((1, 1, 2, 5), 4.0)  # ten fours -> bin [4, 8)
+    # p = 11/140 in bin 65, 1/140 elsewhere; q = 11/140 in bin 66, 1/140 elsewhere.
+    expected = 11 / 140 * math.log(11) + 1 / 140 * math.log(1 / 11)
+    assert kld(real, generated) == pytest.approx(expected, rel=1e-12)
+
+
+def test_kld_per_patch_and_identity():
+    torch.manual_seed(0)
+    noise = torch.randn(4, 3, 16, 16) * 10
+    assert torch.equal(kld_per_patch(noise, noise), torch.zeros(4, dtype=torch.float64))
+    wider = kld_per_patch(noise, noise * 3)
+    assert wider.shape == (4,) and bool((wider > 0.1).all())
+
+
+def test_akld_hand_computed_and_identity():
+    real, generated = torch.full((1, 3, 8, 8), 0.1), torch.full((1, 3, 8, 8), 0.2)
+    ratio = 4.0
+    assert akld(real, generated) == pytest.approx(0.5 * (ratio - math.log(ratio) - 1), rel=1e-9)
+    assert akld(real, real) == 0.0
+    # ratios beyond 10 are clamped
+    assert akld(real, real * 100) == pytest.approx(0.5 * (10 - math.log(10) - 1), rel=1e-9)
+
+
+def test_akld_window_is_opencv_default_gaussian():
+    taps = gaussian_taps()
+    assert len(taps) == 7 and taps.sum().item() == pytest.approx(1.0)
+    assert (taps[3] / taps[2]).item() == pytest.approx(math.exp(1 / (2 * 1.4**2)))
+    impulse = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    impulse[0, 0, 4, 4] = 1.0
+    assert local_variance(impulse)[0, 0, 4, 4].item() == pytest.approx(taps[3].item() ** 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(4, 12), st.integers(4, 12), st.floats(0.2, 5.0))
+def test_akld_properties(batch, height, width, scale):
+    real = torch.randn(batch, 3, height, width, dtype=torch.float64) * 0.05
+    per_patch = akld_per_patch(real, real * scale)
+    assert per_patch.shape == (batch,) and bool((per_patch >= 0).all())
+    assert torch.allclose(akld_per_patch(real, real), torch.zeros(batch, dtype=torch.float64))
+
+
+def test_psnr_and_ssim():
+    reference = np.full((16, 16, 3), 100, np.uint8)
+    estimate = reference.copy()
+    estimate[0, 0, 0] = 110  # one error of 10 over 768 values
+    assert psnr(reference, estimate) == pytest.approx(10 * math.log10(255**2 / (100 / 768)))
+    assert psnr(reference, reference) == float("inf")
+    assert ssim(reference, reference) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(reference + rng.normal(0, 20, reference.shape), 0, 255).astype(np.uint8)
+    assert ssim(reference, noisy) < 0.9
+
+
+def test_noise_stats_recover_known_structure():
+    generator = torch.Generator().manual_seed(0)
+    white = torch.randn(8, 3, 64, 64, generator=generator) * 5
+    clean = torch.rand(8, 3, 64, 64, generator=generator)
+    stats = noise_stats(clean, white)
+    assert stats.corr[:, 0].tolist() == pytest.approx([1, 1, 1])
+    assert stats.corr[:, 1:].abs().max() < 0.03 and stats.cross.abs().max() < 0.03
+    assert stats.overall_std.tolist() == pytest.approx([5, 5, 5], rel=0.03)
+    # x[p] + x[p+1] (both directions): correlation 0.5 at distance 1 horizontally, 0 vertically.
+    base = torch.randn(8, 3, 64, 65, generator=generator)
+    correlated = base[..., 1:] + base[..., :-1]
+    assert noise_stats(clean, correlated).corr[:, 1].mean().item() == pytest.approx(0.25, abs=0.02)
+    assert corr_error(stats, stats) == 0.0
+    assert corr_error(stats, noise_stats(clean, correlated)) > 0.05
+    # heteroscedastic: std = 2 + 10 x
+    hetero = torch.randn(8, 3, 64, 64, generator=generator) * (2 + 10 * clean)
+    curve = noise_stats(clean, hetero, bins=4).std[0]
+    assert curve.tolist() == pytest.approx([2 + 10 * (k + 0.5) / 4 for k in range(4)], rel=0.1)
+
+
+def test_baselines_recover_their_parameters():
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.rand(16, 3, 96, 96, generator=generator)
+    variance = 0.5 * clean * 255 + 4.0  # a = 0.5, b = 4
+    noise = torch.randn(clean.shape, generator=generator) * variance.sqrt()
+    cameras, isos = ["S6"] * 16, [800.0] * 16
+    nlf, gaussian = HeteroscedasticNoise(), GaussianNoise()
+    for model in (nlf, gaussian):
+        model.update(clean, noise, cameras, isos)
+    slope, offset = nlf.coefficients("S6", 800).unbind(1)
+    assert slope.tolist() == pytest.approx([0.5] * 3, rel=0.05)
+    assert offset.tolist() == pytest.approx([4.0] * 3, abs=1.0)
+    assert gaussian.std("S6", 800) == pytest.approx(float(noise.square().mean().sqrt()), rel=1e-6)
+    drawn = nlf.noise(clean, cameras, isos, torch.Generator().manual_seed(0))
+    assert drawn.shape == clean.shape
+    assert kld(noise, drawn) < kld(noise, gaussian.noise(clean, cameras, isos, torch.Generator().manual_seed(0)))
+    with pytest.raises(BadInputError, match="'GP' at ISO 800.*S6@800"):
+        nlf.noise(clean[:1], ["GP"], [800.0])
