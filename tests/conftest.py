@@ -24,3 +24,20 @@ def simcam_tree(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("simcam") / "data"
     return simulate(root, cameras=["V1", "V2"], isos=[100, 1600], scenes=6, size_px=64, seed=3, progress=False)
+
+
+def tiny_config():
+    """The ``small`` preset shrunk further so that a training step takes milliseconds."""
+    import dataclasses
+
+    from nmflowgan.config import CriticConfig, FlowConfig, ModelConfig, RefinerConfig, small
+
+    config = small()
+    return dataclasses.replace(
+        config, name="tiny",
+        model=ModelConfig(FlowConfig(conv_features=4, receptive_field_px=3, meta_hidden=4, meta_blocks=1),
+                          RefinerConfig(depth=2, width=4, sees_clean=True), "continuous"),
+        critic=CriticConfig(variant="any", width=4),
+        train=dataclasses.replace(config.train, patch_px=32, stride_px=32, batch_size=4, val_every=4,
+                                  val_patches=8, flow_warmup_steps=2, generator_every=2, lr_decay_every=6),
+    )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from nmflowgan.config import preset
+from nmflowgan.errors import OutputExistsError
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.models.noise_model import NoiseModel
@@ -48,3 +50,27 @@ def model_summary(name: str) -> ModelSummary:
     model = NoiseModel(config.model)
     return ModelSummary(name, _count(model.flow), _count(model.refiner), _count(Critic(config.critic)),
                         _count(DnCNN(config.denoiser)))
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where an evaluation report was written, and its overall table (Markdown)."""
+
+    path: Path
+    table: str
+
+
+def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path, split: str | None = None,
+                       train_split: str | None = None, patch_px: int = 64, max_patches: int = 512,
+                       fit_patches: int = 2000, seed: int = 0, overwrite: bool = False, progress: bool = True,
+                       title: str = "nmflowgan evaluation") -> Report:
+    """Runs :func:`nmflowgan.evaluation.evaluate` and writes ``results.json``, ``report.md``, ``report.html``."""
+    from nmflowgan.evaluation import evaluate
+    from nmflowgan.reporting.report import results_table, write_report
+
+    out = Path(out)
+    if (out / "results.json").exists() and not overwrite:
+        raise OutputExistsError(f"{out}: holds an evaluation already (pass --overwrite to replace it)")
+    result = evaluate(checkpoint, data, split, train_split, patch_px, max_patches, fit_patches, seed, progress=progress)
+    path = write_report(result, out, title=title, intro=f"Checkpoint `{checkpoint}`, data `{data}`.")
+    return Report(path, results_table(result))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nmflowgan import __version__
-from nmflowgan.config import PRESETS
+from nmflowgan.config import PRESETS, Config, load_config, preset
 from nmflowgan.errors import NmflowganError
 
 
@@ -34,7 +36,83 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     _common_output(simulate)
     simulate.set_defaults(handler=_simulate)
+
+    train = sub.add_parser("train", help="train a noise model (NLL + WGAN-GP); resumable, torchrun-ready")
+    train.add_argument("--data", required=True, type=Path, help="simcam folder, SIDD tree or metadata.csv folder")
+    train.add_argument("--split", default=None, help="train | sidd-train (default: the data set's)")
+    train.add_argument("--val-split", default=None, help="test | sidd-test (default: the data set's)")
+    _preset_arguments(train)
+    train.add_argument("--stage", choices=["joint", "flow"], default="joint",
+                       help="joint: NLL + GAN (the paper); flow: the flow alone (ablation)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None)
+    length.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--out", required=True, type=Path, help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (GPU)")
+    train.add_argument("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    train.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
+    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--skip-bad", action="store_true", help="log and skip unusable image pairs")
+    _common_output(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser("evaluate", help="KLD/AKLD/correlation of a model next to the baselines, with a report")
+    evaluate.add_argument("--checkpoint", required=True, type=Path, help="run folder or saved model folder")
+    evaluate.add_argument("--data", required=True, type=Path)
+    evaluate.add_argument("--split", default=None, help="test split (default: the data set's)")
+    evaluate.add_argument("--train-split", default=None, help="split the baselines are fitted on")
+    evaluate.add_argument("--out", required=True, type=Path, help="folder for results.json and the report")
+    evaluate.add_argument("--patch-px", type=int, default=64)
+    evaluate.add_argument("--max-patches", type=int, default=512)
+    evaluate.add_argument("--seed", type=int, default=0)
+    _common_output(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
     return parser
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from nmflowgan.api import evaluate_to_report
+
+    report = evaluate_to_report(args.checkpoint, args.data, args.out, split=args.split, train_split=args.train_split,
+                                patch_px=args.patch_px, max_patches=args.max_patches, seed=args.seed,
+                                overwrite=args.overwrite, progress=not args.quiet)
+    print(report.table)
+    print(f"report: {report.path} (and report.html, results.json)")
+
+
+def _preset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                        help="paper: the official configuration (GPU); small: minutes on a CPU")
+    parser.add_argument("--config", type=Path, default=None, help="a full config JSON (overrides --preset)")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config) if args.config is not None else preset(args.preset)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
+
+    options = NoiseTrainingOptions(
+        data=args.data, out=args.out, split=args.split, val_split=args.val_split, stage=args.stage,
+        steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite, device=args.device,
+        seed=args.seed, workers=args.workers, precision=args.precision, channels_last=args.channels_last,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every, quiet=args.quiet, skip_bad=args.skip_bad,
+    )
+    result = train_noise_model(_config(args), options)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if result.interrupted:
+        print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; the checkpoint is "
+              f"{result.run_dir / 'last'}. Continue with the same command plus --resume.")
+        return
+    scores = ", ".join(f"step {v['step']}: {v['val_kld']:.4f}" for v in result.validation[:1] + result.validation[-1:])
+    print(f"trained to step {result.step}; validation KLD {scores}; best {result.best_kld:.4f}")
+    print(f"checkpoints: {result.run_dir / 'last'} and {result.run_dir / 'best'}")
 
 
 def _common_output(parser: argparse.ArgumentParser) -> None:

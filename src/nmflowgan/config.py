@@ -139,12 +139,16 @@ class TrainConfig:
     Attributes:
         patch_px: square patch side; stride_px: patch grid stride.
         batch_size: global batch (split across ranks).
-        lr: Adam learning rate; betas: Adam betas.
+        lr: Adam learning rate; betas: Adam betas; critic_lr / refiner_lr: the critic's and the
+            refiner's rates (None: ``lr``). The refiner's output is scaled by 256 into 8-bit units, so a
+            short high-rate CPU run needs a lower rate there than for the flow.
         lr_decay_every: learning rate is multiplied by ``lr_gamma`` every this many ``lr_decay_unit``.
         weight_nll, weight_gan: loss weights; gp_lambda: gradient-penalty weight.
         generator_every: the flow and refiner are updated every this many critic steps.
         epochs: default length when neither ``--steps`` nor ``--epochs`` is given.
         val_every: steps between validation passes; val_patches: patches per validation.
+        flow_warmup_steps: steps of NLL-only training of the flow before the adversarial game starts
+            (0 in the paper; the short CPU preset starts the GAN on a flow that already fits).
     """
 
     patch_px: int = 96
@@ -152,6 +156,8 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
+    critic_lr: float | None = None
+    refiner_lr: float | None = None
     lr_decay_every: int = 10
     lr_decay_unit: str = "epoch"
     lr_gamma: float = 0.5
@@ -162,10 +168,13 @@ class TrainConfig:
     epochs: int = 40
     val_every: int = 1000
     val_patches: int = 256
+    flow_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         _check_positive(self, "patch_px", "stride_px", "batch_size", "lr", "lr_decay_every",
                         "generator_every", "epochs", "val_every", "val_patches")
+        if self.flow_warmup_steps < 0:
+            raise BadInputError(f"flow_warmup_steps must be >= 0, got {self.flow_warmup_steps}")
         if self.lr_decay_unit not in ("epoch", "step"):
             raise BadInputError(f"lr_decay_unit {self.lr_decay_unit!r} is not 'epoch' or 'step'")
 

@@ -25,3 +25,7 @@ class CheckpointError(NmflowganError, ValueError):
 
 class OutputExistsError(NmflowganError, FileExistsError):
     """An output that already exists and would be overwritten without ``--overwrite``."""
+
+
+class TrainingError(NmflowganError, RuntimeError):
+    """Training cannot go on (a non-finite loss, a resume that does not fit its checkpoint, ...)."""

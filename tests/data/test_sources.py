@@ -156,7 +156,7 @@ def test_bad_pairs_each_give_one_clear_error(tmp_path, simcam_tree):
 
 def test_patches_grid_augmentation_and_workers(simcam_tree):
     records = find_pairs(simcam_tree, "train")
-    dataset = PatchDataset(records, patch_px=32, stride_px=16, augment=True, seed=7)
+    dataset = PatchDataset(records, patch_px=32, stride_px=16, augment=True, seed=7, with_oracle=True)
     assert len(dataset) == len(records) * 9
     record, y, x = dataset.locate(10)
     item = dataset[10]

@@ -95,3 +95,14 @@ def find_pairs(data: str | Path, split: str | None = None, skip_bad: bool = Fals
             raise DataError(f"{root}: a SIDD tree takes --split {' or '.join(SPLITS)}, got {split!r}")
         return scan_sidd(root, split, skip_bad=skip_bad)
     raise DataError(f"{root}: not a data set (no metadata.csv, no train/ and test/, no SIDD folders)")
+
+
+def default_splits(data: str | Path, split: str | None, val_split: str | None) -> tuple[str | None, str | None]:
+    """``(training split, validation split)``, each as given or the data set's default: ``train``/``test``
+    for a folder with both, ``sidd-train``/``sidd-test`` for a SIDD tree, none for a metadata.csv folder."""
+    root = Path(data)
+    if (root / METADATA_FILE).is_file():
+        return split, val_split
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return split or "train", val_split or "test"
+    return split or "sidd-train", val_split or "sidd-test"

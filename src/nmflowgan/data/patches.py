@@ -50,11 +50,13 @@ class PatchDataset(Dataset):
         augment: apply a random flip/rot90 per patch.
         seed: the augmentation seed; :meth:`set_epoch` changes it per epoch.
         skip_bad: drop unusable pairs (logged) instead of raising.
-        cache_images: decoded images kept per process.
+        with_oracle: also read each pair's oracle image (evaluation); training does not need it.
+        cache_mb: decoded images kept per process, in megabytes (least recently used are dropped).
     """
 
     def __init__(self, records: Sequence[PairRecord], patch_px: int = 96, stride_px: int = 48,
-                 augment: bool = False, seed: int = 0, skip_bad: bool = False, cache_images: int = 32) -> None:
+                 augment: bool = False, seed: int = 0, skip_bad: bool = False, with_oracle: bool = False,
+                 cache_mb: float = 1024) -> None:
         self.patch_px, self.stride_px, self.augment, self.seed = patch_px, stride_px, augment, seed
         self.epoch = 0
         self.records: list[PairRecord] = []
@@ -69,8 +71,10 @@ class PatchDataset(Dataset):
             self.starts.append(self.starts[-1] + rows * cols)
         if not self.records:
             raise DataError("no usable image pairs")
-        self.cache_images = cache_images
+        self.with_oracle = with_oracle
+        self.cache_bytes = int(cache_mb * 2**20)
         self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -79,16 +83,12 @@ class PatchDataset(Dataset):
         """Selects the augmentations of ``epoch`` (call before iterating)."""
         self.epoch = epoch
 
-    @property
-    def has_oracle(self) -> bool:
-        return all(r.oracle is not None for r in self.records)
-
     def locate(self, index: int) -> tuple[PairRecord, int, int]:
         """The pair and the top-left ``(y, x)`` of patch ``index``."""
         pair = bisect.bisect_right(self.starts, index) - 1
-        rows_cols = self.grids[pair][1]
+        columns = self.grids[pair][1]
         offset = index - self.starts[pair]
-        return self.records[pair], (offset // rows_cols) * self.stride_px, (offset % rows_cols) * self.stride_px
+        return self.records[pair], (offset // columns) * self.stride_px, (offset % columns) * self.stride_px
 
     def _image(self, path: Path) -> np.ndarray:
         if path in self._cache:
@@ -96,23 +96,27 @@ class PatchDataset(Dataset):
             return self._cache[path]
         image = read_rgb(path)
         self._cache[path] = image
-        if len(self._cache) > self.cache_images:
-            self._cache.popitem(last=False)
+        self._cached_bytes += image.nbytes
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return image
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Patch ``key``: an index (augmented for the current epoch) or an ``(index, epoch)`` pair."""
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         if not 0 <= index < len(self):
             raise IndexError(index)
         record, y, x = self.locate(index)
         window = np.s_[y : y + self.patch_px, x : x + self.patch_px]
-        paths = [record.clean, record.noisy] + ([record.oracle] if record.oracle is not None else [])
+        oracle = self.with_oracle and record.oracle is not None
+        paths = [record.clean, record.noisy] + ([record.oracle] if oracle else [])
         crops = [self._image(p)[window] for p in paths]
         if self.augment:
-            code = int(np.random.default_rng([self.seed, self.epoch, index]).integers(8))
+            code = int(np.random.default_rng([self.seed, epoch, index]).integers(8))
             crops = [np.rot90(c[:, ::-1] if code >= 4 else c, k=code % 4) for c in crops]
         tensors = [torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in crops]
         item = {"clean": tensors[0], "noisy": tensors[1], "camera": record.camera, "iso": float(record.iso)}
-        if record.oracle is not None:
+        if oracle:
             item["oracle"] = tensors[2]
         return item
 

@@ -18,11 +18,14 @@ class FlowContext:
         clean: ``(B, 3, H, W)`` clean image in [0, 1].
         cond: encoded camera/ISO of each sample.
         generator: source of the dequantization noise (``None``: torch's global generator).
+        uniform: pre-drawn dequantization noise ``(B, C, H, W)`` in [0, 1), used instead of drawing
+            (distributed training draws the global batch's noise once and gives each rank its slice).
     """
 
     clean: torch.Tensor
     cond: Condition
     generator: torch.Generator | None = None
+    uniform: torch.Tensor | None = None
 
     @property
     def clean_255(self) -> torch.Tensor:

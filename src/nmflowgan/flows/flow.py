@@ -76,7 +76,7 @@ class NoiseFlow(nn.Module):
         return x, total
 
     def log_prob(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, uniform: torch.Tensor | None = None) -> torch.Tensor:
         """Log-density of ``noise`` given ``clean`` and the condition.
 
         Args:
@@ -84,20 +84,21 @@ class NoiseFlow(nn.Module):
             clean: ``(B, C, H, W)`` clean image in [0, 1].
             cond: encoded condition of batch size B.
             generator: source of the dequantization noise.
+            uniform: pre-drawn dequantization noise in [0, 1), shape of ``noise`` (instead of drawing).
 
         Returns:
             ``(B,)`` log-likelihood in nats, summed over C, H and W (a lower bound of the discrete
             log-probability when the flow dequantizes).
         """
-        context = FlowContext(clean, cond, generator)
+        context = FlowContext(clean, cond, generator, uniform)
         z, logdet = self.forward_and_logdet(clean * 255.0 + noise, context)
         log_base = -0.5 * (z.square() + LOG_2PI).flatten(1).sum(1)
         return log_base + logdet
 
     def nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, uniform: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per dimension (nats), the training loss."""
-        return -self.log_prob(noise, clean, cond, generator).mean() / noise[0].numel()
+        return -self.log_prob(noise, clean, cond, generator, uniform).mean() / noise[0].numel()
 
     def sample(self, clean: torch.Tensor, cond: Condition, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -116,7 +117,11 @@ class NoiseFlow(nn.Module):
         """
         device = generator.device if generator is not None else clean.device
         z = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype).to(clean.device)
-        noisy_255, _ = self.inverse_and_logdet(z * temperature, FlowContext(clean, cond, generator))
+        return self.noise_from_latent(z * temperature, clean, cond)
+
+    def noise_from_latent(self, z: torch.Tensor, clean: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The noise (8-bit units) that latent ``z`` ``(B, C, H, W)`` maps to, differentiably."""
+        noisy_255, _ = self.inverse_and_logdet(z, FlowContext(clean, cond))
         return noisy_255 - clean * 255.0
 
     @torch.no_grad()

@@ -70,13 +70,24 @@ class NoiseModel(nn.Module):
         return next(self.parameters()).device
 
     def noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
-              temperature: float = 1.0, refine: bool = True) -> torch.Tensor:
+              temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None) -> torch.Tensor:
         """Draws noise in 8-bit units for ``(B, 3, H, W)`` clean images in [0, 1] (not quantized).
 
-        With ``refine=False`` this is the flow alone (the ``flow-only`` ablation).
+        Args:
+            latent: a pre-drawn ``(B, 3, H, W)`` standard-normal latent (then ``generator`` and
+                ``temperature`` are unused); differentiable with respect to every parameter.
+            refine: False gives the flow alone (the ``flow-only`` ablation).
         """
-        noise = self.flow.sample(clean, cond, temperature, generator)
+        if latent is None:
+            noise = self.flow.sample(clean, cond, temperature, generator)
+        else:
+            noise = self.flow.noise_from_latent(latent, clean, cond)
         return self.refiner(noise, clean) if refine else noise
+
+    def quantized_noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
+                        temperature: float = 1.0, refine: bool = True) -> torch.Tensor:
+        """Noise as a camera records it: ``round(clip(clean * 255 + noise)) - clean * 255``, 8-bit units."""
+        return quantize(clean, self.noise(clean, cond, generator, temperature, refine))
 
     @torch.no_grad()
     def sample(self, clean: torch.Tensor | np.ndarray, camera: str | Sequence[str],
@@ -105,8 +116,7 @@ class NoiseModel(nn.Module):
         is_uint8 = tensor.dtype == torch.uint8
         clean01 = _to_unit_float(tensor).to(self._device())
         cond = self.encode(camera, iso, clean01.shape[0], extrapolate)
-        noise = self.noise(clean01, cond, generator, temperature, refine)
-        noisy_255 = (clean01 * 255.0 + noise).round().clamp(0, 255)
+        noisy_255 = clean01 * 255.0 + self.quantized_noise(clean01, cond, generator, temperature, refine)
         out = noisy_255.to(torch.uint8) if is_uint8 else (noisy_255 / 255.0).to(tensor.dtype)
         out = out.to(tensor.device)
         if squeeze:
@@ -146,6 +156,17 @@ class NoiseModel(nn.Module):
         model = cls(config, space.cameras, space.isos)  # type: ignore[arg-type]
         load_weights(model, directory / WEIGHTS_FILE)
         return model.to(map_location).eval()
+
+
+def quantize(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:
+    """Rounds and clips ``clean * 255 + noise`` to 8-bit values and returns the noise that remains.
+
+    The gradient passes straight through, so adversarial training sees the noise a camera would record
+    (integer, clipped at 0 and 255) while still reaching the generator's parameters.
+    """
+    noisy = clean * 255.0 + noise_255
+    recorded = noisy.round().clamp(0, 255)
+    return noise_255 + (recorded - noisy).detach()
 
 
 def resolve_model_dir(path: str | Path) -> Path:

@@ -1,0 +1,1 @@
+"""Tables, plots and the Markdown/HTML report of an evaluation."""

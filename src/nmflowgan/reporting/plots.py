@@ -1,0 +1,125 @@
+"""The figures of an evaluation: noise level versus intensity, correlation versus distance, histograms,
+and a grid of example patches. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nmflowgan.metrics.kld import BIN_WIDTH, EDGE_LOW, N_BINS
+
+COLOURS = {"real": "black", "gaussian": "tab:gray", "nlf": "tab:orange", "flow-only": "tab:blue",
+           "nmflowgan": "tab:red", "oracle": "tab:green"}
+CHANNELS = ("R", "G", "B")
+
+
+def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and without a display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(conditions: list[tuple[str, float]]) -> tuple[list[str], list[float]]:
+    return sorted({c for c, _ in conditions}), sorted({i for _, i in conditions})
+
+
+def std_vs_intensity(stats: dict, path: Path) -> Path:
+    """Rows: camera/ISO conditions; columns: R, G, B; lines: real and each model (Fig. 2 of the paper)."""
+    plt = _pyplot()
+    keys = sorted(stats)
+    figure, axes = plt.subplots(len(keys), 3, figsize=(10, 2.2 * len(keys)), squeeze=False, sharex=True)
+    for row, key in enumerate(keys):
+        for channel in range(3):
+            axis = axes[row][channel]
+            for name, value in stats[key].items():
+                axis.plot(value.intensity.numpy(), value.std[channel].numpy(), color=COLOURS.get(name),
+                          lw=2.2 if name == "real" else 1.2, label=name)
+            axis.set_title(f"{key[0]} ISO {key[1]:g} - {CHANNELS[channel]}", fontsize=8)
+            axis.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    for axis in axes[-1]:
+        axis.set_xlabel("clean intensity (0-255)", fontsize=8)
+    figure.supylabel("noise std (8-bit units)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def correlation_vs_distance(stats: dict, path: Path) -> Path:
+    """One panel per camera/ISO: correlation of the noise at pixel distance d, channels averaged (Fig. 3)."""
+    plt = _pyplot()
+    cameras, isos = _grid(list(stats))
+    figure, axes = plt.subplots(len(cameras), len(isos), figsize=(2.6 * len(isos), 2.2 * len(cameras)),
+                                squeeze=False, sharey=True)
+    for key, by_model in stats.items():
+        axis = axes[cameras.index(key[0])][isos.index(key[1])]
+        for name, value in by_model.items():
+            curve = value.corr.mean(0).numpy()
+            axis.plot(range(len(curve)), curve, marker="o", ms=3, color=COLOURS.get(name),
+                      lw=2.2 if name == "real" else 1.2, label=name)
+        axis.set_title(f"{key[0]} ISO {key[1]:g}", fontsize=8)
+        axis.axhline(0, color="lightgray", lw=0.8)
+        axis.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    figure.supxlabel("pixel distance")
+    figure.supylabel("noise correlation")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def noise_histograms(hists: dict, path: Path) -> Path:
+    """One panel per camera/ISO: the 130-bin noise histograms (log scale) of real noise and each model."""
+    plt = _pyplot()
+    cameras, isos = _grid(list(hists))
+    centres = EDGE_LOW + BIN_WIDTH * (np.arange(N_BINS) + 0.5)
+    figure, axes = plt.subplots(len(cameras), len(isos), figsize=(2.6 * len(isos), 2.2 * len(cameras)),
+                                squeeze=False)
+    for key, by_model in hists.items():
+        axis = axes[cameras.index(key[0])][isos.index(key[1])]
+        for name, counts in by_model.items():
+            density = (counts / counts.sum()).numpy()
+            axis.semilogy(centres, np.where(density > 0, density, np.nan), color=COLOURS.get(name),
+                          lw=2.2 if name == "real" else 1.0, label=name)
+        axis.set_xlim(-80, 80)
+        axis.set_title(f"{key[0]} ISO {key[1]:g}", fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    figure.supxlabel("noise (8-bit units)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def sample_grid(examples: dict, path: Path, model: str = "nmflowgan", max_rows: int = 8, gain: float = 4.0) -> Path:
+    """Rows: conditions; columns: clean, real noisy, synthesized noisy, real noise and synthesized noise
+    (amplified ``gain`` times around mid-grey)."""
+    plt = _pyplot()
+    keys = sorted(examples)[:max_rows]
+    titles = ("clean", "real noisy", f"{model} noisy", f"real noise x{gain:g}", f"{model} noise x{gain:g}")
+    figure, axes = plt.subplots(len(keys), 5, figsize=(10, 2.1 * len(keys)), squeeze=False)
+    for row, key in enumerate(keys):
+        example = examples[key]
+        clean = example["clean"].double()
+        panels = (clean, clean + example["real"], clean + example[model],
+                  128 + gain * example["real"], 128 + gain * example[model])
+        for column, panel in enumerate(panels):
+            image = panel.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            axes[row][column].imshow(image, interpolation="nearest")
+            axes[row][column].set_xticks([])
+            axes[row][column].set_yticks([])
+            if row == 0:
+                axes[row][column].set_title(titles[column], fontsize=8)
+        axes[row][0].set_ylabel(f"{key[0]} ISO {key[1]:g}", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path

@@ -1,0 +1,122 @@
+"""The evaluation report: ``results.json``, ``report.md`` and a self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+from nmflowgan.atomic import write_text
+from nmflowgan.evaluation import EvalResult
+from nmflowgan.reporting import plots
+
+AKLD_NOTE = (
+    "AKLD compares local noise-variance estimates, and spatially correlated noise makes those estimates "
+    "noisier: a second real draw of the same image (the `oracle`) scores well above zero, and white noise "
+    "of the right variance can score below it. Read AKLD next to the oracle's, never alone, and let the "
+    "correlation error speak for spatial structure."
+)
+CORR_NOTE = (
+    "`corr_error` is the mean absolute difference between real and synthesized noise correlations at pixel "
+    "distances 1-3 (per channel) and across channels (R-G, G-B, R-B), averaged over camera/ISO conditions."
+)
+
+
+def results_table(result: EvalResult) -> str:
+    """The overall table in Markdown, with each model's KLD above the oracle's when there is one."""
+    oracle = result.models.get("oracle", {}).get("kld")
+    header = "| model | KLD | AKLD | corr_error |" + (" KLD above oracle |" if oracle is not None else "")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name, scores in result.models.items():
+        line = f"| {name} | {scores['kld']:.4f} | {scores['akld']:.4f} | {scores['corr_error']:.4f} |"
+        if oracle is not None:
+            line += f" {scores['kld'] - oracle:+.4f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def condition_table(result: EvalResult, metric: str) -> str:
+    names = list(result.models)
+    lines = ["| camera | ISO | patches | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 3)]
+    for row in result.per_condition:
+        values = " | ".join(f"{row[n][metric]:.4f}" for n in names)
+        lines.append(f"| {row['camera']} | {row['iso']:g} | {row['n_patches']} | {values} |")
+    return "\n".join(lines)
+
+
+def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluation", intro: str = "") -> Path:
+    """Writes ``results.json``, the figures, ``report.md`` and ``report.html`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "results.json", json.dumps(_finite(result.to_dict()), indent=2) + "\n")
+    figures = {
+        "Noise level versus clean intensity": plots.std_vs_intensity(result.stats, out / "std_vs_intensity.png"),
+        "Correlation versus pixel distance": plots.correlation_vs_distance(result.stats, out / "correlation.png"),
+        "Noise histograms": plots.noise_histograms(result.histograms, out / "histograms.png"),
+        "Examples": plots.sample_grid(result.examples, out / "samples.png"),
+    }
+    markdown = [f"# {title}", "", intro, "",
+                f"{result.n_patches} test patches, seed {result.seed}. Lower is better in every column.", "",
+                results_table(result), "", CORR_NOTE, "", AKLD_NOTE, "",
+                "## KLD per camera and ISO", "", condition_table(result, "kld"), "",
+                "## Correlation error per camera and ISO", "", condition_table(result, "corr_error"), ""]
+    for caption, path in figures.items():
+        markdown += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+    text = "\n".join(markdown)
+    write_text(out / "report.md", text)
+    write_text(out / "report.html", markdown_to_html(text, out))
+    return out / "report.md"
+
+
+def markdown_to_html(text: str, folder: Path) -> str:
+    """The small Markdown subset the reports use (headings, tables, images, paragraphs, code) as one
+    self-contained HTML page with the images inline."""
+    body, table = [], []
+
+    def flush_table() -> None:
+        if table:
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-: ")]
+            cells = ["<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in rows[0]) + "</tr>"]
+            cells += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows[1:]]
+            body.append("<table>" + "".join(cells) + "</table>")
+            table.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip())
+        if image:
+            data = base64.b64encode((folder / image.group(2)).read_bytes()).decode()
+            body.append(f'<p><img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "img{max-width:100%}")
+    head = f"<head><meta charset='utf-8'><style>{style}</style></head>"
+    return f"<!doctype html><html>{head}<body>{''.join(body)}</body></html>\n"
+
+
+def _inline(text: str) -> str:
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", escaped)
+
+
+def _finite(value: object) -> object:
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Training loops (noise model, denoiser), checkpoints, run folders and scale-out."""

@@ -1,0 +1,74 @@
+"""Scale-out with PyTorch's own engine: ``torchrun`` sets the environment, this module reads it.
+
+Launch ``torchrun --nproc-per-node 8 -m nmflowgan train ...`` on one node, or with ``--nnodes`` and a
+rendezvous endpoint on several. Each rank computes on its slice of every global batch; gradients are
+averaged by DistributedDataParallel (NCCL on GPUs, gloo on CPUs); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values`` over all ranks (identity when not distributed)."""
+        if not self.enabled:
+            return values
+        summed = values.detach().clone()
+        dist.all_reduce(summed)
+        return summed / self.world_size
+
+
+def setup(device: torch.device) -> DistributedContext:
+    """Joins the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); otherwise a no-op.
+
+    The backend follows the device: NCCL for CUDA, gloo otherwise.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def teardown(context: DistributedContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA (this rank's GPU), then MPS, then CPU; other names are taken as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(name)

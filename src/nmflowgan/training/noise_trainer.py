@@ -1,0 +1,393 @@
+"""NM-FlowGAN training: NLL of the real noise under the flow plus WGAN-GP on the refined noise.
+
+One linear loop, read top to bottom: run folder, data, model, optimizers, resume, then steps. Each step
+trains the critic on (noise, clean) pairs; every ``generator_every``-th step also trains the generator on
+``w_nll * NLL + w_gan * (-D(fake))``. As in the official NM-FlowGAN code, the flow learns from the NLL
+alone and the refiner from the adversarial loss alone: the refiner's input, the flow's sample, is drawn
+without a graph. Each update computes only what it changes: the critic step draws fake noise without a
+graph, and the generator step freezes the critic. With ``stage="flow"`` only the flow's NLL is trained
+(the ablation that shows what the GAN adds).
+
+Every random number of a step (dequantization, latents, interpolation weights) is drawn for the whole
+global batch from one CPU generator, and each rank keeps its slice: N ranks take exactly the steps one
+process takes with the same global batch, and a resumed run takes exactly the steps of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from nmflowgan.atomic import write_text
+from nmflowgan.conditions import Condition
+from nmflowgan.config import Config, to_dict
+from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
+from nmflowgan.errors import DataError, TrainingError
+from nmflowgan.metrics.akld import akld_per_patch
+from nmflowgan.metrics.kld import kld_per_patch
+from nmflowgan.models.critic import Critic
+from nmflowgan.models.noise_model import NoiseModel, load_weights, quantize
+from nmflowgan.training.batching import GlobalBatchSampler
+from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
+from nmflowgan.training.distributed import DistributedContext, resolve_device, setup, teardown
+from nmflowgan.training.losses import critic_loss, generator_adversarial_loss
+from nmflowgan.training.run import MetricsLog, prepare_run_dir, stop_on_signals
+
+log = logging.getLogger(__name__)
+STAGES = ("joint", "flow")
+
+
+@dataclass(frozen=True)
+class NoiseTrainingOptions:
+    """How to run a training (the preset says what to train).
+
+    Attributes:
+        data: a data set folder (simcam, SIDD or metadata.csv); split / val_split: its training and
+            validation splits (None: the data set's defaults).
+        out: the run folder. stage: ``joint`` (NLL + GAN) or ``flow`` (NLL only).
+        steps / epochs: length (steps wins; neither: the preset's epochs).
+        resume / overwrite: continue the run in ``out`` / replace it.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``. seed: every random draw derives from it.
+        workers: DataLoader worker processes. precision: ``fp32`` or ``bf16`` (autocast).
+        channels_last: memory format on CUDA. log_every: steps between metric lines.
+        checkpoint_every: steps between checkpoints (default: the preset's validation interval).
+        quiet: no progress bar. skip_bad: skip unusable pairs.
+    """
+
+    data: Path
+    out: Path
+    split: str | None = None
+    val_split: str | None = None
+    stage: str = "joint"
+    steps: int | None = None
+    epochs: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    quiet: bool = False
+    skip_bad: bool = False
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: the step it reached, whether a signal stopped it, validation KLDs."""
+
+    run_dir: Path
+    step: int
+    total_steps: int
+    interrupted: str | None = None
+    validation: list[dict] = field(default_factory=list)
+
+    @property
+    def best_kld(self) -> float:
+        return min((v["val_kld"] for v in self.validation), default=math.nan)
+
+
+class GeneratorObjective(nn.Module):
+    """The generator's forward pass as one module, so DistributedDataParallel can wrap it: the NLL of
+    the real noise and, when a latent is given, the quantized refined noise it maps to (the flow's
+    pixel-wise sample is not differentiated: the adversarial loss trains the refiner only)."""
+
+    def __init__(self, model: NoiseModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, real_255: torch.Tensor, clean: torch.Tensor, cond: Condition, uniform: torch.Tensor,
+                latent: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        nll = self.model.flow.nll_per_dim(real_255, clean, cond, uniform=uniform)
+        if latent is None:
+            return nll, None
+        with torch.no_grad():
+            pixelwise = self.model.noise(clean, cond, latent=latent, refine=False)
+        return nll, quantize(clean, self.model.refiner(pixelwise, clean))
+
+
+def train_noise_model(config: Config, options: NoiseTrainingOptions) -> TrainResult:
+    """Trains (or resumes) a noise model into ``options.out``; see :class:`NoiseTrainingOptions`."""
+    if options.stage not in STAGES:
+        raise DataError(f"unknown stage {options.stage!r}; use one of {', '.join(STAGES)}")
+    device = resolve_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
+    context = setup(device)
+    try:
+        return _train(config, options, device, context)
+    finally:
+        teardown(context)
+
+
+def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, context: DistributedContext
+           ) -> TrainResult:
+    train_config = config.train
+    run_dir = Path(options.out)
+    if context.is_main:
+        prepare_run_dir(run_dir, options.resume, options.overwrite)
+    context.barrier()
+    resuming = options.resume and (run_dir / "last").exists()
+
+    # ---- data --------------------------------------------------------------------------------------
+    split, val_split = default_splits(options.data, options.split, options.val_split)
+    dataset = PatchDataset(find_pairs(options.data, split, options.skip_bad), train_config.patch_px,
+                           train_config.stride_px, augment=True, seed=options.seed, skip_bad=options.skip_bad)
+    cameras = sorted({r.camera for r in dataset.records})
+    isos = sorted({float(r.iso) for r in dataset.records})
+
+    # ---- model and optimizers ----------------------------------------------------------------------
+    torch.manual_seed(options.seed)
+    model = NoiseModel(config.model, cameras, isos).to(device)
+    critic = Critic(config.critic).to(device)
+    if options.channels_last and device.type == "cuda":
+        model.refiner.to(memory_format=torch.channels_last)
+        critic.to(memory_format=torch.channels_last)
+    optimizer_g = torch.optim.Adam(
+        [{"params": model.flow.parameters(), "lr": train_config.lr},
+         {"params": model.refiner.parameters(), "lr": train_config.refiner_lr or train_config.lr}],
+        betas=train_config.betas)
+    optimizer_c = torch.optim.Adam(critic.parameters(), lr=train_config.critic_lr or train_config.lr,
+                                   betas=train_config.betas)
+    rng = torch.Generator().manual_seed(options.seed)
+    validation_set = _validation_set(options, val_split, model, train_config)
+
+    sampler_probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
+                                       options.seed, 0, 1)
+    steps_per_epoch = sampler_probe.steps_per_epoch
+    total_steps = options.steps or (options.epochs or train_config.epochs) * steps_per_epoch
+    decay_steps = train_config.lr_decay_every * (steps_per_epoch if train_config.lr_decay_unit == "epoch" else 1)
+    checkpoint_every = options.checkpoint_every or train_config.val_every
+    state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c},
+                          {"trainer": rng}, {})
+    run_info = {"stage": options.stage, "seed": options.seed, "steps_per_epoch": steps_per_epoch,
+                "global_batch": train_config.batch_size, "total_steps": total_steps, "preset": config.name}
+    result = TrainResult(run_dir, 0, total_steps)
+
+    if resuming:
+        folder = (run_dir / "last").resolve()
+        load_weights(model, folder / "model.safetensors")
+        state = load_checkpoint(folder, state)
+        for key in ("steps_per_epoch", "global_batch", "stage", "seed"):
+            if state.info.get(key) != run_info[key]:
+                raise TrainingError(f"{folder}: cannot resume, the checkpoint's {key} is {state.info.get(key)!r} "
+                                    f"but this run's is {run_info[key]!r} (same data, preset, stage and seed needed)")
+        result.validation = list(state.info.get("validation", []))
+        log.info("resuming %s from step %d", run_dir, state.step)
+    else:
+        first = [dataset[key] for key in _first_global_batch(dataset, train_config.batch_size, options.seed)]
+        batch = collate(first)
+        clean, real = _as_float(batch, device)
+        model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(first)))
+        if context.is_main:
+            _write_config(run_dir, config, options, cameras, isos)
+    start = state.step
+    best = min((v["val_kld"] for v in result.validation), default=math.inf)
+
+    generator_objective: nn.Module = GeneratorObjective(model)
+    critic_forward: nn.Module = critic
+    if context.enabled:
+        generator_objective = DistributedDataParallel(generator_objective, find_unused_parameters=True)
+        critic_forward = DistributedDataParallel(critic)
+
+    sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
+                                 options.seed, start, total_steps)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
+                        persistent_workers=False)
+    metrics = MetricsLog(run_dir, start if resuming else None) if context.is_main else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
+    local = sampler.local_slice()
+    patch_shape = (train_config.batch_size, 3, train_config.patch_px, train_config.patch_px)
+
+    def validate(step: int) -> None:
+        nonlocal best
+        if not context.is_main or validation_set is None:
+            return
+        scores = _validate(model, validation_set, options.seed, train_config.batch_size)
+        record = {"step": step, **scores}
+        result.validation.append(record)
+        metrics.write(record)
+        if scores["val_kld"] < best:
+            best = scores["val_kld"]
+            folder = save_checkpoint(run_dir, model, _with_info(state, step, run_info, result))
+            point(run_dir, "best", folder)
+
+    def checkpoint(step: int) -> None:
+        if context.is_main:
+            save_checkpoint(run_dir, model, _with_info(state, step, run_info, result))
+
+    if start == 0:
+        validate(0)
+    step = start
+    with stop_on_signals() as stop, tqdm(total=total_steps, initial=start, desc=f"train {options.stage}",
+                                         unit="step", disable=options.quiet or not context.is_main) as bar:
+        tick, patches_since = time.perf_counter(), 0
+        for batch in loader:
+            clean, real = _as_float(batch, device)
+            cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
+            uniform = torch.rand(patch_shape, generator=rng)[local].to(device)
+            adversarial = options.stage == "joint" and step >= train_config.flow_warmup_steps
+            losses: dict[str, float] = {}
+            if adversarial:
+                latent = torch.randn(patch_shape, generator=rng)[local].to(device)
+                alpha = torch.rand((train_config.batch_size, 1, 1, 1), generator=rng)[local].to(device)
+                with torch.no_grad(), autocast:
+                    fake = quantize(clean, model.noise(clean, cond, latent=latent).float())
+                with autocast:
+                    loss_c, distance, penalty = critic_loss(critic_forward, real, fake, clean, alpha,
+                                                            train_config.gp_lambda)
+                optimizer_c.zero_grad(set_to_none=True)
+                loss_c.float().backward()
+                optimizer_c.step()
+                losses.update(critic=loss_c.item(), wasserstein=distance.item(), gp=penalty.item())
+            generator_step = not adversarial or (step + 1) % train_config.generator_every == 0
+            if generator_step:
+                latent = torch.randn(patch_shape, generator=rng)[local].to(device) if adversarial else None
+                critic.requires_grad_(False)
+                with autocast:
+                    nll, fake = generator_objective(real, clean, cond, uniform, latent)
+                    loss_g = train_config.weight_nll * nll.float()
+                    if fake is not None:
+                        adversarial_loss = generator_adversarial_loss(critic, fake, clean).float()
+                        loss_g = loss_g + train_config.weight_gan * adversarial_loss
+                        losses["gan"] = adversarial_loss.item()
+                optimizer_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                optimizer_g.step()
+                critic.requires_grad_(True)
+                losses["nll"] = nll.item()
+            losses = _agreed(losses, context)
+            for name, value in losses.items():
+                if not math.isfinite(value):
+                    raise TrainingError(f"step {step + 1}: the {name} loss is {value}; training stopped. The last "
+                                        f"good checkpoint is {run_dir / 'last'} (resume with --resume)")
+            step += 1
+            _set_lr(optimizer_g, optimizer_c, train_config, step, decay_steps)
+            patches_since += train_config.batch_size
+            bar.update()
+            if step % options.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - tick
+                rate = patches_since / max(elapsed, 1e-9)
+                tick, patches_since = time.perf_counter(), 0
+                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()} | {"patch/s": f"{rate:.0f}"})
+                if metrics is not None:
+                    metrics.write({"step": step, "epoch": (step - 1) // steps_per_epoch, **losses,
+                                   "lr": optimizer_g.param_groups[0]["lr"], "patches_per_s": rate})
+            if step % train_config.val_every == 0 or step == total_steps:
+                validate(step)
+            if step % checkpoint_every == 0 or step == total_steps:
+                checkpoint(step)
+            if stop:
+                checkpoint(step)
+                result.interrupted = stop.signal_name
+                break
+    result.step = step
+    if metrics is not None:
+        metrics.close()
+    context.barrier()
+    return result
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+
+def _as_float(batch: PatchBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(clean in [0, 1], real noise in 8-bit units)`` on ``device``."""
+    clean = batch.clean.to(device).float()
+    return clean / 255.0, batch.noisy.to(device).float() - clean
+
+
+def _first_global_batch(dataset: PatchDataset, batch_size: int, seed: int) -> list[tuple[int, int]]:
+    sampler = GlobalBatchSampler(len(dataset), batch_size, 0, 1, seed, 0, 1)
+    return next(iter(sampler))
+
+
+def _set_lr(optimizer_g: torch.optim.Optimizer, optimizer_c: torch.optim.Optimizer, config: object, step: int,
+            decay_steps: int) -> None:
+    """Step decay derived from the step alone, so nothing but the step needs saving."""
+    decay = config.lr_gamma ** (step // decay_steps)  # type: ignore[attr-defined]
+    flow, refiner = optimizer_g.param_groups
+    flow["lr"] = config.lr * decay  # type: ignore[attr-defined]
+    refiner["lr"] = (config.refiner_lr or config.lr) * decay  # type: ignore[attr-defined]
+    for group in optimizer_c.param_groups:
+        group["lr"] = (config.critic_lr or config.lr) * decay  # type: ignore[attr-defined]
+
+
+def _agreed(losses: dict[str, float], context: DistributedContext) -> dict[str, float]:
+    """The losses averaged over ranks, so every rank takes the same decisions (e.g. stopping)."""
+    if not context.enabled or not losses:
+        return losses
+    names = sorted(losses)
+    values = context.mean(torch.tensor([losses[n] for n in names], dtype=torch.float64))
+    return dict(zip(names, values.tolist()))
+
+
+def _with_info(state: TrainingState, step: int, run_info: dict, result: TrainResult) -> TrainingState:
+    return TrainingState(step, state.modules, state.optimizers, state.generators,
+                         run_info | {"validation": result.validation})
+
+
+def _write_config(run_dir: Path, config: Config, options: NoiseTrainingOptions, cameras: list[str],
+                  isos: list[float]) -> None:
+    record = {"config": to_dict(config), "cameras": cameras, "isos": isos,
+              "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()}}
+    write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Fixed validation patches: clean ``(N, 3, P, P)`` in [0, 1], real noise in 8-bit units, conditions."""
+
+    clean: torch.Tensor
+    noise: torch.Tensor
+    cameras: list[str]
+    isos: list[float]
+
+
+def _validation_set(options: NoiseTrainingOptions, split: str | None, model: NoiseModel, config: object
+                    ) -> ValidationSet | None:
+    """Evenly spaced patches of the validation split whose camera and ISO the model knows."""
+    if split is None:
+        return None
+    low, high = model.space.iso_range
+    onehot = model.space.iso_mode == "onehot"
+    records = [r for r in find_pairs(options.data, split, options.skip_bad) if r.camera in model.cameras
+               and (r.iso in model.isos if onehot else low <= r.iso <= high)]
+    if not records:
+        log.warning("no validation pairs with a known camera/ISO in split %s; validation is skipped", split)
+        return None
+    patch = config.patch_px  # type: ignore[attr-defined]
+    dataset = PatchDataset(records, patch, patch, skip_bad=options.skip_bad)
+    count = min(len(dataset), config.val_patches)  # type: ignore[attr-defined]
+    indices = torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()
+    batch = collate([dataset[i] for i in indices])
+    clean = batch.clean.float()
+    return ValidationSet(clean / 255.0, batch.noisy.float() - clean, batch.cameras, batch.isos.tolist())
+
+
+@torch.no_grad()
+def _validate(model: NoiseModel, data: ValidationSet, seed: int, batch_size: int) -> dict[str, float]:
+    """KLD and AKLD of the model's noise against the real noise of the validation patches (fixed seed)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    device = next(model.parameters()).device
+    klds, aklds = [], []
+    for start in range(0, len(data.cameras), batch_size):
+        part = slice(start, start + batch_size)
+        clean, real = data.clean[part].to(device), data.noise[part].to(device)
+        cond = model.encode(data.cameras[part], data.isos[part], clean.shape[0])
+        fake = model.quantized_noise(clean, cond, generator)
+        klds.append(kld_per_patch(real, fake).cpu())
+        aklds.append(akld_per_patch(real / 255.0, fake / 255.0).cpu())
+    return {"val_kld": float(torch.cat(klds).mean()), "val_akld": float(torch.cat(aklds).mean())}

@@ -1,0 +1,109 @@
+"""A run folder: refuses to clobber another run, logs metrics as JSON lines, stops cleanly on signals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from nmflowgan.errors import OutputExistsError
+
+METRICS_FILE = "metrics.jsonl"
+RUN_MARKERS = ("config.json", "checkpoints", METRICS_FILE)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Makes ``run_dir`` ready; returns whether a checkpoint is to be resumed.
+
+    A folder that holds another run is refused unless ``resume`` (continue it) or ``overwrite``
+    (delete it first). ``resume`` on a folder without a checkpoint starts afresh.
+    """
+    holds_run = any((run_dir / marker).exists() for marker in RUN_MARKERS)
+    if holds_run and not (resume or overwrite):
+        raise OutputExistsError(f"{run_dir}: holds another run; pass --resume to continue it or --overwrite "
+                                "to replace it")
+    if holds_run and overwrite and not resume:
+        for name in (*RUN_MARKERS, "last", "best", "tensorboard"):
+            path = run_dir / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    probe = run_dir / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise OutputExistsError(f"{run_dir}: cannot write here ({error})") from None
+    return resume and (run_dir / "last").exists()
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl``; on resume, drops lines past the checkpoint."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        self.path = run_dir / METRICS_FILE
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.writer = _tensorboard(run_dir)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _tensorboard(run_dir: Path) -> object | None:
+    """TensorBoard events when the ``tensorboard`` package is installed (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM; the loop checks it between steps, saves and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.time = 0.0
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, number: int, frame: object) -> None:
+        self.signal_name, self.time = signal.Signals(number).name, time.time()
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Within the block, SIGINT and SIGTERM set the returned :class:`StopRequest` instead of killing."""
+    request = StopRequest()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for number in previous:
+            signal.signal(number, request._handle)
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -1,0 +1,147 @@
+"""Noise-model training: resumes exactly, matches across 2 processes, guards its run folder, stops cleanly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nmflowgan.config import save_config
+from nmflowgan.errors import CheckpointError, OutputExistsError, TrainingError
+from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
+from nmflowgan.training.run import read_metrics
+from tests.conftest import tiny_config
+
+
+def _train(data, out, steps, **kwargs):
+    options = NoiseTrainingOptions(data=data, out=out, steps=steps, device="cpu", quiet=True, log_every=1, **kwargs)
+    return train_noise_model(tiny_config(), options)
+
+
+def _weights(run_dir):
+    folder = (run_dir / "last").resolve()
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors.update(load_file(str(folder / "training.safetensors")))
+    return tensors
+
+
+def test_training_writes_a_complete_run(tmp_path, simcam_tree):
+    result = _train(simcam_tree, tmp_path / "run", 8)
+    run = tmp_path / "run"
+    assert result.step == 8 and result.interrupted is None
+    assert (run / "config.json").is_file() and (run / "last").is_symlink() and (run / "best").is_symlink()
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["name"] == "tiny" and config["cameras"] == ["V1", "V2"]
+    lines = read_metrics(run)
+    steps = [m["step"] for m in lines if "lr" in m]
+    assert steps == list(range(1, 9))
+    assert {"critic", "wasserstein", "gp", "gan", "nll"} <= {key for m in lines for key in m}
+    validations = [m for m in lines if "val_kld" in m]
+    assert [v["step"] for v in validations] == [0, 4, 8] and all(v["val_kld"] > 0 for v in validations)
+    model = NoiseModel.load(run)
+    assert model.cameras == ("V1", "V2") and model.isos == (100, 1600)
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path, simcam_tree):
+    _train(simcam_tree, tmp_path / "straight", 12)
+    _train(simcam_tree, tmp_path / "resumed", 5)
+    assert _weights(tmp_path / "resumed").keys() == _weights(tmp_path / "straight").keys()
+    _train(simcam_tree, tmp_path / "resumed", 12, resume=True)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    different = [k for k in straight if not torch.equal(straight[k], resumed[k])]
+    assert not different, different[:5]
+    # the metrics log holds each step once
+    steps = [m["step"] for m in read_metrics(tmp_path / "resumed") if "lr" in m]
+    assert steps == list(range(1, 13))
+
+
+def test_run_folder_guard(tmp_path, simcam_tree):
+    _train(simcam_tree, tmp_path / "run", 2)
+    with pytest.raises(OutputExistsError, match="--resume.*--overwrite"):
+        _train(simcam_tree, tmp_path / "run", 2)
+    assert _train(simcam_tree, tmp_path / "run", 3, overwrite=True).step == 3
+    with pytest.raises(TrainingError, match="seed"):
+        _train(simcam_tree, tmp_path / "run", 4, resume=True, seed=5)
+
+
+def test_flow_stage_trains_no_critic(tmp_path, simcam_tree):
+    _train(simcam_tree, tmp_path / "flow", 6, stage="flow")
+    lines = [m for m in read_metrics(tmp_path / "flow") if "lr" in m]
+    assert lines and not any("critic" in m for m in lines)
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, simcam_tree, monkeypatch):
+    _train(simcam_tree, tmp_path / "run", 4, checkpoint_every=2)
+    before = _weights(tmp_path / "run")
+    original = torch.nn.Module.__call__
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if type(self).__name__ == "GeneratorObjective":
+            return out[0] * float("nan"), out[1]
+        return out
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", poisoned)
+    with pytest.raises(TrainingError, match=r"step 6: the nll loss is nan.*last"):
+        _train(simcam_tree, tmp_path / "run", 8, resume=True)
+    after = _weights(tmp_path / "run")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_corrupt_checkpoint_is_refused_on_resume(tmp_path, simcam_tree):
+    _train(simcam_tree, tmp_path / "run", 2)
+    weights = (tmp_path / "run" / "last").resolve() / "training.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="training.safetensors.*corrupt or truncated"):
+        _train(simcam_tree, tmp_path / "run", 4, resume=True)
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "nmflowgan", *map(str, args)]
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, simcam_tree):
+    config = tmp_path / "tiny.json"
+    save_config(tiny_config(), config)
+    run = tmp_path / "run"
+    process = subprocess.Popen(_cli("train", "--data", simcam_tree, "--config", config, "--steps", 100000, "--out",
+                                    run, "--device", "cpu", "--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 60
+    while not (run / "metrics.jsonl").exists() or len(read_metrics(run)) < 5:
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopped by SIGINT" in out and "--resume" in out
+    meta = json.loads(((run / "last").resolve() / "training.json").read_text())
+    assert meta["complete"] and 0 < meta["step"] < 100000
+
+
+@pytest.mark.distributed
+def test_two_gloo_processes_match_one_process(tmp_path, simcam_tree):
+    config = tmp_path / "tiny.json"
+    save_config(tiny_config(), config)
+    common = ["--data", simcam_tree, "--config", config, "--steps", 6, "--device", "cpu", "--quiet"]
+    single = subprocess.run(_cli("train", *common, "--out", tmp_path / "one"), capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    double = subprocess.run([*launcher, "-m", "nmflowgan", *map(str, ["train", *common, "--out", tmp_path / "two"])],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for key in one:
+        if key.startswith("rng."):
+            assert torch.equal(one[key], two[key])
+            continue
+        assert torch.allclose(one[key].double(), two[key].double(), rtol=1e-4, atol=1e-5), key
