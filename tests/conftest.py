@@ -30,7 +30,7 @@ def tiny_config():
     """The ``small`` preset shrunk further so that a training step takes milliseconds."""
     import dataclasses
 
-    from nmflowgan.config import CriticConfig, FlowConfig, ModelConfig, RefinerConfig, small
+    from nmflowgan.config import CriticConfig, DenoiserConfig, FlowConfig, ModelConfig, RefinerConfig, small
 
     config = small()
     return dataclasses.replace(
@@ -40,4 +40,7 @@ def tiny_config():
         critic=CriticConfig(variant="any", width=4),
         train=dataclasses.replace(config.train, patch_px=32, stride_px=32, batch_size=4, val_every=4,
                                   val_patches=8, flow_warmup_steps=2, generator_every=2, lr_decay_every=6),
+        denoiser=DenoiserConfig(depth=3, width=8),
+        denoiser_train=dataclasses.replace(config.denoiser_train, patch_px=32, stride_px=32, batch_size=4,
+                                           lr_decay_every=6),
     )

@@ -71,7 +71,128 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     _common_output(evaluate)
     evaluate.set_defaults(handler=_evaluate)
+
+    synthesize = sub.add_parser("synthesize", help="draw realistic noise onto clean images (file or folder)")
+    synthesize.add_argument("--checkpoint", required=True, type=Path)
+    synthesize.add_argument("--camera", required=True, action="extend", type=_list,
+                            help="camera code(s), comma-separated or repeated; every combination is drawn")
+    synthesize.add_argument("--iso", required=True, action="extend", type=_iso_list,
+                            help="ISO(s) within the trained range (comma-separated or repeated), or 'exif' to "
+                                 "read each image's ISO")
+    synthesize.add_argument("--extrapolate", action="store_true", help="allow ISOs outside the trained range")
+    synthesize.add_argument("--seed", type=int, default=0)
+    synthesize.add_argument("--tile", type=int, default=512, help="tile side in pixels (bounds the memory)")
+    synthesize.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    synthesize.add_argument("input", type=Path, metavar="IN", help="an image or a folder (searched recursively)")
+    synthesize.add_argument("output", type=Path, metavar="OUT", help="a PNG file or a folder mirroring IN")
+    _common_output(synthesize)
+    synthesize.set_defaults(handler=_synthesize)
+
+    denoiser = sub.add_parser("train-denoiser", help="train DnCNN on pairs synthesized on the fly (or real pairs)")
+    denoiser.add_argument("--noise", required=True,
+                          help="a noise-model checkpoint, or gaussian | nlf | real (the data set's own noisy images)")
+    denoiser.add_argument("--flow-only", action="store_true", help="use the checkpoint's flow without its refiner")
+    denoiser.add_argument("--data", required=True, type=Path)
+    denoiser.add_argument("--split", default=None)
+    denoiser.add_argument("--val-split", default=None)
+    _preset_arguments(denoiser)
+    length = denoiser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None)
+    length.add_argument("--epochs", type=int, default=None)
+    denoiser.add_argument("--out", required=True, type=Path)
+    denoiser.add_argument("--resume", action="store_true")
+    denoiser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    denoiser.add_argument("--seed", type=int, default=0)
+    denoiser.add_argument("--workers", type=int, default=0)
+    denoiser.add_argument("--val-every", type=int, default=100)
+    denoiser.add_argument("--skip-bad", action="store_true")
+    _common_output(denoiser)
+    denoiser.set_defaults(handler=_train_denoiser)
+
+    score = sub.add_parser("eval-denoiser", help="PSNR/SSIM of a denoiser, overall and per camera/ISO")
+    score.add_argument("--checkpoint", required=True, type=Path)
+    score.add_argument("--data", required=True, type=Path, help="data set folder, or SIDD's noisy blocks .mat")
+    score.add_argument("--split", default=None)
+    score.add_argument("--max-images", type=int, default=200)
+    score.add_argument("--json", action="store_true", help="machine-readable output")
+    score.add_argument("--quiet", action="store_true")
+    score.set_defaults(handler=_eval_denoiser)
+
+    denoise = sub.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
+    denoise.add_argument("--checkpoint", required=True, type=Path)
+    denoise.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    denoise.add_argument("input", type=Path, metavar="IN")
+    denoise.add_argument("output", type=Path, metavar="OUT")
+    _common_output(denoise)
+    denoise.set_defaults(handler=_denoise)
     return parser
+
+
+def _train_denoiser(args: argparse.Namespace) -> None:
+    from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
+
+    options = DenoiserTrainingOptions(
+        data=args.data, out=args.out, noise=args.noise, flow_only=args.flow_only, split=args.split,
+        val_split=args.val_split, steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite,
+        device=args.device, seed=args.seed, workers=args.workers, val_every=args.val_every, quiet=args.quiet,
+        skip_bad=args.skip_bad,
+    )
+    result = train_denoiser(_config(args), options)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if result.interrupted:
+        print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; continue with the same "
+              "command plus --resume")
+        return
+    best = max((v["val_psnr"] for v in result.validation), default=float("nan"))
+    print(f"trained to step {result.step}; best validation PSNR {best:.2f} dB; checkpoints in {result.run_dir}")
+
+
+def _eval_denoiser(args: argparse.Namespace) -> None:
+    from nmflowgan.denoising import evaluate_denoiser
+
+    scores = evaluate_denoiser(args.checkpoint, args.data, args.split, args.max_images, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"overall": scores.overall, "per_condition": scores.per_condition}, indent=2))
+        return
+    print("| camera | ISO | images | PSNR | SSIM | noisy PSNR | noisy SSIM |")
+    print("|---|---|---|---|---|---|---|")
+    for row in [*scores.per_condition, {"camera": "all", "iso": float("nan")} | scores.overall]:
+        print(f"| {row['camera']} | {row['iso']:g} | {row['images']} | {row['psnr']:.2f} | {row['ssim']:.4f} | "
+              f"{row['noisy_psnr']:.2f} | {row['noisy_ssim']:.4f} |")
+
+
+def _denoise(args: argparse.Namespace) -> None:
+    from nmflowgan.denoising import denoise_files
+    from nmflowgan.training.distributed import resolve_device
+
+    written = denoise_files(args.checkpoint, args.input, args.output, args.overwrite,
+                            str(resolve_device(args.device)), progress=not args.quiet)
+    print(f"wrote {len(written)} denoised image(s) under {args.output}")
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _iso_list(text: str) -> list[float | str]:
+    isos: list[float | str] = []
+    for part in _list(text):
+        try:
+            isos.append(part if part == "exif" else float(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"ISO {part!r} is not a number or 'exif'") from None
+    return isos
+
+
+def _synthesize(args: argparse.Namespace) -> None:
+    from nmflowgan.synthesis import synthesize
+    from nmflowgan.training.distributed import resolve_device
+
+    written = synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
+                         overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
+                         device=str(resolve_device(args.device)), progress=not args.quiet)
+    print(f"wrote {len(written)} noisy image(s) with JSON sidecars under {args.output}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -76,14 +76,18 @@ class RefinerConfig:
         depth: resolution levels (``depth - 1`` poolings).
         width: channels of the first level, doubled at every level.
         sees_clean: also feed the clean image (the official code feeds the noise alone).
+        noise_scale: noise enters as ``noise / noise_scale`` and the residual leaves times it (8-bit
+            units). 256 (the official code) maps the full 8-bit range to [-1, 1]; a scale near the noise's
+            own size (16) gives a freshly initialized UNet inputs of unit size, which short runs need.
     """
 
     depth: int = 5
     width: int = 64
     sees_clean: bool = False
+    noise_scale: float = 256.0
 
     def __post_init__(self) -> None:
-        _check_positive(self, "depth", "width")
+        _check_positive(self, "depth", "width", "noise_scale")
 
 
 @dataclass(frozen=True)
@@ -94,15 +98,18 @@ class CriticConfig:
         variant: ``"paper"`` (fixed 96x96 input, instance norm, flatten) or ``"any"`` (any patch of at
             least 32x32, global average pooling, no normalization as WGAN-GP recommends).
         width: channels of the first convolution.
+        noise_scale: the critic reads ``noise / noise_scale`` (8-bit units), and the gradient penalty is
+            measured in those units.
     """
 
     variant: str = "any"
     width: int = 64
+    noise_scale: float = 256.0
 
     def __post_init__(self) -> None:
         if self.variant not in ("paper", "any"):
             raise BadInputError(f"critic variant {self.variant!r} is not 'paper' or 'any'")
-        _check_positive(self, "width")
+        _check_positive(self, "width", "noise_scale")
 
 
 @dataclass(frozen=True)
@@ -233,10 +240,10 @@ def small() -> Config:
         name="small",
         model=ModelConfig(
             FlowConfig(conv_features=16, meta_hidden=16, meta_blocks=1),
-            RefinerConfig(depth=3, width=16, sees_clean=True),
+            RefinerConfig(depth=3, width=16, sees_clean=True, noise_scale=16.0),
             "continuous",
         ),
-        critic=CriticConfig(variant="any", width=16),
+        critic=CriticConfig(variant="any", width=16, noise_scale=16.0),
         train=TrainConfig(
             patch_px=48, stride_px=48, batch_size=16, lr=1e-3, lr_decay_every=400, lr_decay_unit="step",
             lr_gamma=0.5, generator_every=5, epochs=1, val_every=100, val_patches=64,

@@ -9,7 +9,6 @@ from nmflowgan.config import CriticConfig
 from nmflowgan.errors import BadInputError
 
 PAPER_PATCH_PX = 96
-NOISE_SCALE_255 = 256.0  # the critic reads noise / 256, as the official code feeds it (8-bit noise -> ~[-1, 1])
 
 
 def _block(in_channels: int, out_channels: int, kernel: int, stride: int, norm: bool) -> nn.Sequential:
@@ -55,8 +54,7 @@ class Critic(nn.Module):
             raise BadInputError(f"the paper critic takes 96x96 patches, got {height}x{width}")
         if min(height, width) < self.min_patch_px:
             raise BadInputError(f"the critic needs patches of at least 32x32, got {height}x{width}")
-        # Noise is scaled by 1/256 as in the official code, so both inputs are O(1).
-        x = torch.cat([noise_255 / NOISE_SCALE_255, clean.to(noise_255.dtype)], dim=1)
+        x = torch.cat([noise_255 / self.config.noise_scale, clean.to(noise_255.dtype)], dim=1)
         x = self.features(x)
         x = x.flatten(1) if self.config.variant == "paper" else x.mean(dim=(2, 3))
         return self.classifier(x).squeeze(1)

@@ -8,8 +8,6 @@ from torch import nn
 
 from nmflowgan.config import RefinerConfig
 
-NOISE_SCALE_255 = 256.0  # noise enters divided by this, as in the official code (8-bit noise -> about [-1, 1])
-
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
@@ -19,7 +17,7 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class UNetRefiner(nn.Module):
-    """``refined = noise + 256 * UNet(noise / 256 [, clean])``, any H x W.
+    """``refined = noise + s * UNet(noise / s [, clean])``, ``s`` the config's noise scale; any H x W.
 
     Levels double the width and halve the resolution (max-pooling); the way up uses transposed
     convolutions and skip connections; no batch norm. Inputs are padded (replicate) to a multiple of
@@ -64,7 +62,7 @@ class UNetRefiner(nn.Module):
             ``(B, 3, H, W)`` refined noise in 8-bit units.
         """
         height, width = noise_255.shape[-2:]
-        x = noise_255 / NOISE_SCALE_255
+        x = noise_255 / self.config.noise_scale
         if self.config.sees_clean:
             x = torch.cat([x, clean.to(x.dtype)], dim=1)
         pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
@@ -79,4 +77,4 @@ class UNetRefiner(nn.Module):
         for up, block in zip(self.up, self.up_blocks):
             x = block(torch.cat([up(x), skips.pop()], dim=1))
         residual = self.last(x)[..., :height, :width]
-        return noise_255 + NOISE_SCALE_255 * residual
+        return noise_255 + self.config.noise_scale * residual

@@ -247,7 +247,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
                     fake = quantize(clean, model.noise(clean, cond, latent=latent).float())
                 with autocast:
                     loss_c, distance, penalty = critic_loss(critic_forward, real, fake, clean, alpha,
-                                                            train_config.gp_lambda)
+                                                            train_config.gp_lambda, config.critic.noise_scale)
                 optimizer_c.zero_grad(set_to_none=True)
                 loss_c.float().backward()
                 optimizer_c.step()

@@ -1,0 +1,99 @@
+"""Using a trained denoiser: denoise images of any size (tiled), and score it with PSNR and SSIM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.io import read_rgb, write_png
+from nmflowgan.data.sidd import load_sidd_blocks
+from nmflowgan.errors import BadInputError, OutputExistsError
+from nmflowgan.metrics.image_quality import psnr, ssim
+from nmflowgan.models.dncnn import DnCNN
+from nmflowgan.synthesis import list_images
+from nmflowgan.tiling import process_in_tiles
+
+
+@torch.no_grad()
+def denoise_image(model: DnCNN, noisy: np.ndarray, tile_px: int = 512) -> np.ndarray:
+    """``uint8 (H, W, 3)`` noisy -> ``uint8 (H, W, 3)`` denoised; tiles with a margin of the receptive field."""
+    device = next(model.parameters()).device
+    margin = model.config.depth + 1  # each 3x3 layer sees one more pixel
+    return process_in_tiles(noisy, lambda tile, top, left: model(tile).clamp(0, 1) * 255.0, tile_px, margin, device)
+
+
+@dataclass(frozen=True)
+class DenoiserScores:
+    """PSNR (dB) and SSIM of the denoised images, and of the noisy inputs for reference.
+
+    Attributes:
+        overall: ``{"psnr", "ssim", "noisy_psnr", "noisy_ssim", "images"}``.
+        per_condition: rows with ``camera``, ``iso`` and the same keys.
+    """
+
+    overall: dict[str, float]
+    per_condition: list[dict]
+
+
+def _scores(rows: list[tuple[str, float, float, float, float, float]]) -> DenoiserScores:
+    def summary(selected: list) -> dict[str, float]:
+        values = np.array([r[2:] for r in selected], dtype=np.float64)
+        keys = ("psnr", "ssim", "noisy_psnr", "noisy_ssim")
+        return {k: float(v) for k, v in zip(keys, values.mean(0))} | {"images": len(selected)}
+
+    conditions = sorted({(r[0], r[1]) for r in rows})
+    per_condition = [{"camera": c, "iso": i} | summary([r for r in rows if (r[0], r[1]) == (c, i)])
+                     for c, i in conditions]
+    return DenoiserScores(summary(rows), per_condition)
+
+
+def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | None = None, max_images: int = 200,
+                      progress: bool = True) -> DenoiserScores:
+    """Scores a denoiser on real noisy/clean pairs: a paired folder, a simcam test tree, a SIDD tree, or
+    SIDD validation blocks (``data`` = the noisy ``.mat`` file; the ground truth is the file beside it with
+    ``Noisy`` replaced by ``Gt``)."""
+    model = DnCNN.load(checkpoint)
+    data = Path(data)
+    if data.suffix.lower() == ".mat":
+        ground_truth = data.with_name(data.name.replace("Noisy", "Gt"))
+        if ground_truth == data:
+            raise BadInputError(f"{data}: cannot tell the ground-truth .mat file ('Noisy' is not in the name)")
+        blocks = load_sidd_blocks(data, ground_truth)
+        noisy_images = blocks.noisy.reshape(-1, *blocks.noisy.shape[2:])[:max_images]
+        clean_images = blocks.clean.reshape(-1, *blocks.clean.shape[2:])[:max_images]
+        pairs = [("SIDD", 0.0, lambda i=i: (clean_images[i], noisy_images[i])) for i in range(len(noisy_images))]
+    else:
+        records = find_pairs(data, split or default_splits(data, None, None)[1])
+        step = max(1, len(records) // max_images)
+        pairs = [(r.camera, float(r.iso), lambda r=r: (read_rgb(r.clean), read_rgb(r.noisy))) for r in records[::step]]
+    rows = []
+    for camera, iso, load in tqdm(pairs, desc="evaluate denoiser", disable=not progress):
+        clean, noisy = load()
+        denoised = denoise_image(model, noisy)
+        rows.append((camera, iso, psnr(clean, denoised), ssim(clean, denoised), psnr(clean, noisy), ssim(clean, noisy)))
+    return _scores(rows)
+
+
+def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, overwrite: bool = False,
+                  device: str = "cpu", progress: bool = True) -> list[Path]:
+    """Denoises an image or a folder of images into PNGs that mirror the input names."""
+    source, out = Path(source), Path(out)
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+        raise BadInputError(f"{out}: the output folder is inside the input folder {source}")
+    images = list_images(source)
+    targets = [out if source.is_file() and out.suffix.lower() == ".png"
+               else out / (Path(i.name) if source.is_file() else i.relative_to(source)).with_suffix(".png")
+               for i in images]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]}: exists ({len(existing)} outputs do); pass --overwrite to replace")
+    model = DnCNN.load(checkpoint, map_location=device)
+    for image, target in tqdm(list(zip(images, targets)), desc="denoise", disable=not progress):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_png(target, denoise_image(model, read_rgb(image)))
+    return targets

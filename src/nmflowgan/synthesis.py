@@ -1,0 +1,185 @@
+"""Synthesizing noisy images of any size, file by file, with memory bounded by the tile size.
+
+The latent of every pixel is a pure function of ``(seed, pixel position)``: it is drawn in fixed
+128x128 blocks, each from its own generator seeded by its block coordinates. A tile, grown by a margin
+on every side, gathers the latents of the blocks it covers, goes through flow and refiner, and keeps
+only its centre. Overlapping tiles therefore see the same latents, and the margin hides the refiner's
+border effects, so tile seams leave no trace in the noise statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from nmflowgan.atomic import write_text
+from nmflowgan.conditions import check_iso
+from nmflowgan.data.io import IMAGE_SUFFIXES, read_rgb, write_png
+from nmflowgan.errors import BadInputError, DataError, OutputExistsError
+from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, quantize, resolve_model_dir
+from nmflowgan.tiling import process_in_tiles
+
+log = logging.getLogger(__name__)
+BLOCK_PX = 128
+EXIF_IFD, EXIF_ISO = 0x8769, 0x8827
+
+
+def latent_block(seed: int, row: int, column: int) -> torch.Tensor:
+    """The ``(3, 128, 128)`` standard-normal latent of block ``(row, column)``."""
+    block_seed = int(np.random.SeedSequence([seed, row, column]).generate_state(1)[0])
+    return torch.randn((3, BLOCK_PX, BLOCK_PX), generator=torch.Generator().manual_seed(block_seed))
+
+
+def latent_window(seed: int, top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """The latent of the window ``[top, top + height) x [left, left + width)``: ``(1, 3, height, width)``.
+
+    Positions outside the image (negative) are valid too: the blocks extend the grid in every direction.
+    """
+    out = torch.empty(3, height, width)
+    for row in range(top // BLOCK_PX, (top + height - 1) // BLOCK_PX + 1):
+        for column in range(left // BLOCK_PX, (left + width - 1) // BLOCK_PX + 1):
+            block = latent_block(seed, row, column)
+            y0, x0 = max(top, row * BLOCK_PX), max(left, column * BLOCK_PX)
+            y1, x1 = min(top + height, (row + 1) * BLOCK_PX), min(left + width, (column + 1) * BLOCK_PX)
+            out[:, y0 - top : y1 - top, x0 - left : x1 - left] = block[:, y0 - row * BLOCK_PX : y1 - row * BLOCK_PX,
+                                                                        x0 - column * BLOCK_PX : x1 - column * BLOCK_PX]
+    return out[None]
+
+
+@torch.no_grad()
+def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: float, seed: int = 0,
+                     tile_px: int = 512, margin_px: int = 32, temperature: float = 1.0, refine: bool = True,
+                     extrapolate: bool = False) -> np.ndarray:
+    """Returns a noisy version of ``clean`` (``uint8 (H, W, 3)``, 8-bit units), processed in tiles.
+
+    Args:
+        model: the noise model (on any device). camera, iso: the condition (checked against the model).
+        seed: the output is a pure function of the seed (and the model): same seed, same image.
+        tile_px: side of the core of each tile; margin_px: extra context on every side, cropped off.
+    """
+    if clean.dtype != np.uint8 or clean.ndim != 3 or clean.shape[2] != 3:
+        raise BadInputError(f"clean images must be uint8 (H, W, 3), got {clean.dtype}{clean.shape}")
+    cond = model.encode(camera, iso, 1, extrapolate)
+    device = next(model.parameters()).device
+
+    def draw(tile: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        latent = latent_window(seed, top, left, *tile.shape[-2:]).to(device) * temperature
+        return tile * 255.0 + quantize(tile, model.noise(tile, cond, latent=latent, refine=refine))
+
+    return process_in_tiles(clean, draw, tile_px, margin_px, device)
+
+
+def exif_iso(path: Path) -> float:
+    """The ISO an image's EXIF records (tag ISOSpeedRatings); raises naming the file when there is none."""
+    try:
+        with Image.open(path) as image:
+            exif = image.getexif()
+            value = exif.get_ifd(EXIF_IFD).get(EXIF_ISO, exif.get(EXIF_ISO))
+    except OSError as error:
+        raise DataError(f"{path}: unreadable image ({error})") from None
+    if isinstance(value, tuple | list):
+        value = value[0] if value else None
+    if value is None:
+        raise DataError(f"{path}: no ISO in the image's EXIF (pass --iso N instead of --iso exif)")
+    return check_iso(value)
+
+
+def checkpoint_hash(checkpoint: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the model's weights."""
+    digest = hashlib.sha256()
+    with open(resolve_model_dir(checkpoint) / WEIGHTS_FILE, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def list_images(source: Path) -> list[Path]:
+    """``source`` itself, or every image under it (recursively, sorted)."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"{source}: no such image file or folder")
+    return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class SynthesisJob:
+    """One output: ``source`` drawn at ``camera``/``iso`` into ``target`` with ``seed``."""
+
+    source: Path
+    target: Path
+    camera: str
+    iso: float | str
+    seed: int
+
+
+def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float | str], seed: int) -> list[SynthesisJob]:
+    """Every (image, camera, ISO) output. OUT mirrors IN's relative names as PNG; with several cameras
+    or ISOs each name gets ``_CAMERA_isoN``. Per-output seeds derive from the seed and the output name."""
+    source, out = Path(source), Path(out)
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+        raise BadInputError(f"{out}: the output folder is inside the input folder {source}")
+    images = list_images(source)
+    if not images:
+        raise DataError(f"{source}: no PNG, JPEG or TIFF images found")
+    several = len(cameras) * len(isos) > 1
+    jobs = []
+    for image in images:
+        relative = Path(image.name) if source.is_file() else image.relative_to(source)
+        for camera in cameras:
+            for iso in isos:
+                suffix = f"_{camera}_iso{iso if isinstance(iso, str) else f'{iso:g}'}" if several else ""
+                if source.is_file() and out.suffix.lower() == ".png" and not several:
+                    target = out
+                else:
+                    target = out / relative.parent / f"{relative.stem}{suffix}.png"
+                name_seed = int.from_bytes(hashlib.sha256(f"{seed}/{target.relative_to(out) if target != out else ''}"
+                                                          f"/{relative}".encode()).digest()[:4], "little")
+                jobs.append(SynthesisJob(image, target, camera, iso, name_seed))
+    return jobs
+
+
+def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, cameras: Sequence[str],
+               isos: Sequence[float | str], seed: int = 0, overwrite: bool = False, extrapolate: bool = False,
+               tile_px: int = 512, device: str = "cpu", progress: bool = True) -> list[Path]:
+    """Writes noisy versions of every image of ``source`` (a file or a folder) into ``out``.
+
+    Args:
+        cameras, isos: every combination is drawn; an ISO may be ``"exif"`` (read from each image).
+        overwrite: replace existing outputs (refused otherwise, before any work starts).
+
+    Returns:
+        The written images; each has a JSON sidecar (camera, ISO, seed, checkpoint hash, source file).
+    """
+    model = NoiseModel.load(checkpoint, map_location=device)
+    for camera in cameras:
+        model.space.camera_index(camera)
+    for iso in isos:
+        if iso != "exif":
+            model.space.iso_feature(iso, extrapolate)
+    jobs = plan(Path(source), Path(out), cameras, isos, seed)
+    existing = [j.target for j in jobs if j.target.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]}: exists ({len(existing)} outputs do); pass --overwrite to replace")
+    digest = checkpoint_hash(checkpoint)
+    written = []
+    for job in tqdm(jobs, desc="synthesize", unit="img", disable=not progress):
+        iso = exif_iso(job.source) if job.iso == "exif" else float(job.iso)
+        noisy = synthesize_image(model, read_rgb(job.source), job.camera, iso, job.seed, tile_px,
+                                 extrapolate=extrapolate)
+        job.target.parent.mkdir(parents=True, exist_ok=True)
+        write_png(job.target, noisy)
+        sidecar = {"camera": job.camera, "iso": iso, "seed": job.seed, "checkpoint": str(checkpoint),
+                   "checkpoint_sha256": digest, "source": str(job.source)}
+        write_text(job.target.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+        written.append(job.target)
+    return written

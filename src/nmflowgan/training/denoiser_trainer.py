@@ -1,0 +1,236 @@
+"""DnCNN training on clean patches whose noisy partners come from a noise source, drawn on the fly.
+
+The noise source is a frozen noise model (``nmflowgan``, or its flow alone), a closed-form baseline
+(``gaussian``, ``nlf``, fitted on the training split), or ``real``: the data set's own noisy images, the
+reference every synthetic source is measured against. Validation is always on real noisy patches (PSNR),
+so runs with different sources are selected and compared on the same footing. Resume, checkpoints,
+progress and signals behave as in noise-model training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from nmflowgan.config import Config
+from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
+from nmflowgan.errors import BadInputError, TrainingError
+from nmflowgan.models.dncnn import DnCNN
+from nmflowgan.models.noise_model import NoiseModel, load_weights, quantize
+from nmflowgan.training.batching import GlobalBatchSampler
+from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
+from nmflowgan.training.distributed import resolve_device, setup, teardown
+from nmflowgan.training.run import MetricsLog, prepare_run_dir, stop_on_signals
+
+log = logging.getLogger(__name__)
+NoiseSource = Callable[[torch.Tensor, PatchBatch, torch.Generator], torch.Tensor]
+BASELINES = ("real", "gaussian", "nlf")
+
+
+@dataclass(frozen=True)
+class DenoiserTrainingOptions:
+    """How to train a denoiser.
+
+    Attributes:
+        noise: ``real``, ``gaussian``, ``nlf`` or a noise-model checkpoint; flow_only: use that
+            checkpoint's flow without its refiner. The other fields are as in noise-model training.
+    """
+
+    data: Path
+    out: Path
+    noise: str
+    flow_only: bool = False
+    split: str | None = None
+    val_split: str | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    val_every: int = 100
+    val_patches: int = 64
+    fit_patches: int = 2000
+    quiet: bool = False
+    skip_bad: bool = False
+
+
+@dataclass
+class DenoiserTrainResult:
+    run_dir: Path
+    step: int
+    total_steps: int
+    interrupted: str | None
+    validation: list[dict]
+
+
+def noise_source(options: DenoiserTrainingOptions, records: list, patch_px: int, device: torch.device
+                 ) -> NoiseSource:
+    """The function that turns a batch of clean patches ``(B, 3, P, P)`` in [0, 1] into noisy ones."""
+    if options.noise == "real":
+        if options.flow_only:
+            raise BadInputError("--flow-only needs a noise-model checkpoint as --noise, not 'real'")
+        return lambda clean, batch, g: batch.noisy.to(clean.device).float() / 255.0
+    if options.noise in ("gaussian", "nlf"):
+        from nmflowgan.evaluation import fit_baselines
+
+        gaussian, nlf = fit_baselines(records, patch_px, options.fit_patches, options.seed, not options.quiet)
+        baseline = gaussian if options.noise == "gaussian" else nlf
+        return lambda clean, batch, g: clean + quantize(
+            clean, baseline.noise(clean, batch.cameras, batch.isos.tolist(), g)) / 255.0
+    model = NoiseModel.load(options.noise, map_location=device)
+    model.requires_grad_(False)
+
+    def draw(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
+        cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
+        return clean + model.quantized_noise(clean, cond, g, refine=not options.flow_only) / 255.0
+
+    return draw
+
+
+def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> DenoiserTrainResult:
+    """Trains (or resumes) a DnCNN of ``config.denoiser`` into ``options.out``."""
+    import os
+
+    device = resolve_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
+    context = setup(device)
+    try:
+        train_config = config.denoiser_train
+        run_dir = Path(options.out)
+        if context.is_main:
+            prepare_run_dir(run_dir, options.resume, options.overwrite)
+        context.barrier()
+        resuming = options.resume and (run_dir / "last").exists()
+        split, val_split = default_splits(options.data, options.split, options.val_split)
+        records = find_pairs(options.data, split, options.skip_bad)
+        dataset = PatchDataset(records, train_config.patch_px, train_config.stride_px, augment=True,
+                               seed=options.seed, skip_bad=options.skip_bad)
+        source = noise_source(options, dataset.records, train_config.patch_px, device)
+        validation = _validation_patches(options, val_split, train_config.patch_px)
+
+        torch.manual_seed(options.seed)
+        model = DnCNN(config.denoiser).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
+        rng = torch.Generator().manual_seed(options.seed * 1000 + context.rank)
+        probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
+                                   options.seed, 0, 1)
+        total_steps = options.steps or (options.epochs or train_config.epochs) * probe.steps_per_epoch
+        unit = probe.steps_per_epoch if train_config.lr_decay_unit == "epoch" else 1
+        decay_steps = train_config.lr_decay_every * unit
+        info = {"noise": options.noise, "flow_only": options.flow_only, "seed": options.seed,
+                "steps_per_epoch": probe.steps_per_epoch, "global_batch": train_config.batch_size}
+        state = TrainingState(0, {}, {"denoiser": optimizer}, {"trainer": rng}, info)
+        history: list[dict] = []
+        if resuming:
+            folder = (run_dir / "last").resolve()
+            load_weights(model, folder / "denoiser.safetensors")
+            state = load_checkpoint(folder, state)
+            for key in ("noise", "flow_only", "seed", "steps_per_epoch", "global_batch"):
+                if state.info.get(key) != info[key]:
+                    raise TrainingError(f"{folder}: cannot resume, the checkpoint's {key} is "
+                                        f"{state.info.get(key)!r} but this run's is {info[key]!r}")
+            history = list(state.info.get("validation", []))
+        start, step = state.step, state.step
+        best = max((v["val_psnr"] for v in history), default=-math.inf)
+        trained = DistributedDataParallel(model) if context.enabled else model
+        sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
+                                     options.seed, start, total_steps)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate)
+        metrics = MetricsLog(run_dir, start if resuming else None) if context.is_main else None
+
+        def save(at: int, best_too: bool = False) -> None:
+            if not context.is_main:
+                return
+            folder = save_checkpoint(run_dir, model, TrainingState(at, {}, {"denoiser": optimizer}, {"trainer": rng},
+                                                                   info | {"validation": history}))
+            if best_too:
+                point(run_dir, "best", folder)
+
+        def validate(at: int) -> None:
+            nonlocal best
+            if not context.is_main or validation is None:
+                return
+            score = _psnr_on(model, validation, device)
+            history.append({"step": at, "val_psnr": score})
+            metrics.write({"step": at, "val_psnr": score})
+            if score > best:
+                best = score
+                save(at, best_too=True)
+
+        with stop_on_signals() as stop, tqdm(total=total_steps, initial=start, desc=f"denoiser ({options.noise})",
+                                             unit="step", disable=options.quiet or not context.is_main) as bar:
+            tick = time.perf_counter()
+            for batch in loader:
+                clean = batch.clean.to(device).float() / 255.0
+                with torch.no_grad():
+                    noisy = source(clean, batch, rng)
+                loss = F.mse_loss(trained(noisy), clean)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = float(context.mean(loss.detach().double().cpu()))
+                if not math.isfinite(value):
+                    raise TrainingError(f"step {step + 1}: the L2 loss is {value}; training stopped. The last good "
+                                        f"checkpoint is {run_dir / 'last'} (resume with --resume)")
+                step += 1
+                for group in optimizer.param_groups:
+                    group["lr"] = train_config.lr * train_config.lr_gamma ** (step // decay_steps)
+                bar.update()
+                if metrics is not None and (step % options.log_every == 0 or step == total_steps):
+                    rate = options.log_every * train_config.batch_size / max(time.perf_counter() - tick, 1e-9)
+                    tick = time.perf_counter()
+                    bar.set_postfix(loss=f"{value:.3g}", patches_per_s=f"{rate:.0f}")
+                    metrics.write({"step": step, "l2": value, "lr": optimizer.param_groups[0]["lr"],
+                                   "patches_per_s": rate})
+                if step % options.val_every == 0 or step == total_steps:
+                    validate(step)
+                if step % (options.checkpoint_every or options.val_every) == 0 or step == total_steps or stop:
+                    save(step)
+                if stop:
+                    break
+        if metrics is not None:
+            metrics.close()
+        context.barrier()
+        return DenoiserTrainResult(run_dir, step, total_steps, stop.signal_name, history)
+    finally:
+        teardown(context)
+
+
+def _validation_patches(options: DenoiserTrainingOptions, split: str | None, patch_px: int
+                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(clean, noisy)`` real validation patches in [0, 1], evenly spread over the split."""
+    if split is None:
+        return None
+    dataset = PatchDataset(find_pairs(options.data, split, options.skip_bad), patch_px, patch_px,
+                           skip_bad=options.skip_bad)
+    count = min(len(dataset), options.val_patches)
+    batch = collate([dataset[i] for i in torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()])
+    return batch.clean.float() / 255.0, batch.noisy.float() / 255.0
+
+
+@torch.no_grad()
+def _psnr_on(model: DnCNN, patches: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> float:
+    """Mean PSNR (peak 255, images quantized to 8 bits) of the denoised validation patches."""
+    model.eval()
+    clean, noisy = patches
+    scores = []
+    for start in range(0, len(clean), 32):
+        denoised = model(noisy[start : start + 32].to(device)).clamp(0, 1).cpu()
+        error = ((denoised * 255).round() - clean[start : start + 32] * 255).square().flatten(1).mean(1)
+        scores.append(10 * torch.log10(255.0**2 / error.clamp_min(1e-10)))
+    model.train()
+    return float(torch.cat(scores).mean())

@@ -1,0 +1,92 @@
+"""Denoisers trained on real or synthesized pairs: resume, scores, tiled denoising, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from safetensors.torch import load_file
+
+from nmflowgan.cli import main
+from nmflowgan.data.io import read_rgb, write_png
+from nmflowgan.denoising import denoise_image, evaluate_denoiser
+from nmflowgan.errors import BadInputError, CheckpointError
+from nmflowgan.models.dncnn import DnCNN
+from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
+from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
+from nmflowgan.training.run import read_metrics
+from tests.conftest import tiny_config
+
+
+def _train(data, out, noise, steps, **kwargs):
+    options = DenoiserTrainingOptions(data=data, out=out, noise=noise, steps=steps, device="cpu", quiet=True,
+                                      log_every=1, val_every=4, val_patches=8, fit_patches=64, **kwargs)
+    return train_denoiser(tiny_config(), options)
+
+
+def _weights(run):
+    folder = (run / "last").resolve()
+    return load_file(str(folder / "denoiser.safetensors")) | load_file(str(folder / "training.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def noise_run(tmp_path_factory, simcam_tree):
+    run = tmp_path_factory.mktemp("noise") / "run"
+    train_noise_model(tiny_config(), NoiseTrainingOptions(data=simcam_tree, out=run, steps=4, device="cpu", quiet=True))
+    return run
+
+
+@pytest.mark.parametrize("noise", ["real", "gaussian", "nlf", "model", "flow-only"])
+def test_every_noise_source_trains(tmp_path, simcam_tree, noise_run, noise):
+    source = str(noise_run) if noise in ("model", "flow-only") else noise
+    result = _train(simcam_tree, tmp_path / "run", source, 4, flow_only=noise == "flow-only")
+    assert result.step == 4 and [v["step"] for v in result.validation] == [4]
+    assert all(np.isfinite(m.get("l2", 0)) for m in read_metrics(tmp_path / "run"))
+    assert DnCNN.load(tmp_path / "run").config.depth == 3
+
+
+def test_flow_only_needs_a_model(tmp_path, simcam_tree):
+    with pytest.raises(BadInputError, match="--flow-only"):
+        _train(simcam_tree, tmp_path / "run", "real", 2, flow_only=True)
+
+
+def test_resumed_denoiser_equals_uninterrupted(tmp_path, simcam_tree, noise_run):
+    _train(simcam_tree, tmp_path / "straight", str(noise_run), 9)
+    _train(simcam_tree, tmp_path / "resumed", str(noise_run), 5)
+    _train(simcam_tree, tmp_path / "resumed", str(noise_run), 9, resume=True)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_denoising_is_tiled_exactly_and_scored(tmp_path, simcam_tree):
+    _train(simcam_tree, tmp_path / "run", "real", 4)
+    model = DnCNN.load(tmp_path / "run")
+    noisy = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    assert np.array_equal(denoise_image(model, noisy, tile_px=32), denoise_image(model, noisy, tile_px=512))
+    scores = evaluate_denoiser(tmp_path / "run", simcam_tree, progress=False)
+    assert scores.overall["images"] > 0 and 0 < scores.overall["ssim"] <= 1 and scores.overall["psnr"] > 5
+    assert {(r["camera"], r["iso"]) for r in scores.per_condition} <= {("V1", 100), ("V1", 1600), ("V2", 100),
+                                                                           ("V2", 1600)}
+
+
+def test_eval_denoiser_on_sidd_blocks_and_denoise_cli(tmp_path, simcam_tree, capsys):
+    _train(simcam_tree, tmp_path / "run", "real", 2)
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (2, 2, 32, 32, 3), dtype=np.uint8)
+    noisy = np.clip(clean + rng.normal(0, 10, clean.shape), 0, 255).astype(np.uint8)
+    scipy.io.savemat(tmp_path / "ValidationNoisyBlocksSrgb.mat", {"ValidationNoisyBlocksSrgb": noisy})
+    scipy.io.savemat(tmp_path / "ValidationGtBlocksSrgb.mat", {"ValidationGtBlocksSrgb": clean})
+    assert main(["eval-denoiser", "--checkpoint", str(tmp_path / "run"), "--data",
+                 str(tmp_path / "ValidationNoisyBlocksSrgb.mat"), "--json", "--quiet"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["overall"]["images"] == 4 and scores["per_condition"][0]["camera"] == "SIDD"
+    write_png(tmp_path / "in.png", noisy[0, 0])
+    assert main(["denoise", "--checkpoint", str(tmp_path / "run"), "--quiet", str(tmp_path / "in.png"),
+                 str(tmp_path / "out.png")]) == 0
+    assert read_rgb(tmp_path / "out.png").shape == (32, 32, 3)
+    assert main(["denoise", "--checkpoint", str(tmp_path / "run"), "--quiet", str(tmp_path / "in.png"),
+                 str(tmp_path / "out.png")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="not a denoiser checkpoint"):
+        DnCNN.load(tmp_path)
