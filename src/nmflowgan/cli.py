@@ -125,7 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("output", type=Path, metavar="OUT")
     _common_output(denoise)
     denoise.set_defaults(handler=_denoise)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on the built-in simulator, offline, with a report")
+    demo.add_argument("--out", type=Path, default=Path("nmflowgan-demo"), help="folder (re-run to continue)")
+    demo.add_argument("--budget-minutes", type=float, default=20.0, help="scales the training lengths")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(handler=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from nmflowgan.demo import demo
+
+    report = demo(args.out, args.budget_minutes, args.seed, progress=not args.quiet)
+    print(f"demo finished; open {report.with_suffix('.html')} (or {report})")
 
 
 def _train_denoiser(args: argparse.Namespace) -> None:
@@ -259,6 +273,30 @@ def _info(args: argparse.Namespace) -> None:
     print(f"preset {summary.pop('preset')} (SIDD vocabulary: 5 cameras x 5 ISOs)")
     for name, count in summary.items():
         print(f"  {name:<12} {count:>12,d} parameters")
+
+
+def cli_reference() -> str:
+    """The Markdown CLI reference in ``docs/cli.md``, generated from the parser (a test keeps them equal).
+
+    Regenerate with ``python -c "from nmflowgan.cli import cli_reference; print(cli_reference(), end='')"
+    > docs/cli.md``.
+    """
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal width; fix it for a stable file
+    try:
+        parser = build_parser()
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parts = ["# Command-line reference", "", "Generated from the parser by `nmflowgan.cli.cli_reference()`; "
+                 "`tests/test_docs.py` fails when this file and the parser drift apart.", "",
+                 "```text", parser.format_help().rstrip(), "```", ""]
+        for name, sub in commands.choices.items():
+            parts += [f"## nmflowgan {name}", "", "```text", sub.format_help().rstrip(), "```", ""]
+        return "\n".join(parts)
+    finally:
+        if previous is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:

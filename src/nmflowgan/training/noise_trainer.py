@@ -37,6 +37,7 @@ from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.errors import DataError, TrainingError
 from nmflowgan.metrics.akld import akld_per_patch
 from nmflowgan.metrics.kld import kld_per_patch
+from nmflowgan.metrics.noise_stats import NoiseStatsAccumulator, corr_error
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.noise_model import NoiseModel, load_weights, quantize
 from nmflowgan.training.batching import GlobalBatchSampler
@@ -379,10 +380,12 @@ def _validation_set(options: NoiseTrainingOptions, split: str | None, model: Noi
 
 @torch.no_grad()
 def _validate(model: NoiseModel, data: ValidationSet, seed: int, batch_size: int) -> dict[str, float]:
-    """KLD and AKLD of the model's noise against the real noise of the validation patches (fixed seed)."""
+    """KLD, AKLD and correlation error (pooled over all patches) of the model's noise against the real
+    noise of the validation patches, drawn with a fixed seed."""
     generator = torch.Generator().manual_seed(seed + 1)
     device = next(model.parameters()).device
     klds, aklds = [], []
+    real_stats, fake_stats = NoiseStatsAccumulator(), NoiseStatsAccumulator()
     for start in range(0, len(data.cameras), batch_size):
         part = slice(start, start + batch_size)
         clean, real = data.clean[part].to(device), data.noise[part].to(device)
@@ -390,4 +393,7 @@ def _validate(model: NoiseModel, data: ValidationSet, seed: int, batch_size: int
         fake = model.quantized_noise(clean, cond, generator)
         klds.append(kld_per_patch(real, fake).cpu())
         aklds.append(akld_per_patch(real / 255.0, fake / 255.0).cpu())
-    return {"val_kld": float(torch.cat(klds).mean()), "val_akld": float(torch.cat(aklds).mean())}
+        real_stats.update(clean, real)
+        fake_stats.update(clean, fake)
+    return {"val_kld": float(torch.cat(klds).mean()), "val_akld": float(torch.cat(aklds).mean()),
+            "val_corr_error": corr_error(real_stats.result(), fake_stats.result())}
