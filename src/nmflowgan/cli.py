@@ -308,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NmflowganError as error:
         print(f"nmflowgan {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a read-only folder, ...: the file and the reason, no traceback
+        print(f"nmflowgan {args.command}: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"nmflowgan {args.command}: interrupted", file=sys.stderr)
         return 130

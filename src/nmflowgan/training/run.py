@@ -49,8 +49,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [json.dumps(record) for record in read_metrics(run_dir) if record.get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = _tensorboard(run_dir)
 
@@ -68,8 +67,15 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; a line cut short by a killed process is skipped."""
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def _tensorboard(run_dir: Path) -> object | None:
