@@ -127,7 +127,8 @@ def test_concurrent_synthesis_into_one_folder(tmp_path):
         write_png(source / f"{k}.png", np.random.default_rng(k).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     commands = [_cli("synthesize", "--checkpoint", model, "--camera", "V1", "--iso", 800, "--seed", seed, "--quiet",
                      "--overwrite", source, tmp_path / "out") for seed in (1, 2)]
-    processes = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # two processes on a 2-core machine
+    processes = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for c in commands]
     assert all(p.wait(timeout=120) == 0 for p in processes)
     outputs = sorted((tmp_path / "out").iterdir())
     assert len(outputs) == 12 and not [p for p in outputs if p.name.startswith(".")]

@@ -48,8 +48,8 @@ def model_summary(name: str) -> ModelSummary:
     """Parameter counts of preset ``name`` with SIDD's vocabulary (5 cameras, 5 ISOs)."""
     config = preset(name)
     model = NoiseModel(config.model)
-    return ModelSummary(name, _count(model.flow), _count(model.refiner), _count(Critic(config.critic)),
-                        _count(DnCNN(config.denoiser)))
+    critic = Critic(config.critic, model.space.feature_dim)
+    return ModelSummary(name, _count(model.flow), _count(model.refiner), _count(critic), _count(DnCNN(config.denoiser)))
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ class RefinerConfig:
         depth: resolution levels (``depth - 1`` poolings).
         width: channels of the first level, doubled at every level.
         sees_clean: also feed the clean image (the official code feeds the noise alone).
+        sees_condition: also feed the camera/ISO features as constant channels, so the correlation it
+            adds can differ by camera and ISO (the official code's refiner is unconditional).
         noise_scale: noise enters as ``noise / noise_scale`` and the residual leaves times it (8-bit
             units). 256 (the official code) maps the full 8-bit range to [-1, 1]; a scale near the noise's
             own size (16) gives a freshly initialized UNet inputs of unit size, which short runs need.
@@ -84,6 +86,7 @@ class RefinerConfig:
     depth: int = 5
     width: int = 64
     sees_clean: bool = False
+    sees_condition: bool = False
     noise_scale: float = 256.0
 
     def __post_init__(self) -> None:
@@ -100,11 +103,14 @@ class CriticConfig:
         width: channels of the first convolution.
         noise_scale: the critic reads ``noise / noise_scale`` (8-bit units), and the gradient penalty is
             measured in those units.
+        sees_condition: also read the camera/ISO features (a conditional critic can tell one camera's
+            noise from another's; the official critic sees noise and clean image only).
     """
 
     variant: str = "any"
     width: int = 64
     noise_scale: float = 256.0
+    sees_condition: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in ("paper", "any"):
@@ -240,10 +246,10 @@ def small() -> Config:
         name="small",
         model=ModelConfig(
             FlowConfig(conv_features=16, meta_hidden=16, meta_blocks=1),
-            RefinerConfig(depth=3, width=16, sees_clean=True, noise_scale=16.0),
+            RefinerConfig(depth=3, width=16, sees_clean=True, sees_condition=True, noise_scale=16.0),
             "continuous",
         ),
-        critic=CriticConfig(variant="any", width=16, noise_scale=16.0),
+        critic=CriticConfig(variant="any", width=16, noise_scale=16.0, sees_condition=True),
         train=TrainConfig(
             patch_px=48, stride_px=48, batch_size=16, lr=1e-3, lr_decay_every=400, lr_decay_unit="step",
             lr_gamma=0.5, generator_every=5, epochs=1, val_every=100, val_patches=64,

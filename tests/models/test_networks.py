@@ -121,3 +121,17 @@ def test_load_errors_name_the_file(tmp_path):
     (tmp_path / "m" / "model.safetensors").write_bytes((tmp_path / "p" / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="another preset"):
         NoiseModel.load(tmp_path / "m")
+
+
+def test_conditional_refiner_and_critic_use_the_condition():
+    refiner = UNetRefiner(RefinerConfig(depth=3, width=4, sees_condition=True), condition_dim=3)
+    with torch.no_grad():
+        refiner.last.weight.normal_()
+    noise, clean = torch.randn(2, 3, 16, 16) * 5, torch.rand(2, 3, 16, 16)
+    first, second = torch.tensor([[1.0, 0, -1], [1.0, 0, -1]]), torch.tensor([[0.0, 1, 1], [0.0, 1, 1]])
+    assert not torch.allclose(refiner(noise, clean, first), refiner(noise, clean, second))
+    with pytest.raises(ValueError, match="condition"):
+        refiner(noise, clean)
+    critic = Critic(CriticConfig(variant="any", width=4, sees_condition=True), condition_dim=3)
+    noise, clean = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(critic(noise, clean, first), critic(noise, clean, second))

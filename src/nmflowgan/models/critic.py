@@ -7,6 +7,7 @@ from torch import nn
 
 from nmflowgan.config import CriticConfig
 from nmflowgan.errors import BadInputError
+from nmflowgan.models.unet import condition_channels
 
 PAPER_PATCH_PX = 96
 
@@ -29,13 +30,14 @@ class Critic(nn.Module):
     ``any``: no normalization, global average pooling, any patch of at least 32x32.
     """
 
-    def __init__(self, config: CriticConfig) -> None:
+    def __init__(self, config: CriticConfig, condition_dim: int = 0) -> None:
         super().__init__()
         self.config = config
         w = config.width
         norm = config.variant == "paper"
         stages = [(w, w), (w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 8 * w)]
-        layers: list[nn.Module] = [nn.Conv2d(6, w, 7, padding=3)]
+        in_channels = 6 + (condition_dim if config.sees_condition else 0)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, w, 7, padding=3)]
         for index, (c_in, c_out) in enumerate(stages):
             if index > 0:
                 layers.append(_block(c_in, c_out, 3, 1, norm))
@@ -48,13 +50,18 @@ class Critic(nn.Module):
     def min_patch_px(self) -> int:
         return PAPER_PATCH_PX if self.config.variant == "paper" else 32
 
-    def forward(self, noise_255: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    def forward(self, noise_255: torch.Tensor, clean: torch.Tensor, condition: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``(B, 3, H, W)`` noise (8-bit units), clean in [0, 1] and, for a conditional critic, ``(B, D)``
+        camera/ISO features -> ``(B,)`` scores."""
         height, width = noise_255.shape[-2:]
         if self.config.variant == "paper" and (height, width) != (PAPER_PATCH_PX, PAPER_PATCH_PX):
             raise BadInputError(f"the paper critic takes 96x96 patches, got {height}x{width}")
         if min(height, width) < self.min_patch_px:
             raise BadInputError(f"the critic needs patches of at least 32x32, got {height}x{width}")
         x = torch.cat([noise_255 / self.config.noise_scale, clean.to(noise_255.dtype)], dim=1)
+        if self.config.sees_condition:
+            x = torch.cat([x, condition_channels(condition, x)], dim=1)
         x = self.features(x)
         x = x.flatten(1) if self.config.variant == "paper" else x.mean(dim=(2, 3))
         return self.classifier(x).squeeze(1)

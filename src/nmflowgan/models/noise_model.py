@@ -45,7 +45,7 @@ class NoiseModel(nn.Module):
         self.config = config
         self.space = ConditionSpace(tuple(cameras), tuple(isos), config.iso_mode)
         self.flow = NoiseFlow(config.flow, self.space)
-        self.refiner = UNetRefiner(config.refiner)
+        self.refiner = UNetRefiner(config.refiner, self.space.feature_dim)
 
     @classmethod
     def from_preset(cls, name: str, cameras: Sequence[str] = SIDD_CAMERAS,
@@ -82,7 +82,7 @@ class NoiseModel(nn.Module):
             noise = self.flow.sample(clean, cond, temperature, generator)
         else:
             noise = self.flow.noise_from_latent(latent, clean, cond)
-        return self.refiner(noise, clean) if refine else noise
+        return self.refiner(noise, clean, cond.features.to(noise.dtype)) if refine else noise
 
     def quantized_noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
                         temperature: float = 1.0, refine: bool = True) -> torch.Tensor:

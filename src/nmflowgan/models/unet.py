@@ -16,8 +16,15 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def condition_channels(condition: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` features -> ``(B, D, H, W)`` constant channels shaped like ``like`` ``(B, C, H, W)``."""
+    if condition is None:
+        raise ValueError("this network sees the camera/ISO condition: pass its (B, D) features")
+    return condition.to(like.dtype)[:, :, None, None].expand(-1, -1, *like.shape[-2:])
+
+
 class UNetRefiner(nn.Module):
-    """``refined = noise + s * UNet(noise / s [, clean])``, ``s`` the config's noise scale; any H x W.
+    """``refined = noise + s * UNet(noise / s [, clean] [, condition])``, ``s`` the config's noise scale; any H x W.
 
     Levels double the width and halve the resolution (max-pooling); the way up uses transposed
     convolutions and skip connections; no batch norm. Inputs are padded (replicate) to a multiple of
@@ -25,13 +32,14 @@ class UNetRefiner(nn.Module):
     untrained refiner is the identity.
 
     Args:
-        config: depth, width and whether the clean image is an input too.
+        config: depth, width and which inputs it sees besides the noise.
+        condition_dim: D of the camera/ISO features (used when ``config.sees_condition``).
     """
 
-    def __init__(self, config: RefinerConfig) -> None:
+    def __init__(self, config: RefinerConfig, condition_dim: int = 0) -> None:
         super().__init__()
         self.config = config
-        in_channels = 6 if config.sees_clean else 3
+        in_channels = 3 + (3 if config.sees_clean else 0) + (condition_dim if config.sees_condition else 0)
         widths = [config.width * 2**level for level in range(config.depth)]
         self.down = nn.ModuleList()
         for width in widths:
@@ -51,12 +59,14 @@ class UNetRefiner(nn.Module):
     def multiple(self) -> int:
         return 2 ** (self.config.depth - 1)
 
-    def forward(self, noise_255: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    def forward(self, noise_255: torch.Tensor, clean: torch.Tensor, condition: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Refines noise.
 
         Args:
             noise_255: ``(B, 3, H, W)`` pixel-wise noise in 8-bit units.
             clean: ``(B, 3, H, W)`` clean image in [0, 1] (used when ``sees_clean``).
+            condition: ``(B, D)`` camera/ISO features (required when ``sees_condition``).
 
         Returns:
             ``(B, 3, H, W)`` refined noise in 8-bit units.
@@ -65,6 +75,8 @@ class UNetRefiner(nn.Module):
         x = noise_255 / self.config.noise_scale
         if self.config.sees_clean:
             x = torch.cat([x, clean.to(x.dtype)], dim=1)
+        if self.config.sees_condition:
+            x = torch.cat([x, condition_channels(condition, x)], dim=1)
         pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")

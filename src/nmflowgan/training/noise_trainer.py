@@ -118,7 +118,7 @@ class GeneratorObjective(nn.Module):
             return nll, None
         with torch.no_grad():
             pixelwise = self.model.noise(clean, cond, latent=latent, refine=False)
-        return nll, quantize(clean, self.model.refiner(pixelwise, clean))
+        return nll, quantize(clean, self.model.refiner(pixelwise, clean, cond.features))
 
 
 def train_noise_model(config: Config, options: NoiseTrainingOptions) -> TrainResult:
@@ -152,7 +152,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
     # ---- model and optimizers ----------------------------------------------------------------------
     torch.manual_seed(options.seed)
     model = NoiseModel(config.model, cameras, isos).to(device)
-    critic = Critic(config.critic).to(device)
+    critic = Critic(config.critic, model.space.feature_dim).to(device)
     if options.channels_last and device.type == "cuda":
         model.refiner.to(memory_format=torch.channels_last)
         critic.to(memory_format=torch.channels_last)
@@ -195,7 +195,14 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
         if context.is_main:
             _write_config(run_dir, config, options, cameras, isos)
     start = state.step
-    best = min((v["val_kld"] for v in result.validation), default=math.inf)
+
+    def eligible(step: int) -> bool:
+        """In the joint stage "best" is the best model with a trained refiner: the flow warm-up's scores
+        are logged but never chosen."""
+        warmup = train_config.flow_warmup_steps
+        return options.stage == "flow" or warmup == 0 or step > warmup
+
+    best = min((v["val_kld"] for v in result.validation if eligible(v["step"])), default=math.inf)
 
     generator_objective: nn.Module = GeneratorObjective(model)
     critic_forward: nn.Module = critic
@@ -220,7 +227,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
         record = {"step": step, **scores}
         result.validation.append(record)
         metrics.write(record)
-        if scores["val_kld"] < best:
+        if eligible(step) and scores["val_kld"] < best:
             best = scores["val_kld"]
             folder = save_checkpoint(run_dir, model, _with_info(state, step, run_info, result))
             point(run_dir, "best", folder)
@@ -248,7 +255,8 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
                     fake = quantize(clean, model.noise(clean, cond, latent=latent).float())
                 with autocast:
                     loss_c, distance, penalty = critic_loss(critic_forward, real, fake, clean, alpha,
-                                                            train_config.gp_lambda, config.critic.noise_scale)
+                                                            train_config.gp_lambda, config.critic.noise_scale,
+                                                            cond.features)
                 optimizer_c.zero_grad(set_to_none=True)
                 loss_c.float().backward()
                 optimizer_c.step()
@@ -261,7 +269,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
                     nll, fake = generator_objective(real, clean, cond, uniform, latent)
                     loss_g = train_config.weight_nll * nll.float()
                     if fake is not None:
-                        adversarial_loss = generator_adversarial_loss(critic, fake, clean).float()
+                        adversarial_loss = generator_adversarial_loss(critic, fake, clean, cond.features).float()
                         loss_g = loss_g + train_config.weight_gan * adversarial_loss
                         losses["gan"] = adversarial_loss.item()
                 optimizer_g.zero_grad(set_to_none=True)

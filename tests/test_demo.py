@@ -1,0 +1,28 @@
+"""The main job: `nmflowgan demo` runs every stage, writes a report of measured numbers, and continues."""
+
+import json
+import re
+
+import pytest
+
+from nmflowgan.cli import main
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_continues(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--budget-minutes", "0.5", "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    for model in ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle"):
+        assert re.search(rf"\| {model} \| \d+\.\d{{4}} \|", report), model
+    for source in ("real", "nmflowgan", "flow-only", "nlf", "gaussian"):
+        assert re.search(rf"\| {source} \| \d+\.\d\d \| 0\.\d{{4}} \|", report), source
+    assert "examples.png" in report and (out / "examples.png").is_file()
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 6
+    results = json.loads((out / "evaluation" / "results.json").read_text())
+    assert results["models"]["oracle"]["kld"] < results["models"]["gaussian"]["kld"]
+    timings = json.loads((out / "timings.json").read_text())
+    # A second run finds every stage done and only rewrites the report.
+    assert main(["demo", "--out", str(out), "--budget-minutes", "0.5", "--quiet"]) == 0
+    assert json.loads((out / "timings.json").read_text()) == timings
+    assert "demo finished" in capsys.readouterr().out
