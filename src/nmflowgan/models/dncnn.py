@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from nmflowgan import __version__
-from nmflowgan.atomic import atomic_path, write_text
 from nmflowgan.config import DenoiserConfig, from_dict, to_dict
 from nmflowgan.errors import BadInputError, CheckpointError
+from nmflowgan.models.files import load_weights, read_meta, resolve_checkpoint_dir, save_module
 
 WEIGHTS_FILE = "denoiser.safetensors"
 META_FILE = "denoiser.json"
@@ -43,24 +40,12 @@ class DnCNN(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Writes ``denoiser.safetensors`` and ``denoiser.json`` into ``directory`` (atomically)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_FILE) as temp:
-            save_file(tensors, str(temp))
-        meta = {"format": FORMAT, "version": __version__, "config": to_dict(self.config)}
-        write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
-        return directory
+        return save_module(self, directory, WEIGHTS_FILE, META_FILE, {"format": FORMAT, "config": to_dict(self.config)})
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> DnCNN:
         """Loads a denoiser saved by :meth:`save`, or the ``best`` (else ``last``) one of a run folder."""
-        from nmflowgan.models.noise_model import load_weights, read_meta
-
-        path = Path(path)
-        directory = next((c for c in (path, path / "best", path / "last") if (c / META_FILE).is_file()), None)
-        if directory is None:
-            raise CheckpointError(f"{path}: not a denoiser checkpoint (no {META_FILE} here or in best/ or last/)")
+        directory = resolve_checkpoint_dir(path, META_FILE, "denoiser")
         meta = read_meta(directory / META_FILE, FORMAT)
         try:
             config = from_dict(DenoiserConfig, meta["config"])

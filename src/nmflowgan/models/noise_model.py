@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nmflowgan import __version__
-from nmflowgan.atomic import atomic_path, write_text
 from nmflowgan.conditions import SIDD_CAMERAS, SIDD_ISOS, Condition, ConditionSpace
 from nmflowgan.config import ModelConfig, from_dict, preset, to_dict
 from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.flows import NoiseFlow
+from nmflowgan.models.files import load_weights, read_meta, resolve_checkpoint_dir, save_module
 from nmflowgan.models.unet import UNetRefiner
 
 WEIGHTS_FILE = "model.safetensors"
@@ -129,15 +125,8 @@ class NoiseModel(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Writes ``model.safetensors`` and ``model.json`` into ``directory`` (atomically)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_FILE) as temp:
-            save_file(tensors, str(temp))
-        meta = {"format": FORMAT, "version": __version__, "config": to_dict(self.config),
-                "space": self.space.to_dict()}
-        write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
-        return directory
+        meta = {"format": FORMAT, "config": to_dict(self.config), "space": self.space.to_dict()}
+        return save_module(self, directory, WEIGHTS_FILE, META_FILE, meta)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> NoiseModel:
@@ -169,53 +158,6 @@ def quantize(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:
     return noise_255 + (recorded - noisy).detach()
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """``path`` itself if it holds a saved model, else its ``best/`` or ``last/`` sub-folder."""
-    path = Path(path)
-    for candidate in (path, path / "best", path / "last"):
-        if (candidate / META_FILE).is_file():
-            return candidate
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file or folder")
-    raise CheckpointError(f"{path}: not a noise-model checkpoint (no {META_FILE} here or in best/ or last/)")
-
-
-def read_meta(path: Path, expected_format: str) -> dict:
-    """Reads a checkpoint's JSON description and checks its format tag."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: unreadable checkpoint description ({error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != expected_format:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{path}: expected a {expected_format} checkpoint, found {found!r}")
-    return meta
-
-
-def load_weights(module: nn.Module, path: Path) -> None:
-    """Loads safetensors weights into ``module``, strictly; every failure names ``path``."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file is missing")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({error})") from None
-    expected = module.state_dict()
-    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit this architecture (missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}); was it saved with another preset?"
-        )
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}; "
-                "was it saved with another preset?"
-            )
-    module.load_state_dict(tensors)
-
-
 def _as_nchw(clean: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Validates an image batch and returns it as a channels-first tensor."""
     if isinstance(clean, np.ndarray):
@@ -245,3 +187,8 @@ def _to_unit_float(tensor: torch.Tensor) -> torch.Tensor:
     if low < -1e-6 or high > 1 + 1e-6:
         raise BadInputError(f"float images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
     return tensor.float().clamp(0, 1)
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """``path`` itself if it holds a saved noise model, else its ``best/`` or ``last/`` sub-folder."""
+    return resolve_checkpoint_dir(path, META_FILE, "noise-model")

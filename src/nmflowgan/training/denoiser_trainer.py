@@ -27,7 +27,8 @@ from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.errors import BadInputError, TrainingError
 from nmflowgan.models.dncnn import DnCNN
-from nmflowgan.models.noise_model import NoiseModel, load_weights, quantize
+from nmflowgan.models.files import load_weights
+from nmflowgan.models.noise_model import NoiseModel, quantize
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import resolve_device, setup, teardown

@@ -39,7 +39,8 @@ from nmflowgan.metrics.akld import akld_per_patch
 from nmflowgan.metrics.kld import kld_per_patch
 from nmflowgan.metrics.noise_stats import NoiseStatsAccumulator, corr_error
 from nmflowgan.models.critic import Critic
-from nmflowgan.models.noise_model import NoiseModel, load_weights, quantize
+from nmflowgan.models.files import load_weights
+from nmflowgan.models.noise_model import NoiseModel, quantize
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, resolve_device, setup, teardown
