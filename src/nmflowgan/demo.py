@@ -61,9 +61,10 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     timing_file = out / "timings.json"
     timings: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     config = small()
-    noise_steps = max(20, int(1500 * scale))
-    config = replace(config, train=replace(config.train, val_every=max(10, noise_steps // 5),
-                                           flow_warmup_steps=max(10, noise_steps // 5)))
+    noise_steps = max(20, int(3000 * scale))
+    warmup = max(10, int(config.train.flow_warmup_steps * min(1.0, scale)))
+    config = replace(config, train=replace(config.train, val_every=max(10, noise_steps // 10),
+                                           flow_warmup_steps=warmup))
     denoiser_steps = max(10, int(400 * scale))
 
     def timed(name: str, function: object) -> object:

@@ -16,6 +16,19 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def local_second_moment(noise: torch.Tensor, sigma_px: float = 1.4, radius_px: int = 3) -> torch.Tensor:
+    """The 7x7 Gaussian-weighted mean of ``noise ** 2`` (reflect padding), ``(B, C, H, W)``, at least 1e-3."""
+    taps = torch.arange(-radius_px, radius_px + 1, dtype=noise.dtype, device=noise.device)
+    kernel = torch.exp(-0.5 * (taps / sigma_px) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = noise.shape[1]
+    mode = "reflect" if min(noise.shape[-2:]) > radius_px else "replicate"
+    square = F.pad(noise.square(), (radius_px, radius_px, radius_px, radius_px), mode=mode)
+    square = F.conv2d(square, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    square = F.conv2d(square, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return square.clamp_min(1e-3)
+
+
 def condition_channels(condition: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """``(B, D)`` features -> ``(B, D, H, W)`` constant channels shaped like ``like`` ``(B, C, H, W)``."""
     if condition is None:
@@ -89,4 +102,8 @@ class UNetRefiner(nn.Module):
         for up, block in zip(self.up, self.up_blocks):
             x = block(torch.cat([up(x), skips.pop()], dim=1))
         residual = self.last(x)[..., :height, :width]
-        return noise_255 + self.config.noise_scale * residual
+        refined = noise_255 + self.config.noise_scale * residual
+        if self.config.preserve_variance:
+            ratio = local_second_moment(noise_255) / local_second_moment(refined)
+            refined = refined * ratio.sqrt()
+        return refined
