@@ -179,3 +179,20 @@ def test_fuzzed_metadata_rows_parse_or_raise_and_never_leave_the_folder(rows):
             return
         for record in records:
             assert record.clean.is_relative_to(root.resolve()) and record.noisy.is_relative_to(root.resolve())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=6), st.text(max_size=8), st.integers(-3, 3))
+def test_fuzzed_cli_arguments_exit_cleanly(tmp_path_factory, camera, iso, seed):
+    folder = tmp_path_factory.mktemp("cli")
+    model = NoiseModel.from_preset("small", cameras=("V1",), isos=(100, 1600)).save(folder / "model")
+    write_png(folder / "in.png", np.full((8, 8, 3), 90, np.uint8))
+    arguments = ["synthesize", "--checkpoint", str(model), "--camera", camera or "V1", "--iso", iso or "400",
+                 "--seed", str(seed), "--quiet", str(folder / "in.png"), str(folder / "out")]
+    try:
+        code = main(arguments)
+    except SystemExit as exit_:  # argparse refuses malformed arguments with exit status 2
+        code = exit_.code
+    assert code in (0, 2)
+    written = list((folder / "out").glob("*")) if (folder / "out").exists() else []
+    assert all(p.suffix in (".png", ".json") for p in written)

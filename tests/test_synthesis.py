@@ -123,3 +123,21 @@ def test_interpolated_iso_lies_between_its_neighbours():
     assert space.iso_feature(100) == -1 and space.iso_feature(1600) == 1 and -1 < space.iso_feature(400) < 1
     with pytest.raises(BadInputError):
         space.iso_feature(50)
+
+
+def test_synthesized_pairs_dataset(model_dir):
+    from nmflowgan.synthesis import SynthesizedPairs
+
+    model = NoiseModel.load(model_dir)
+    clean = [torch.rand(3, 20, 24), torch.rand(3, 20, 24)]
+    pairs = SynthesizedPairs(clean, model, ["V1", "V2"], [100, 800], seed=4)
+    assert len(pairs) == 8
+    item = pairs[5]
+    assert item["camera"] == "V1" and item["iso"] == 800 and item["clean"] is clean[1]
+    assert item["noisy"].shape == (3, 20, 24) and item["noisy"].dtype == torch.float32
+    assert torch.equal(pairs[5]["noisy"], item["noisy"]) and not torch.equal(pairs[4]["noisy"], item["noisy"])
+    loader = torch.utils.data.DataLoader(pairs, batch_size=4, num_workers=2)
+    batch = next(iter(loader))
+    assert batch["noisy"].shape == (4, 3, 20, 24) and torch.equal(batch["noisy"][1], pairs[1]["noisy"])
+    with pytest.raises(BadInputError, match="unknown camera"):
+        SynthesizedPairs(clean, model, ["S6"], [100])

@@ -183,3 +183,46 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         write_text(job.target.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
         written.append(job.target)
     return written
+
+
+class SynthesizedPairs(torch.utils.data.Dataset):
+    """Turns any dataset of clean images into on-the-fly ``(noisy, clean)`` pairs for chosen cameras and ISOs.
+
+    Item ``i`` is clean image ``i // (cameras x ISOs)`` drawn at one (camera, ISO) combination, with a
+    generator seeded by ``(seed, i)``: the same index always gives the same pair, in any worker.
+
+    Args:
+        images: a sequence or map-style dataset whose items are clean images, ``uint8 (H, W, 3)`` arrays or
+            ``(3, H, W)`` tensors (uint8, or float in [0, 1]); a ``(image, ...)`` tuple uses its first element.
+        model: a noise model (kept on its device; keep it on the CPU for DataLoader workers).
+        cameras, isos: every combination is drawn for every image.
+
+    Example:
+        >>> model = NoiseModel.from_preset("small")
+        >>> pairs = SynthesizedPairs([np.full((8, 8, 3), 100, np.uint8)], model, ["S6"], [800])
+        >>> sorted(pairs[0])
+        ['camera', 'clean', 'iso', 'noisy']
+    """
+
+    def __init__(self, images: Sequence | torch.utils.data.Dataset, model: NoiseModel, cameras: Sequence[str],
+                 isos: Sequence[float], seed: int = 0, extrapolate: bool = False) -> None:
+        for camera in cameras:
+            model.space.camera_index(camera)
+        for iso in isos:
+            model.space.iso_feature(iso, extrapolate)
+        self.images, self.model, self.seed, self.extrapolate = images, model, seed, extrapolate
+        self.conditions = [(camera, float(iso)) for camera in cameras for iso in isos]
+
+    def __len__(self) -> int:
+        return len(self.images) * len(self.conditions)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        image = self.images[index // len(self.conditions)]
+        if isinstance(image, tuple | list):
+            image = image[0]
+        camera, iso = self.conditions[index % len(self.conditions)]
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
+        noisy = self.model.sample(image, camera, iso, generator=generator, extrapolate=self.extrapolate)
+        return {"noisy": noisy, "clean": image, "camera": camera, "iso": iso}

@@ -1,6 +1,7 @@
 """Noise-model training: resumes exactly, matches across 2 processes, guards its run folder, stops cleanly."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -144,3 +145,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, simcam_tree):
             assert torch.equal(one[key], two[key])
             continue
         assert torch.allclose(one[key].double(), two[key].double(), rtol=1e-4, atol=1e-5), key
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, simcam_tree):
+    result = _train(simcam_tree, tmp_path / "bf16", 4, precision="bf16")
+    assert result.step == 4 and all(math.isfinite(v["val_kld"]) for v in result.validation)
