@@ -65,7 +65,7 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     warmup = max(10, int(config.train.flow_warmup_steps * min(1.0, scale)))
     config = replace(config, train=replace(config.train, val_every=max(10, noise_steps // 10),
                                            flow_warmup_steps=warmup))
-    denoiser_steps = max(10, int(400 * scale))
+    denoiser_steps = max(10, int(800 * scale))
 
     def timed(name: str, function: object) -> object:
         start = time.perf_counter()
