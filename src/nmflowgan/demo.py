@@ -191,8 +191,9 @@ def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, ti
 
     result, last = load(evaluation), load(out / "evaluation-last")
     best_step = json.loads(((noise_run / "best").resolve() / "training.json").read_text())["step"]
-    _training_curve(noise_run, out / "training.png")
     validation = [m for m in read_metrics(noise_run) if "val_kld" in m]
+    best_kld, best_corr = next((m["val_kld"], m["val_corr_error"]) for m in validation if m["step"] == best_step)
+    _training_curve(noise_run, out / "training.png")
     machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
                f"Python {platform.python_version()}, nmflowgan {__version__}")
     denoiser_rows = ["| denoiser trained on | PSNR (dB) | SSIM |", "|---|---|---|"]
@@ -205,8 +206,10 @@ def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, ti
     lines = [
         "# nmflowgan demo", "",
         f"Measured in this run on {machine}. Noise model: `small` preset, {noise_steps} steps; denoisers: DnCNN "
-        f"({denoiser_steps} steps each). Validation KLD went from {validation[0]['val_kld']:.4f} at step 0 to "
-        f"{min(m['val_kld'] for m in validation):.4f} (best).", "",
+        f"({denoiser_steps} steps each). Validation KLD: {validation[0]['val_kld']:.4f} at step 0, "
+        f"{best_kld:.4f} at the best checkpoint (step {best_step}), {validation[-1]['val_kld']:.4f} at the last; "
+        f"validation correlation error {validation[0]['val_corr_error']:.4f}, {best_corr:.4f} and "
+        f"{validation[-1]['val_corr_error']:.4f}.", "",
         f"## Noise realism on the simcam test set (lower is better): best checkpoint, step {best_step}", "",
         results_table(result), "",
         f"## The same for the last checkpoint, step {noise_steps}", "",
