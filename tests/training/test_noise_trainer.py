@@ -130,7 +130,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, simcam_tree):
 def test_two_gloo_processes_match_one_process(tmp_path, simcam_tree):
     config = tmp_path / "tiny.json"
     save_config(tiny_config(), config)
-    common = ["--data", simcam_tree, "--config", config, "--steps", 6, "--device", "cpu", "--quiet"]
+    common = ["--data", simcam_tree, "--config", config, "--steps", 6, "--device", "cpu", "--quiet", "--log-every", 1]
     single = subprocess.run(_cli("train", *common, "--out", tmp_path / "one"), capture_output=True, text=True)
     assert single.returncode == 0, single.stderr
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -140,11 +140,28 @@ def test_two_gloo_processes_match_one_process(tmp_path, simcam_tree):
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert one.keys() == two.keys()
+    # gloo sums the two halves' gradients in another order than one process does. Adam's first steps are
+    # about lr * sign(g), so a critic parameter whose gradient is ~0 may step the other way: such tensors may
+    # differ by up to one critic step; everything else must agree to float32 round-off.
+    critic_step = tiny_config().train.critic_lr
+    close = total = 0
     for key in one:
+        a, b = one[key].double(), two[key].double()
         if key.startswith("rng."):
-            assert torch.equal(one[key], two[key])
-            continue
-        assert torch.allclose(one[key].double(), two[key].double(), rtol=1e-4, atol=1e-5), key
+            assert torch.equal(a, b), key
+        elif key.startswith(("module.critic.", "optimizer.critic.")):
+            assert (a - b).abs().max() <= critic_step, key
+        else:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), key
+        close += int(torch.isclose(a, b, rtol=1e-4, atol=1e-5).sum())
+        total += a.numel()
+    assert close / total > 0.999
+    single, double = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [m["step"] for m in single] == [m["step"] for m in double]
+    for a, b in zip(single, double):
+        for key in ("nll", "critic", "gp"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path, simcam_tree):
