@@ -115,8 +115,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         raise DataError(f"{data}: no test pair has a camera/ISO this model knows ({', '.join(model.cameras)})")
     gaussian, nlf = fit_baselines(train_records, patch_px, fit_patches, seed, progress)
     test = PatchDataset(usable, patch_px, patch_px, with_oracle=True)
-    count = min(len(test), max_patches)
-    indices = torch.linspace(0, len(test) - 1, count).round().long().unique().tolist()
+    indices = test.evenly_spaced(max_patches)
     has_oracle = all(r.oracle is not None for r in usable)
 
     def from_baseline(baseline: GaussianNoise | HeteroscedasticNoise) -> NoiseSource:

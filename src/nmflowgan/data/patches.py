@@ -83,6 +83,11 @@ class PatchDataset(Dataset):
         """Selects the augmentations of ``epoch`` (call before iterating)."""
         self.epoch = epoch
 
+    def evenly_spaced(self, count: int) -> list[int]:
+        """At most ``count`` patch indices spread evenly over the whole data set (a fixed subset)."""
+        count = min(len(self), count)
+        return torch.linspace(0, len(self) - 1, count).round().long().unique().tolist()
+
     def locate(self, index: int) -> tuple[PairRecord, int, int]:
         """The pair and the top-left ``(y, x)`` of patch ``index``."""
         pair = bisect.bisect_right(self.starts, index) - 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,42 +33,29 @@ from nmflowgan.models.noise_model import NoiseModel, quantize
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import resolve_device, setup, teardown
-from nmflowgan.training.run import MetricsLog, prepare_run_dir, stop_on_signals
+from nmflowgan.training.run import MetricsLog, RunOptions, prepare_run_dir, stop_on_signals
 
 log = logging.getLogger(__name__)
 NoiseSource = Callable[[torch.Tensor, PatchBatch, torch.Generator], torch.Tensor]
 BASELINES = ("real", "gaussian", "nlf")
 
 
-@dataclass(frozen=True)
-class DenoiserTrainingOptions:
-    """How to train a denoiser.
+@dataclass(frozen=True, kw_only=True)
+class DenoiserTrainingOptions(RunOptions):
+    """How to train a denoiser (see :class:`RunOptions` for the common fields).
 
     Attributes:
         noise: ``real``, ``gaussian``, ``nlf`` or a noise-model checkpoint; flow_only: use that
-            checkpoint's flow without its refiner. The other fields are as in noise-model training.
+            checkpoint's flow without its refiner.
+        val_every / val_patches: validation interval (steps) and size (real noisy patches).
+        fit_patches: training patches the ``gaussian``/``nlf`` baselines are fitted on.
     """
 
-    data: Path
-    out: Path
     noise: str
     flow_only: bool = False
-    split: str | None = None
-    val_split: str | None = None
-    steps: int | None = None
-    epochs: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "auto"
-    seed: int = 0
-    workers: int = 0
-    log_every: int = 10
-    checkpoint_every: int | None = None
     val_every: int = 100
     val_patches: int = 64
     fit_patches: int = 2000
-    quiet: bool = False
-    skip_bad: bool = False
 
 
 @dataclass
@@ -105,8 +93,6 @@ def noise_source(options: DenoiserTrainingOptions, records: list, patch_px: int,
 
 def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> DenoiserTrainResult:
     """Trains (or resumes) a DnCNN of ``config.denoiser`` into ``options.out``."""
-    import os
-
     device = resolve_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     context = setup(device)
     try:
@@ -218,8 +204,7 @@ def _validation_patches(options: DenoiserTrainingOptions, split: str | None, pat
         return None
     dataset = PatchDataset(find_pairs(options.data, split, options.skip_bad), patch_px, patch_px,
                            skip_bad=options.skip_bad)
-    count = min(len(dataset), options.val_patches)
-    batch = collate([dataset[i] for i in torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()])
+    batch = collate([dataset[i] for i in dataset.evenly_spaced(options.val_patches)])
     return batch.clean.float() / 255.0, batch.noisy.float() / 255.0
 
 

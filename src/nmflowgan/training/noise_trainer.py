@@ -45,47 +45,24 @@ from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, resolve_device, setup, teardown
 from nmflowgan.training.losses import critic_loss, generator_adversarial_loss
-from nmflowgan.training.run import MetricsLog, prepare_run_dir, stop_on_signals
+from nmflowgan.training.run import MetricsLog, RunOptions, prepare_run_dir, stop_on_signals
 
 log = logging.getLogger(__name__)
 STAGES = ("joint", "flow")
 
 
-@dataclass(frozen=True)
-class NoiseTrainingOptions:
-    """How to run a training (the preset says what to train).
+@dataclass(frozen=True, kw_only=True)
+class NoiseTrainingOptions(RunOptions):
+    """How to run a noise-model training (see :class:`RunOptions` for the common fields).
 
     Attributes:
-        data: a data set folder (simcam, SIDD or metadata.csv); split / val_split: its training and
-            validation splits (None: the data set's defaults).
-        out: the run folder. stage: ``joint`` (NLL + GAN) or ``flow`` (NLL only).
-        steps / epochs: length (steps wins; neither: the preset's epochs).
-        resume / overwrite: continue the run in ``out`` / replace it.
-        device: ``auto``, ``cpu``, ``cuda`` or ``mps``. seed: every random draw derives from it.
-        workers: DataLoader worker processes. precision: ``fp32`` or ``bf16`` (autocast).
-        channels_last: memory format on CUDA. log_every: steps between metric lines.
-        checkpoint_every: steps between checkpoints (default: the preset's validation interval).
-        quiet: no progress bar. skip_bad: skip unusable pairs.
+        stage: ``joint`` (NLL + GAN) or ``flow`` (NLL only).
+        precision: ``fp32`` or ``bf16`` (autocast). channels_last: memory format on CUDA.
     """
 
-    data: Path
-    out: Path
-    split: str | None = None
-    val_split: str | None = None
     stage: str = "joint"
-    steps: int | None = None
-    epochs: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "auto"
-    seed: int = 0
-    workers: int = 0
     precision: str = "fp32"
     channels_last: bool = False
-    log_every: int = 10
-    checkpoint_every: int | None = None
-    quiet: bool = False
-    skip_bad: bool = False
 
 
 @dataclass
@@ -380,9 +357,7 @@ def _validation_set(options: NoiseTrainingOptions, split: str | None, model: Noi
         return None
     patch = config.patch_px  # type: ignore[attr-defined]
     dataset = PatchDataset(records, patch, patch, skip_bad=options.skip_bad)
-    count = min(len(dataset), config.val_patches)  # type: ignore[attr-defined]
-    indices = torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()
-    batch = collate([dataset[i] for i in indices])
+    batch = collate([dataset[i] for i in dataset.evenly_spaced(config.val_patches)])  # type: ignore[attr-defined]
     clean = batch.clean.float()
     return ValidationSet(clean / 255.0, batch.noisy.float() - clean, batch.cameras, batch.isos.tolist())
 

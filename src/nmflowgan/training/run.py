@@ -8,11 +8,44 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from nmflowgan.errors import OutputExistsError
 
 METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How to run a training, whatever it trains (the preset says what).
+
+    Attributes:
+        data: a data set folder (simcam, SIDD or metadata.csv); split / val_split: its training and
+            validation splits (None: the data set's defaults).
+        out: the run folder. steps / epochs: length (steps wins; neither: the preset's epochs).
+        resume / overwrite: continue the run in ``out`` / replace it.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``. seed: every random draw derives from it.
+        workers: DataLoader worker processes. log_every: steps between metric lines.
+        checkpoint_every: steps between checkpoints (default: the validation interval).
+        quiet: no progress bar. skip_bad: skip unusable pairs.
+    """
+
+    data: Path
+    out: Path
+    split: str | None = None
+    val_split: str | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    quiet: bool = False
+    skip_bad: bool = False
 RUN_MARKERS = ("config.json", "checkpoints", METRICS_FILE)
 
 
