@@ -135,11 +135,94 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from nmflowgan.demo import demo
+def _common_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    report = demo(args.out, args.budget_minutes, args.seed, progress=not args.quiet)
-    print(f"demo finished; open {report.with_suffix('.html')} (or {report})")
+
+def _preset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                        help="paper: the official configuration (GPU); small: minutes on a CPU")
+    parser.add_argument("--config", type=Path, default=None, help="a full config JSON (overrides --preset)")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config) if args.config is not None else preset(args.preset)
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _iso_list(text: str) -> list[float | str]:
+    isos: list[float | str] = []
+    for part in _list(text):
+        try:
+            isos.append(part if part == "exif" else float(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"ISO {part!r} is not a number or 'exif'") from None
+    return isos
+
+
+def _info(args: argparse.Namespace) -> None:
+    from nmflowgan.api import model_summary
+
+    summary = model_summary(args.preset).to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"preset {summary.pop('preset')} (SIDD vocabulary: 5 cameras x 5 ISOs)")
+    for name, count in summary.items():
+        print(f"  {name:<12} {count:>12,d} parameters")
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from nmflowgan.data.simcam import simulate
+
+    out = simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
+                   overwrite=args.overwrite, progress=not args.quiet)
+    print(f"simcam data set written to {out} (train/, test/, simcam.json)")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
+
+    options = NoiseTrainingOptions(
+        data=args.data, out=args.out, split=args.split, val_split=args.val_split, stage=args.stage,
+        steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite, device=args.device,
+        seed=args.seed, workers=args.workers, precision=args.precision, channels_last=args.channels_last,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every, quiet=args.quiet, skip_bad=args.skip_bad,
+    )
+    result = train_noise_model(_config(args), options)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if result.interrupted:
+        print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; the checkpoint is "
+              f"{result.run_dir / 'last'}. Continue with the same command plus --resume.")
+        return
+    scores = ", ".join(f"step {v['step']}: {v['val_kld']:.4f}" for v in result.validation[:1] + result.validation[-1:])
+    print(f"trained to step {result.step}; validation KLD {scores}; best {result.best_kld:.4f}")
+    print(f"checkpoints: {result.run_dir / 'last'} and {result.run_dir / 'best'}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from nmflowgan.api import evaluate_to_report
+
+    report = evaluate_to_report(args.checkpoint, args.data, args.out, split=args.split, train_split=args.train_split,
+                                patch_px=args.patch_px, max_patches=args.max_patches, seed=args.seed,
+                                overwrite=args.overwrite, progress=not args.quiet)
+    print(report.table)
+    print(f"report: {report.path} (and report.html, results.json)")
+
+
+def _synthesize(args: argparse.Namespace) -> None:
+    from nmflowgan.synthesis import synthesize
+    from nmflowgan.training.distributed import resolve_device
+
+    written = synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
+                         overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
+                         device=str(resolve_device(args.device)), progress=not args.quiet)
+    print(f"wrote {len(written)} noisy image(s) with JSON sidecars under {args.output}")
 
 
 def _train_denoiser(args: argparse.Namespace) -> None:
@@ -185,94 +268,11 @@ def _denoise(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} denoised image(s) under {args.output}")
 
 
-def _list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _demo(args: argparse.Namespace) -> None:
+    from nmflowgan.demo import demo
 
-
-def _iso_list(text: str) -> list[float | str]:
-    isos: list[float | str] = []
-    for part in _list(text):
-        try:
-            isos.append(part if part == "exif" else float(part))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"ISO {part!r} is not a number or 'exif'") from None
-    return isos
-
-
-def _synthesize(args: argparse.Namespace) -> None:
-    from nmflowgan.synthesis import synthesize
-    from nmflowgan.training.distributed import resolve_device
-
-    written = synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
-                         overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
-                         device=str(resolve_device(args.device)), progress=not args.quiet)
-    print(f"wrote {len(written)} noisy image(s) with JSON sidecars under {args.output}")
-
-
-def _evaluate(args: argparse.Namespace) -> None:
-    from nmflowgan.api import evaluate_to_report
-
-    report = evaluate_to_report(args.checkpoint, args.data, args.out, split=args.split, train_split=args.train_split,
-                                patch_px=args.patch_px, max_patches=args.max_patches, seed=args.seed,
-                                overwrite=args.overwrite, progress=not args.quiet)
-    print(report.table)
-    print(f"report: {report.path} (and report.html, results.json)")
-
-
-def _preset_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                        help="paper: the official configuration (GPU); small: minutes on a CPU")
-    parser.add_argument("--config", type=Path, default=None, help="a full config JSON (overrides --preset)")
-
-
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config) if args.config is not None else preset(args.preset)
-
-
-def _train(args: argparse.Namespace) -> None:
-    from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
-
-    options = NoiseTrainingOptions(
-        data=args.data, out=args.out, split=args.split, val_split=args.val_split, stage=args.stage,
-        steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite, device=args.device,
-        seed=args.seed, workers=args.workers, precision=args.precision, channels_last=args.channels_last,
-        log_every=args.log_every, checkpoint_every=args.checkpoint_every, quiet=args.quiet, skip_bad=args.skip_bad,
-    )
-    result = train_noise_model(_config(args), options)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    if result.interrupted:
-        print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; the checkpoint is "
-              f"{result.run_dir / 'last'}. Continue with the same command plus --resume.")
-        return
-    scores = ", ".join(f"step {v['step']}: {v['val_kld']:.4f}" for v in result.validation[:1] + result.validation[-1:])
-    print(f"trained to step {result.step}; validation KLD {scores}; best {result.best_kld:.4f}")
-    print(f"checkpoints: {result.run_dir / 'last'} and {result.run_dir / 'best'}")
-
-
-def _common_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _simulate(args: argparse.Namespace) -> None:
-    from nmflowgan.data.simcam import simulate
-
-    out = simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
-                   overwrite=args.overwrite, progress=not args.quiet)
-    print(f"simcam data set written to {out} (train/, test/, simcam.json)")
-
-
-def _info(args: argparse.Namespace) -> None:
-    from nmflowgan.api import model_summary
-
-    summary = model_summary(args.preset).to_dict()
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return
-    print(f"preset {summary.pop('preset')} (SIDD vocabulary: 5 cameras x 5 ISOs)")
-    for name, count in summary.items():
-        print(f"  {name:<12} {count:>12,d} parameters")
+    report = demo(args.out, args.budget_minutes, args.seed, progress=not args.quiet)
+    print(f"demo finished; open {report.with_suffix('.html')} (or {report})")
 
 
 def cli_reference() -> str:

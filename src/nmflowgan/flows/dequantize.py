@@ -11,8 +11,7 @@ class UniformDequantization(FlowLayer):
     """UD: ``y = x + u``, ``u ~ U[0, 1)``, on 8-bit integer images; inverse ``x = clamp(floor(y), 0, 255)``.
 
     Training on ``x + u`` maximizes a lower bound of the discrete likelihood of the integer image, so the
-    log-determinant is 0. The inverse recovers any integer ``x`` in [0, 255] exactly; its gradient is
-    passed straight through (the identity), so an adversarial loss on samples still reaches the flow.
+    log-determinant is 0. The inverse recovers any integer ``x`` in [0, 255] exactly.
     """
 
     def __init__(self, levels: int = 256) -> None:
@@ -27,8 +26,7 @@ class UniformDequantization(FlowLayer):
         return x + u.to(device=x.device, dtype=x.dtype), x.new_zeros(x.shape[0])
 
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        quantized = z.floor().clamp(0, self.levels - 1)
-        return z + (quantized - z).detach(), z.new_zeros(z.shape[0])
+        return z.floor().clamp(0, self.levels - 1), z.new_zeros(z.shape[0])
 
 
 class NoiseExtraction(FlowLayer):
