@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nmflowgan.config import Config
-from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.errors import BadInputError, TrainingError
 from nmflowgan.models.dncnn import DnCNN
@@ -33,7 +33,7 @@ from nmflowgan.models.noise_model import NoiseModel, quantize
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import resolve_device, setup, teardown
-from nmflowgan.training.run import MetricsLog, RunOptions, prepare_run_dir, stop_on_signals
+from nmflowgan.training.run import MetricsLog, RunOptions, start_run, stop_on_signals, training_patches
 
 log = logging.getLogger(__name__)
 NoiseSource = Callable[[torch.Tensor, PatchBatch, torch.Generator], torch.Tensor]
@@ -97,15 +97,8 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
     context = setup(device)
     try:
         train_config = config.denoiser_train
-        run_dir = Path(options.out)
-        if context.is_main:
-            prepare_run_dir(run_dir, options.resume, options.overwrite)
-        context.barrier()
-        resuming = options.resume and (run_dir / "last").exists()
-        split, val_split = default_splits(options.data, options.split, options.val_split)
-        records = find_pairs(options.data, split, options.skip_bad)
-        dataset = PatchDataset(records, train_config.patch_px, train_config.stride_px, augment=True,
-                               seed=options.seed, skip_bad=options.skip_bad)
+        run_dir, resuming = start_run(options, context)
+        dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px)
         source = noise_source(options, dataset.records, train_config.patch_px, device)
         validation = _validation_patches(options, val_split, train_config.patch_px)
 

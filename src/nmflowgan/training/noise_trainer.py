@@ -32,7 +32,7 @@ from tqdm import tqdm
 from nmflowgan.atomic import write_text
 from nmflowgan.conditions import Condition
 from nmflowgan.config import Config, to_dict
-from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.errors import DataError, TrainingError
 from nmflowgan.metrics.akld import akld_per_patch
@@ -45,7 +45,7 @@ from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, resolve_device, setup, teardown
 from nmflowgan.training.losses import critic_loss, generator_adversarial_loss
-from nmflowgan.training.run import MetricsLog, RunOptions, prepare_run_dir, stop_on_signals
+from nmflowgan.training.run import MetricsLog, RunOptions, start_run, stop_on_signals, training_patches
 
 log = logging.getLogger(__name__)
 STAGES = ("joint", "flow")
@@ -114,16 +114,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions) -> TrainRes
 def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, context: DistributedContext
            ) -> TrainResult:
     train_config = config.train
-    run_dir = Path(options.out)
-    if context.is_main:
-        prepare_run_dir(run_dir, options.resume, options.overwrite)
-    context.barrier()
-    resuming = options.resume and (run_dir / "last").exists()
-
-    # ---- data --------------------------------------------------------------------------------------
-    split, val_split = default_splits(options.data, options.split, options.val_split)
-    dataset = PatchDataset(find_pairs(options.data, split, options.skip_bad), train_config.patch_px,
-                           train_config.stride_px, augment=True, seed=options.seed, skip_bad=options.skip_bad)
+    run_dir, resuming = start_run(options, context)
+    dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px)
     cameras = sorted({r.camera for r in dataset.records})
     isos = sorted({float(r.iso) for r in dataset.records})
 

@@ -11,7 +11,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.patches import PatchDataset
 from nmflowgan.errors import OutputExistsError
+from nmflowgan.training.distributed import DistributedContext
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -74,6 +77,23 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     except OSError as error:
         raise OutputExistsError(f"{run_dir}: cannot write here ({error})") from None
     return resume and (run_dir / "last").exists()
+
+
+def start_run(options: RunOptions, context: DistributedContext) -> tuple[Path, bool]:
+    """Prepares the run folder on rank 0 while the others wait; returns ``(run_dir, resuming)``."""
+    run_dir = Path(options.out)
+    if context.is_main:
+        prepare_run_dir(run_dir, options.resume, options.overwrite)
+    context.barrier()
+    return run_dir, options.resume and (run_dir / "last").exists()
+
+
+def training_patches(options: RunOptions, patch_px: int, stride_px: int) -> tuple[PatchDataset, str | None]:
+    """The augmented training patches of the run's data set and the name of its validation split."""
+    split, val_split = default_splits(options.data, options.split, options.val_split)
+    dataset = PatchDataset(find_pairs(options.data, split, options.skip_bad), patch_px, stride_px, augment=True,
+                           seed=options.seed, skip_bad=options.skip_bad)
+    return dataset, val_split
 
 
 class MetricsLog:
