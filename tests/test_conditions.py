@@ -60,3 +60,11 @@ def test_continuous_feature_is_monotone_and_in_range(iso):
 
 def test_round_trip_dict(space):
     assert ConditionSpace.from_dict(space.to_dict()) == space
+
+
+def test_knows_matches_what_encode_accepts():
+    continuous = ConditionSpace(("S6", "N6"), (100, 1600), "continuous")
+    assert continuous.knows("S6", 400) and continuous.knows("N6", 1600)
+    assert not continuous.knows("S6", 3200) and not continuous.knows("IP", 400)
+    onehot = ConditionSpace(("S6",), (100, 1600), "onehot")
+    assert onehot.knows("S6", 1600) and not onehot.knows("S6", 400)

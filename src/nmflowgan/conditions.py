@@ -145,6 +145,15 @@ class ConditionSpace:
             return 0.0
         return 2.0 * (math.log(value) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
 
+    def knows(self, camera: str, iso: float) -> bool:
+        """Whether ``camera`` is in the vocabulary and ``iso`` encodes without extrapolating."""
+        try:
+            self.camera_index(camera)
+            self.iso_feature(iso)
+        except BadInputError:
+            return False
+        return True
+
     def encode(
         self,
         cameras: str | Sequence[str],

@@ -104,13 +104,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         An :class:`EvalResult`.
     """
     model = NoiseModel.load(checkpoint).eval()
-    train_default, test_default = default_splits(data, None, None)
-    train_records = find_pairs(data, train_split or train_default)
-    test_records = find_pairs(data, split or test_default)
-    low, high = model.space.iso_range
-    onehot = model.space.iso_mode == "onehot"
-    usable = [r for r in test_records
-              if r.camera in model.cameras and (r.iso in model.isos if onehot else low <= r.iso <= high)]
+    train_split, split = default_splits(data, train_split, split)
+    train_records, test_records = find_pairs(data, train_split), find_pairs(data, split)
+    usable = [r for r in test_records if model.space.knows(r.camera, r.iso)]
     if not usable:
         raise DataError(f"{data}: no test pair has a camera/ISO this model knows ({', '.join(model.cameras)})")
     gaussian, nlf = fit_baselines(train_records, patch_px, fit_patches, seed, progress)

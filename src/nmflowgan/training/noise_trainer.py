@@ -158,7 +158,8 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
         result.validation = list(state.info.get("validation", []))
         log.info("resuming %s from step %d", run_dir, state.step)
     else:
-        first = [dataset[key] for key in _first_global_batch(dataset, train_config.batch_size, options.seed)]
+        # The whole first global batch on every rank, so all ranks start from the same initialization.
+        first = [dataset[(index, 0)] for index in sampler_probe.global_indices(0).tolist()]
         batch = collate(first)
         clean, real = _as_float(batch, device)
         model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(first)))
@@ -288,11 +289,6 @@ def _as_float(batch: PatchBatch, device: torch.device) -> tuple[torch.Tensor, to
     return clean / 255.0, batch.noisy.to(device).float() - clean
 
 
-def _first_global_batch(dataset: PatchDataset, batch_size: int, seed: int) -> list[tuple[int, int]]:
-    sampler = GlobalBatchSampler(len(dataset), batch_size, 0, 1, seed, 0, 1)
-    return next(iter(sampler))
-
-
 def _set_lr(optimizer_g: torch.optim.Optimizer, optimizer_c: torch.optim.Optimizer, config: object, step: int,
             decay_steps: int) -> None:
     """Step decay derived from the step alone, so nothing but the step needs saving."""
@@ -340,10 +336,7 @@ def _validation_set(options: NoiseTrainingOptions, split: str | None, model: Noi
     """Evenly spaced patches of the validation split whose camera and ISO the model knows."""
     if split is None:
         return None
-    low, high = model.space.iso_range
-    onehot = model.space.iso_mode == "onehot"
-    records = [r for r in find_pairs(options.data, split, options.skip_bad) if r.camera in model.cameras
-               and (r.iso in model.isos if onehot else low <= r.iso <= high)]
+    records = [r for r in find_pairs(options.data, split, options.skip_bad) if model.space.knows(r.camera, r.iso)]
     if not records:
         log.warning("no validation pairs with a known camera/ISO in split %s; validation is skipped", split)
         return None
