@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nmflowgan import __version__
-from nmflowgan.errors import CheckpointError
+from nmflowgan.errors import CheckpointError, TrainingError
 
 FORMAT = "nmflowgan-training-state"
 STATE_FILE, TENSOR_FILE = "training.json", "training.safetensors"
@@ -144,10 +145,19 @@ def read_checkpoint_meta(folder: Path) -> dict:
     return meta
 
 
-def load_checkpoint(folder: Path, state: TrainingState) -> TrainingState:
+def load_checkpoint(folder: Path, state: TrainingState, must_match: Sequence[str] = ()) -> TrainingState:
     """Restores modules, optimizers and generators of ``state`` in place from ``folder``; returns the
-    state with the checkpoint's step and info."""
+    state with the checkpoint's step and info.
+
+    Args:
+        must_match: keys of ``state.info`` (this run's facts: seed, stage, batch, ...) that the checkpoint's
+            info must equal, or the run cannot be resumed from it.
+    """
     meta = read_checkpoint_meta(folder)
+    for key in must_match:
+        if meta["info"].get(key) != state.info.get(key):
+            raise TrainingError(f"{folder}: cannot resume, the checkpoint's {key} is {meta['info'].get(key)!r} but "
+                                f"this run's is {state.info.get(key)!r} (same data, preset, stage and seed needed)")
     path = folder / TENSOR_FILE
     try:
         tensors = load_file(str(path))

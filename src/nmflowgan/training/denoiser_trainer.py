@@ -118,11 +118,8 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
         if resuming:
             folder = (run_dir / "last").resolve()
             load_weights(model, folder / "denoiser.safetensors")
-            state = load_checkpoint(folder, state)
-            for key in ("noise", "flow_only", "seed", "steps_per_epoch", "global_batch"):
-                if state.info.get(key) != info[key]:
-                    raise TrainingError(f"{folder}: cannot resume, the checkpoint's {key} is "
-                                        f"{state.info.get(key)!r} but this run's is {info[key]!r}")
+            state = load_checkpoint(folder, state, must_match=("noise", "flow_only", "seed", "steps_per_epoch",
+                                                               "global_batch"))
             history = list(state.info.get("validation", []))
         start, step = state.step, state.step
         best = max((v["val_psnr"] for v in history), default=-math.inf)
@@ -153,7 +150,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
 
         with stop_on_signals() as stop, tqdm(total=total_steps, initial=start, desc=f"denoiser ({options.noise})",
                                              unit="step", disable=options.quiet or not context.is_main) as bar:
-            tick = time.perf_counter()
+            tick, patches_since = time.perf_counter(), 0
             for batch in loader:
                 clean = batch.clean.to(device).float() / 255.0
                 with torch.no_grad():
@@ -169,10 +166,11 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
                 step += 1
                 for group in optimizer.param_groups:
                     group["lr"] = train_config.lr * train_config.lr_gamma ** (step // decay_steps)
+                patches_since += train_config.batch_size
                 bar.update()
                 if metrics is not None and (step % options.log_every == 0 or step == total_steps):
-                    rate = options.log_every * train_config.batch_size / max(time.perf_counter() - tick, 1e-9)
-                    tick = time.perf_counter()
+                    rate = patches_since / max(time.perf_counter() - tick, 1e-9)
+                    tick, patches_since = time.perf_counter(), 0
                     bar.set_postfix(loss=f"{value:.3g}", patches_per_s=f"{rate:.0f}")
                     metrics.write({"step": step, "l2": value, "lr": optimizer.param_groups[0]["lr"],
                                    "patches_per_s": rate})

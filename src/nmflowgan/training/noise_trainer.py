@@ -141,20 +141,16 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
     total_steps = options.steps or (options.epochs or train_config.epochs) * steps_per_epoch
     decay_steps = train_config.lr_decay_every * (steps_per_epoch if train_config.lr_decay_unit == "epoch" else 1)
     checkpoint_every = options.checkpoint_every or train_config.val_every
-    state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c},
-                          {"trainer": rng}, {})
     run_info = {"stage": options.stage, "seed": options.seed, "steps_per_epoch": steps_per_epoch,
                 "global_batch": train_config.batch_size, "total_steps": total_steps, "preset": config.name}
+    state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c},
+                          {"trainer": rng}, run_info)
     result = TrainResult(run_dir, 0, total_steps)
 
     if resuming:
         folder = (run_dir / "last").resolve()
         load_weights(model, folder / "model.safetensors")
-        state = load_checkpoint(folder, state)
-        for key in ("steps_per_epoch", "global_batch", "stage", "seed"):
-            if state.info.get(key) != run_info[key]:
-                raise TrainingError(f"{folder}: cannot resume, the checkpoint's {key} is {state.info.get(key)!r} "
-                                    f"but this run's is {run_info[key]!r} (same data, preset, stage and seed needed)")
+        state = load_checkpoint(folder, state, must_match=("steps_per_epoch", "global_batch", "stage", "seed"))
         result.validation = list(state.info.get("validation", []))
         log.info("resuming %s from step %d", run_dir, state.step)
     else:
