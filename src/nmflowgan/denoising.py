@@ -12,10 +12,10 @@ from tqdm import tqdm
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.io import read_rgb, write_png
 from nmflowgan.data.sidd import load_sidd_blocks
-from nmflowgan.errors import BadInputError, OutputExistsError
+from nmflowgan.errors import BadInputError
 from nmflowgan.metrics.image_quality import psnr, ssim
 from nmflowgan.models.dncnn import DnCNN
-from nmflowgan.synthesis import list_images
+from nmflowgan.outputs import input_images, output_path, refuse_existing
 from nmflowgan.tiling import process_in_tiles
 
 
@@ -83,15 +83,10 @@ def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, o
                   device: str = "cpu", progress: bool = True) -> list[Path]:
     """Denoises an image or a folder of images into PNGs that mirror the input names."""
     source, out = Path(source), Path(out)
-    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
-        raise BadInputError(f"{out}: the output folder is inside the input folder {source}")
-    images = list_images(source)
-    targets = [out if source.is_file() and out.suffix.lower() == ".png"
-               else out / (Path(i.name) if source.is_file() else i.relative_to(source)).with_suffix(".png")
-               for i in images]
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"{existing[0]}: exists ({len(existing)} outputs do); pass --overwrite to replace")
+    inputs = input_images(source, out)
+    images = [image for image, _ in inputs]
+    targets = [output_path(source, out, relative) for _, relative in inputs]
+    refuse_existing(targets, overwrite)
     model = DnCNN.load(checkpoint, map_location=device)
     for image, target in tqdm(list(zip(images, targets)), desc="denoise", disable=not progress):
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from nmflowgan.atomic import write_text
 from nmflowgan.conditions import check_iso
-from nmflowgan.data.io import IMAGE_SUFFIXES, read_rgb, write_png
-from nmflowgan.errors import BadInputError, DataError, OutputExistsError
+from nmflowgan.data.io import read_rgb, write_png
+from nmflowgan.errors import BadInputError, DataError
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, quantize, resolve_model_dir
+from nmflowgan.outputs import input_images, output_path, refuse_existing
 from nmflowgan.tiling import process_in_tiles
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,6 @@ def checkpoint_hash(checkpoint: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def list_images(source: Path) -> list[Path]:
-    """``source`` itself, or every image under it (recursively, sorted)."""
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise DataError(f"{source}: no such image file or folder")
-    return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 @dataclass(frozen=True)
 class SynthesisJob:
     """One output: ``source`` drawn at ``camera``/``iso`` into ``target`` with ``seed``."""
@@ -126,22 +118,13 @@ def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float |
     """Every (image, camera, ISO) output. OUT mirrors IN's relative names as PNG; with several cameras
     or ISOs each name gets ``_CAMERA_isoN``. Per-output seeds derive from the seed and the output name."""
     source, out = Path(source), Path(out)
-    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
-        raise BadInputError(f"{out}: the output folder is inside the input folder {source}")
-    images = list_images(source)
-    if not images:
-        raise DataError(f"{source}: no PNG, JPEG or TIFF images found")
     several = len(cameras) * len(isos) > 1
     jobs = []
-    for image in images:
-        relative = Path(image.name) if source.is_file() else image.relative_to(source)
+    for image, relative in input_images(source, out):
         for camera in cameras:
             for iso in isos:
                 suffix = f"_{camera}_iso{iso if isinstance(iso, str) else f'{iso:g}'}" if several else ""
-                if source.is_file() and out.suffix.lower() == ".png" and not several:
-                    target = out
-                else:
-                    target = out / relative.parent / f"{relative.stem}{suffix}.png"
+                target = output_path(source, out, relative, suffix)
                 name_seed = int.from_bytes(hashlib.sha256(f"{seed}/{target.relative_to(out) if target != out else ''}"
                                                           f"/{relative}".encode()).digest()[:4], "little")
                 jobs.append(SynthesisJob(image, target, camera, iso, name_seed))
@@ -167,9 +150,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         if iso != "exif":
             model.space.iso_feature(iso, extrapolate)
     jobs = plan(Path(source), Path(out), cameras, isos, seed)
-    existing = [j.target for j in jobs if j.target.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"{existing[0]}: exists ({len(existing)} outputs do); pass --overwrite to replace")
+    refuse_existing([j.target for j in jobs], overwrite)
     digest = checkpoint_hash(checkpoint)
     written = []
     for job in tqdm(jobs, desc="synthesize", unit="img", disable=not progress):
