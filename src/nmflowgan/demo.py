@@ -28,6 +28,7 @@ from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.io import read_rgb
 from nmflowgan.data.simcam import builtin_cameras, simulate
 from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.reporting import plots
 from nmflowgan.reporting.report import condition_table, markdown_to_html, results_table
 from nmflowgan.synthesis import synthesize_image
 from nmflowgan.training.run import read_metrics
@@ -136,49 +137,17 @@ def _finished(run: Path, steps: int) -> bool:
 
 def _examples(noise_run: Path, data: Path, path: Path, seed: int) -> None:
     """A grid: one test scene, every camera (rows) at three ISOs (columns), next to the real capture."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     model = NoiseModel.load(noise_run)
     records = find_pairs(data, "test")
-    cameras = [c.code for c in builtin_cameras() if c.code in model.cameras]
-    figure, axes = plt.subplots(len(cameras), len(EXAMPLE_ISOS) + 2, figsize=(2.2 * (len(EXAMPLE_ISOS) + 2),
-                                                                               2.2 * len(cameras)), squeeze=False)
-    for row, camera in enumerate(cameras):
+    rows = []
+    for camera in [c.code for c in builtin_cameras() if c.code in model.cameras]:
         record = next(r for r in records if r.camera == camera and r.iso == max(TRAIN_ISOS))
         clean = read_rgb(record.clean)[:128, :128]
         panels = [("clean", clean), (f"real ISO {max(TRAIN_ISOS)}", read_rgb(record.noisy)[:128, :128])]
         panels += [(f"synth. ISO {iso}" + (" (unseen)" if iso not in TRAIN_ISOS else ""),
                     synthesize_image(model, clean, camera, iso, seed=seed)) for iso in EXAMPLE_ISOS]
-        for column, (title, image) in enumerate(panels):
-            axes[row][column].imshow(image, interpolation="nearest")
-            axes[row][column].set_xticks([])
-            axes[row][column].set_yticks([])
-            if row == 0:
-                axes[row][column].set_title(title, fontsize=8)
-        axes[row][0].set_ylabel(camera)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-
-
-def _training_curve(noise_run: Path, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    validation = [m for m in read_metrics(noise_run) if "val_kld" in m]
-    figure, axis = plt.subplots(figsize=(5, 3))
-    axis.plot([m["step"] for m in validation], [m["val_kld"] for m in validation], marker="o")
-    axis.set_xlabel("step")
-    axis.set_ylabel("validation KLD")
-    axis.set_yscale("log")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+        rows.append((camera, panels))
+    plots.image_grid(rows, path, panel_inches=2.2)
 
 
 def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, timings: dict, noise_steps: int,
@@ -193,7 +162,7 @@ def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, ti
     best_step = json.loads(((noise_run / "best").resolve() / "training.json").read_text())["step"]
     validation = [m for m in read_metrics(noise_run) if "val_kld" in m]
     best_kld, best_corr = next((m["val_kld"], m["val_corr_error"]) for m in validation if m["step"] == best_step)
-    _training_curve(noise_run, out / "training.png")
+    plots.validation_curve(read_metrics(noise_run), out / "training.png")
     machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
                f"Python {platform.python_version()}, nmflowgan {__version__}")
     denoiser_rows = ["| denoiser trained on | PSNR (dB) | SSIM |", "|---|---|---|"]

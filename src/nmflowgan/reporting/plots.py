@@ -99,26 +99,51 @@ def noise_histograms(hists: dict, path: Path) -> Path:
     return path
 
 
-def sample_grid(examples: dict, path: Path, model: str = "nmflowgan", max_rows: int = 8, gain: float = 4.0) -> Path:
-    """Rows: conditions; columns: clean, real noisy, synthesized noisy, real noise and synthesized noise
-    (amplified ``gain`` times around mid-grey)."""
+def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: Path, panel_inches: float = 2.1) -> Path:
+    """A grid of ``uint8 (H, W, 3)`` images: ``rows`` is ``[(row label, [(column title, image), ...]), ...]``;
+    the first row's titles head the columns."""
     plt = _pyplot()
-    keys = sorted(examples)[:max_rows]
-    titles = ("clean", "real noisy", f"{model} noisy", f"real noise x{gain:g}", f"{model} noise x{gain:g}")
-    figure, axes = plt.subplots(len(keys), 5, figsize=(10, 2.1 * len(keys)), squeeze=False)
-    for row, key in enumerate(keys):
-        example = examples[key]
-        clean = example["clean"].double()
-        panels = (clean, clean + example["real"], clean + example[model],
-                  128 + gain * example["real"], 128 + gain * example[model])
-        for column, panel in enumerate(panels):
-            image = panel.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    columns = len(rows[0][1])
+    figure, axes = plt.subplots(len(rows), columns, figsize=(panel_inches * columns, panel_inches * len(rows)),
+                                squeeze=False)
+    for row, (label, panels) in enumerate(rows):
+        for column, (title, image) in enumerate(panels):
             axes[row][column].imshow(image, interpolation="nearest")
             axes[row][column].set_xticks([])
             axes[row][column].set_yticks([])
             if row == 0:
-                axes[row][column].set_title(titles[column], fontsize=8)
-        axes[row][0].set_ylabel(f"{key[0]} ISO {key[1]:g}", fontsize=8)
+                axes[row][column].set_title(title, fontsize=8)
+        axes[row][0].set_ylabel(label, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def sample_grid(examples: dict, path: Path, model: str = "nmflowgan", max_rows: int = 8, gain: float = 4.0) -> Path:
+    """Rows: conditions; columns: clean, real noisy, synthesized noisy, real noise and synthesized noise
+    (amplified ``gain`` times around mid-grey)."""
+    titles = ("clean", "real noisy", f"{model} noisy", f"real noise x{gain:g}", f"{model} noise x{gain:g}")
+    rows = []
+    for key in sorted(examples)[:max_rows]:
+        example = examples[key]
+        clean = example["clean"].double()
+        panels = (clean, clean + example["real"], clean + example[model],
+                  128 + gain * example["real"], 128 + gain * example[model])
+        images = [panel.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for panel in panels]
+        rows.append((f"{key[0]} ISO {key[1]:g}", list(zip(titles, images))))
+    return image_grid(rows, path)
+
+
+def validation_curve(records: list[dict], path: Path) -> Path:
+    """Validation KLD (log scale) against the training step, from ``metrics.jsonl`` records."""
+    plt = _pyplot()
+    validation = [m for m in records if "val_kld" in m]
+    figure, axis = plt.subplots(figsize=(5, 3))
+    axis.plot([m["step"] for m in validation], [m["val_kld"] for m in validation], marker="o")
+    axis.set_xlabel("step")
+    axis.set_ylabel("validation KLD")
+    axis.set_yscale("log")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
