@@ -31,6 +31,7 @@ from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.reporting import plots
 from nmflowgan.reporting.report import condition_table, markdown_to_html, results_table
 from nmflowgan.synthesis import synthesize_image
+from nmflowgan.training.checkpoint import read_checkpoint_meta
 from nmflowgan.training.run import read_metrics
 
 log = logging.getLogger(__name__)
@@ -129,10 +130,7 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
 
 def _finished(run: Path, steps: int) -> bool:
     last = run / "last"
-    if not last.exists():
-        return False
-    meta = json.loads((last.resolve() / "training.json").read_text())
-    return int(meta["step"]) >= steps
+    return last.exists() and int(read_checkpoint_meta(last.resolve())["step"]) >= steps
 
 
 def _examples(noise_run: Path, data: Path, path: Path, seed: int) -> None:
@@ -159,7 +157,7 @@ def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, ti
         return EvalResult(saved["models"], saved["per_condition"], saved["n_patches"], saved["seed"], {}, {}, {})
 
     result, last = load(evaluation), load(out / "evaluation-last")
-    best_step = json.loads(((noise_run / "best").resolve() / "training.json").read_text())["step"]
+    best_step = read_checkpoint_meta((noise_run / "best").resolve())["step"]
     validation = [m for m in read_metrics(noise_run) if "val_kld" in m]
     best_kld, best_corr = next((m["val_kld"], m["val_corr_error"]) for m in validation if m["step"] == best_step)
     plots.validation_curve(read_metrics(noise_run), out / "training.png")

@@ -66,8 +66,26 @@ def _inside(root: Path, relative: str, path: Path, line: int) -> Path:
     return candidate
 
 
+DEFAULT_SPLITS = {"metadata": (None, None), "train-test": ("train", "test"), "sidd": ("sidd-train", "sidd-test")}
+
+
+def layout(data: str | Path) -> str:
+    """Which kind of data set ``data`` is: ``metadata`` (a metadata.csv folder), ``train-test`` (``train/`` and
+    ``test/`` trees, what ``nmflowgan simulate`` writes) or ``sidd`` (a SIDD sRGB tree)."""
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder")
+    if (root / METADATA_FILE).is_file():
+        return "metadata"
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return "train-test"
+    if is_sidd_tree(root):
+        return "sidd"
+    raise DataError(f"{root}: not a data set (no metadata.csv, no train/ and test/, no SIDD folders)")
+
+
 def find_pairs(data: str | Path, split: str | None = None, skip_bad: bool = False) -> list[PairRecord]:
-    """The pairs of a data set, whatever its layout.
+    """The pairs of a data set, whatever its :func:`layout`.
 
     Args:
         data: a folder with ``metadata.csv``; a folder with ``train/`` and ``test/`` trees (what
@@ -80,29 +98,22 @@ def find_pairs(data: str | Path, split: str | None = None, skip_bad: bool = Fals
         The pairs; simcam trees give each pair its oracle (the second independent noisy draw).
     """
     root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such data folder")
-    if (root / METADATA_FILE).is_file():
+    kind = layout(root)
+    if kind == "metadata":
         if split is not None:
             raise DataError(f"{root}: a metadata.csv folder has no splits; got --split {split}")
         return read_metadata(root / METADATA_FILE)
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    if kind == "train-test":
         if split not in ("train", "test"):
             raise DataError(f"{root}: has train/ and test/; choose --split train or test, got {split!r}")
         return scan_sidd(root / split, skip_bad=skip_bad, oracle_capture=(root / SIMCAM_FILE).is_file())
-    if is_sidd_tree(root):
-        if split is not None and split not in SPLITS:
-            raise DataError(f"{root}: a SIDD tree takes --split {' or '.join(SPLITS)}, got {split!r}")
-        return scan_sidd(root, split, skip_bad=skip_bad)
-    raise DataError(f"{root}: not a data set (no metadata.csv, no train/ and test/, no SIDD folders)")
+    if split is not None and split not in SPLITS:
+        raise DataError(f"{root}: a SIDD tree takes --split {' or '.join(SPLITS)}, got {split!r}")
+    return scan_sidd(root, split, skip_bad=skip_bad)
 
 
 def default_splits(data: str | Path, split: str | None, val_split: str | None) -> tuple[str | None, str | None]:
     """``(training split, validation split)``, each as given or the data set's default: ``train``/``test``
     for a folder with both, ``sidd-train``/``sidd-test`` for a SIDD tree, none for a metadata.csv folder."""
-    root = Path(data)
-    if (root / METADATA_FILE).is_file():
-        return split, val_split
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return split or "train", val_split or "test"
-    return split or "sidd-train", val_split or "sidd-test"
+    default_train, default_val = DEFAULT_SPLITS[layout(data)]
+    return split or default_train, val_split or default_val
