@@ -24,8 +24,28 @@ def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and without a dis
     return plt
 
 
-def _grid(conditions: list[tuple[str, float]]) -> tuple[list[str], list[float]]:
-    return sorted({c for c, _ in conditions}), sorted({i for _, i in conditions})
+def _condition_panels(plt: object, keys: list[tuple[str, float]], **options: object) -> tuple[object, dict]:
+    """A figure with one titled panel per (camera, ISO): cameras in rows, ISOs in columns.
+
+    Returns the figure and ``{(camera, iso): axis}``.
+    """
+    cameras, isos = sorted({c for c, _ in keys}), sorted({i for _, i in keys})
+    figure, axes = plt.subplots(len(cameras), len(isos), figsize=(2.6 * len(isos), 2.2 * len(cameras)),  # type: ignore[attr-defined]
+                                squeeze=False, **options)
+    panels = {}
+    for key in keys:
+        axis = axes[cameras.index(key[0])][isos.index(key[1])]
+        axis.set_title(f"{key[0]} ISO {key[1]:g}", fontsize=8)
+        axis.tick_params(labelsize=7)
+        panels[key] = axis
+    return figure, panels
+
+
+def _save(plt: object, figure: object, path: Path) -> Path:
+    figure.tight_layout()  # type: ignore[attr-defined]
+    figure.savefig(path, dpi=80)  # type: ignore[attr-defined]
+    plt.close(figure)  # type: ignore[attr-defined]
+    return path
 
 
 def std_vs_intensity(stats: dict, path: Path) -> Path:
@@ -45,58 +65,39 @@ def std_vs_intensity(stats: dict, path: Path) -> Path:
     for axis in axes[-1]:
         axis.set_xlabel("clean intensity (0-255)", fontsize=8)
     figure.supylabel("noise std (8-bit units)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def correlation_vs_distance(stats: dict, path: Path) -> Path:
     """One panel per camera/ISO: correlation of the noise at pixel distance d, channels averaged (Fig. 3)."""
     plt = _pyplot()
-    cameras, isos = _grid(list(stats))
-    figure, axes = plt.subplots(len(cameras), len(isos), figsize=(2.6 * len(isos), 2.2 * len(cameras)),
-                                squeeze=False, sharey=True)
+    figure, panels = _condition_panels(plt, list(stats), sharey=True)
     for key, by_model in stats.items():
-        axis = axes[cameras.index(key[0])][isos.index(key[1])]
         for name, value in by_model.items():
             curve = value.corr.mean(0).numpy()
-            axis.plot(range(len(curve)), curve, marker="o", ms=3, color=COLOURS.get(name),
-                      lw=2.2 if name == "real" else 1.2, label=name)
-        axis.set_title(f"{key[0]} ISO {key[1]:g}", fontsize=8)
-        axis.axhline(0, color="lightgray", lw=0.8)
-        axis.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
+            panels[key].plot(range(len(curve)), curve, marker="o", ms=3, color=COLOURS.get(name),
+                             lw=2.2 if name == "real" else 1.2, label=name)
+        panels[key].axhline(0, color="lightgray", lw=0.8)
+    next(iter(panels.values())).legend(fontsize=7)
     figure.supxlabel("pixel distance")
     figure.supylabel("noise correlation")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def noise_histograms(hists: dict, path: Path) -> Path:
     """One panel per camera/ISO: the 130-bin noise histograms (log scale) of real noise and each model."""
     plt = _pyplot()
-    cameras, isos = _grid(list(hists))
     centres = EDGE_LOW + BIN_WIDTH * (np.arange(N_BINS) + 0.5)
-    figure, axes = plt.subplots(len(cameras), len(isos), figsize=(2.6 * len(isos), 2.2 * len(cameras)),
-                                squeeze=False)
+    figure, panels = _condition_panels(plt, list(hists))
     for key, by_model in hists.items():
-        axis = axes[cameras.index(key[0])][isos.index(key[1])]
         for name, counts in by_model.items():
             density = (counts / counts.sum()).numpy()
-            axis.semilogy(centres, np.where(density > 0, density, np.nan), color=COLOURS.get(name),
-                          lw=2.2 if name == "real" else 1.0, label=name)
-        axis.set_xlim(-80, 80)
-        axis.set_title(f"{key[0]} ISO {key[1]:g}", fontsize=8)
-        axis.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
+            panels[key].semilogy(centres, np.where(density > 0, density, np.nan), color=COLOURS.get(name),
+                                 lw=2.2 if name == "real" else 1.0, label=name)
+        panels[key].set_xlim(-80, 80)
+    next(iter(panels.values())).legend(fontsize=7)
     figure.supxlabel("noise (8-bit units)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: Path, panel_inches: float = 2.1) -> Path:
@@ -114,10 +115,7 @@ def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: Path,
             if row == 0:
                 axes[row][column].set_title(title, fontsize=8)
         axes[row][0].set_ylabel(label, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def sample_grid(examples: dict, path: Path, model: str = "nmflowgan", max_rows: int = 8, gain: float = 4.0) -> Path:
@@ -144,7 +142,4 @@ def validation_curve(records: list[dict], path: Path) -> Path:
     axis.set_xlabel("step")
     axis.set_ylabel("validation KLD")
     axis.set_yscale("log")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
