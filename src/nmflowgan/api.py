@@ -11,6 +11,7 @@ from nmflowgan.errors import OutputExistsError
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.models.sampler import SamplingOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Report:
 def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path, split: str | None = None,
                        train_split: str | None = None, patch_px: int = 64, max_patches: int = 512,
                        fit_patches: int = 2000, seed: int = 0, overwrite: bool = False, progress: bool = True,
-                       title: str = "nmflowgan evaluation") -> Report:
+                       title: str = "nmflowgan evaluation", options: SamplingOptions | None = None) -> Report:
     """Runs :func:`nmflowgan.evaluation.evaluate` and writes ``results.json``, ``report.md``, ``report.html``."""
     from nmflowgan.evaluation import evaluate
     from nmflowgan.reporting.report import results_table, write_report
@@ -71,6 +72,7 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
     out = Path(out)
     if (out / "results.json").exists() and not overwrite:
         raise OutputExistsError(f"{out}: holds an evaluation already (pass --overwrite to replace it)")
-    result = evaluate(checkpoint, data, split, train_split, patch_px, max_patches, fit_patches, seed, progress=progress)
+    result = evaluate(checkpoint, data, split, train_split, patch_px, max_patches, fit_patches, seed,
+                      progress=progress, options=options)
     path = write_report(result, out, title=title, intro=f"Checkpoint `{checkpoint}`, data `{data}`.")
     return Report(path, results_table(result))

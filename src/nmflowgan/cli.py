@@ -13,6 +13,7 @@ from pathlib import Path
 from nmflowgan import __version__
 from nmflowgan.config import PRESETS, Config, load_config, preset
 from nmflowgan.errors import NmflowganError
+from nmflowgan.models.sampler import SamplingOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--patch-px", type=int, default=64)
     evaluate.add_argument("--max-patches", type=int, default=512)
     evaluate.add_argument("--seed", type=int, default=0)
+    _sampling_argument(evaluate)
     _common_output(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -83,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--seed", type=int, default=0)
     synthesize.add_argument("--tile", type=int, default=512, help="tile side in pixels (bounds the memory)")
     synthesize.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    _sampling_argument(synthesize)
+    synthesize.add_argument("--compile", action="store_true",
+                            help="torch.compile the refiner (pays back its compile time on long jobs only)")
     synthesize.add_argument("input", type=Path, metavar="IN", help="an image or a folder (searched recursively)")
     synthesize.add_argument("output", type=Path, metavar="OUT", help="a PNG file or a folder mirroring IN")
     _common_output(synthesize)
@@ -105,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     denoiser.add_argument("--seed", type=int, default=0)
     denoiser.add_argument("--workers", type=int, default=0)
     denoiser.add_argument("--val-every", type=int, default=100)
+    _sampling_argument(denoiser)
     denoiser.add_argument("--skip-bad", action="store_true")
     _common_output(denoiser)
     denoiser.set_defaults(handler=_train_denoiser)
@@ -138,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _common_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _sampling_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sampling", default="auto", choices=["auto", "fp32", "bf16", "fp16", "plain"],
+                        help="how noise is computed: the optimized path in a precision (auto: bf16 where the "
+                             "device has native bf16, else fp32), or plain (the eager float32 reference)")
 
 
 def _preset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -210,7 +222,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     report = evaluate_to_report(args.checkpoint, args.data, args.out, split=args.split, train_split=args.train_split,
                                 patch_px=args.patch_px, max_patches=args.max_patches, seed=args.seed,
-                                overwrite=args.overwrite, progress=not args.quiet)
+                                overwrite=args.overwrite, progress=not args.quiet,
+                                options=SamplingOptions.named(args.sampling))
     print(report.table)
     print(f"report: {report.path} (and report.html, results.json)")
 
@@ -221,7 +234,8 @@ def _synthesize(args: argparse.Namespace) -> None:
 
     written = synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
                          overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
-                         device=str(resolve_device(args.device)), progress=not args.quiet)
+                         device=str(resolve_device(args.device)), progress=not args.quiet,
+                         options=SamplingOptions.named(args.sampling, args.compile))
     print(f"wrote {len(written)} noisy image(s) with JSON sidecars under {args.output}")
 
 
@@ -232,7 +246,7 @@ def _train_denoiser(args: argparse.Namespace) -> None:
         data=args.data, out=args.out, noise=args.noise, flow_only=args.flow_only, split=args.split,
         val_split=args.val_split, steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite,
         device=args.device, seed=args.seed, workers=args.workers, val_every=args.val_every, quiet=args.quiet,
-        skip_bad=args.skip_bad,
+        skip_bad=args.skip_bad, sampling=SamplingOptions.named(args.sampling),
     )
     result = train_denoiser(_config(args), options)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -30,6 +30,7 @@ from nmflowgan.metrics.akld import akld_per_patch
 from nmflowgan.metrics.kld import histograms, kld_per_patch
 from nmflowgan.metrics.noise_stats import NoiseStats, NoiseStatsAccumulator, corr_error
 from nmflowgan.models.noise_model import NoiseModel, quantize
+from nmflowgan.models.sampler import SamplingOptions
 
 log = logging.getLogger(__name__)
 MODEL_ORDER = ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle")
@@ -91,7 +92,7 @@ def fit_baselines(records: list, patch_px: int, max_patches: int, seed: int, pro
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, train_split: str | None = None,
              patch_px: int = 64, max_patches: int = 512, fit_patches: int = 2000, seed: int = 0,
-             batch_size: int = 32, progress: bool = True) -> EvalResult:
+             batch_size: int = 32, progress: bool = True, options: SamplingOptions | None = None) -> EvalResult:
     """Scores a trained noise model and the baselines on the test patches of ``data``.
 
     Args:
@@ -99,6 +100,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         data: the data set; split / train_split: test and training splits (default: the data set's).
         patch_px: side of the (non-overlapping) test patches; max_patches: at most this many, evenly spread.
         fit_patches: training patches the baselines are fitted on. seed: every draw derives from it.
+        options: how the model's noise is computed (default: the optimized sampling path, what users get).
 
     Returns:
         An :class:`EvalResult`.
@@ -120,7 +122,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     def from_model(refine: bool) -> NoiseSource:
         def draw(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
             cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
-            return model.quantized_noise(clean, cond, g, refine=refine)
+            return model.quantized_noise(clean, cond, g, refine=refine, options=options)
         return draw
 
     sources: dict[str, NoiseSource] = {"gaussian": from_baseline(gaussian), "nlf": from_baseline(nlf),

@@ -25,7 +25,8 @@ from nmflowgan.atomic import write_text
 from nmflowgan.conditions import check_iso
 from nmflowgan.data.io import read_rgb, write_png
 from nmflowgan.errors import BadInputError, DataError
-from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, quantize, resolve_model_dir
+from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, resolve_model_dir
+from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.outputs import input_images, output_path, refuse_existing
 from nmflowgan.tiling import process_in_tiles
 
@@ -59,13 +60,14 @@ def latent_window(seed: int, top: int, left: int, height: int, width: int) -> to
 @torch.no_grad()
 def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: float, seed: int = 0,
                      tile_px: int = 512, margin_px: int = 32, temperature: float = 1.0, refine: bool = True,
-                     extrapolate: bool = False) -> np.ndarray:
+                     extrapolate: bool = False, options: SamplingOptions | None = None) -> np.ndarray:
     """Returns a noisy version of ``clean`` (``uint8 (H, W, 3)``, 8-bit units), processed in tiles.
 
     Args:
         model: the noise model (on any device). camera, iso: the condition (checked against the model).
         seed: the output is a pure function of the seed (and the model): same seed, same image.
         tile_px: side of the core of each tile; margin_px: extra context on every side, cropped off.
+        options: the sampling path (default: the optimized one).
     """
     if clean.dtype != np.uint8 or clean.ndim != 3 or clean.shape[2] != 3:
         raise BadInputError(f"clean images must be uint8 (H, W, 3), got {clean.dtype}{clean.shape}")
@@ -74,7 +76,7 @@ def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: flo
 
     def draw(tile: torch.Tensor, top: int, left: int) -> torch.Tensor:
         latent = latent_window(seed, top, left, *tile.shape[-2:]).to(device) * temperature
-        return tile * 255.0 + quantize(tile, model.noise(tile, cond, latent=latent, refine=refine))
+        return tile * 255.0 + model.quantized_noise(tile, cond, latent=latent, refine=refine, options=options)
 
     return process_in_tiles(clean, draw, tile_px, margin_px, device)
 
@@ -133,12 +135,14 @@ def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float |
 
 def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, cameras: Sequence[str],
                isos: Sequence[float | str], seed: int = 0, overwrite: bool = False, extrapolate: bool = False,
-               tile_px: int = 512, device: str = "cpu", progress: bool = True) -> list[Path]:
+               tile_px: int = 512, device: str = "cpu", progress: bool = True,
+               options: SamplingOptions | None = None) -> list[Path]:
     """Writes noisy versions of every image of ``source`` (a file or a folder) into ``out``.
 
     Args:
         cameras, isos: every combination is drawn; an ISO may be ``"exif"`` (read from each image).
         overwrite: replace existing outputs (refused otherwise, before any work starts).
+        options: the sampling path (default: the optimized one).
 
     Returns:
         The written images; each has a JSON sidecar (camera, ISO, seed, checkpoint hash, source file).
@@ -156,7 +160,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
     for job in tqdm(jobs, desc="synthesize", unit="img", disable=not progress):
         iso = exif_iso(job.source) if job.iso == "exif" else float(job.iso)
         noisy = synthesize_image(model, read_rgb(job.source), job.camera, iso, job.seed, tile_px,
-                                 extrapolate=extrapolate)
+                                 extrapolate=extrapolate, options=options)
         job.target.parent.mkdir(parents=True, exist_ok=True)
         write_png(job.target, noisy)
         sidecar = {"camera": job.camera, "iso": iso, "seed": job.seed, "checkpoint": str(checkpoint),
@@ -177,6 +181,7 @@ class SynthesizedPairs(torch.utils.data.Dataset):
             ``(3, H, W)`` tensors (uint8, or float in [0, 1]); a ``(image, ...)`` tuple uses its first element.
         model: a noise model (kept on its device; keep it on the CPU for DataLoader workers).
         cameras, isos: every combination is drawn for every image.
+        options: the sampling path (default: the optimized one).
 
     Example:
         >>> model = NoiseModel.from_preset("small")
@@ -186,12 +191,14 @@ class SynthesizedPairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: Sequence | torch.utils.data.Dataset, model: NoiseModel, cameras: Sequence[str],
-                 isos: Sequence[float], seed: int = 0, extrapolate: bool = False) -> None:
+                 isos: Sequence[float], seed: int = 0, extrapolate: bool = False,
+                 options: SamplingOptions | None = None) -> None:
         for camera in cameras:
             model.space.camera_index(camera)
         for iso in isos:
             model.space.iso_feature(iso, extrapolate)
         self.images, self.model, self.seed, self.extrapolate = images, model, seed, extrapolate
+        self.options = options
         self.conditions = [(camera, float(iso)) for camera in cameras for iso in isos]
 
     def __len__(self) -> int:
@@ -205,5 +212,6 @@ class SynthesizedPairs(torch.utils.data.Dataset):
             image = image[0]
         camera, iso = self.conditions[index % len(self.conditions)]
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
-        noisy = self.model.sample(image, camera, iso, generator=generator, extrapolate=self.extrapolate)
+        noisy = self.model.sample(image, camera, iso, generator=generator, extrapolate=self.extrapolate,
+                                  options=self.options)
         return {"noisy": noisy, "clean": image, "camera": camera, "iso": iso}

@@ -34,6 +34,13 @@ def build_layer(name: str, config: FlowConfig, space: ConditionSpace, channels: 
     raise ValueError(f"unknown flow layer {name!r}")  # FlowConfig validates names first
 
 
+def latent_like(clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A standard-normal latent shaped like ``clean``, drawn on the generator's device and then moved to
+    ``clean``'s, so a CPU generator gives the same numbers on any device."""
+    device = generator.device if generator is not None else clean.device
+    return torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype).to(clean.device)
+
+
 class NoiseFlow(nn.Module):
     """Conditional normalizing flow of camera noise given the clean image, camera and ISO.
 
@@ -115,9 +122,7 @@ class NoiseFlow(nn.Module):
             ``(B, C, H, W)`` noise in 8-bit units such that ``clean * 255 + noise`` is a valid noisy
             image (integer and within [0, 255] when the flow dequantizes).
         """
-        device = generator.device if generator is not None else clean.device
-        z = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype).to(clean.device)
-        return self.noise_from_latent(z * temperature, clean, cond)
+        return self.noise_from_latent(latent_like(clean, generator) * temperature, clean, cond)
 
     def noise_from_latent(self, z: torch.Tensor, clean: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The noise (8-bit units) that latent ``z`` ``(B, C, H, W)`` maps to, differentiably."""

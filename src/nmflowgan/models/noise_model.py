@@ -13,7 +13,9 @@ from nmflowgan.conditions import SIDD_CAMERAS, SIDD_ISOS, Condition, ConditionSp
 from nmflowgan.config import ModelConfig, from_dict, preset, to_dict
 from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.flows import NoiseFlow
+from nmflowgan.flows.flow import latent_like
 from nmflowgan.models.files import load_weights, read_meta, resolve_checkpoint_dir, save_module
+from nmflowgan.models.sampler import Sampler, SamplingOptions
 from nmflowgan.models.unet import UNetRefiner
 
 WEIGHTS_FILE = "model.safetensors"
@@ -80,16 +82,51 @@ class NoiseModel(nn.Module):
             noise = self.flow.noise_from_latent(latent, clean, cond)
         return self.refiner(noise, clean, cond.features.to(noise.dtype)) if refine else noise
 
+    @torch.no_grad()
     def quantized_noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
-                        temperature: float = 1.0, refine: bool = True) -> torch.Tensor:
-        """Noise as a camera records it: ``round(clip(clean * 255 + noise)) - clean * 255``, 8-bit units."""
-        return quantize(clean, self.noise(clean, cond, generator, temperature, refine))
+                        temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None,
+                        options: SamplingOptions | None = None) -> torch.Tensor:
+        """Noise as a camera records it, ``round(clip(clean * 255 + noise)) - clean * 255`` (8-bit units),
+        drawn without a graph through the sampling path ``options`` (default: the optimized one;
+        ``SamplingOptions.plain()``: this model's own eager float32 forward).
+
+        Args:
+            clean: ``(B, 3, H, W)`` in [0, 1]; cond: its encoded condition.
+            latent: a pre-drawn standard-normal latent (then ``generator`` and ``temperature`` are unused).
+        """
+        if latent is None:
+            latent = latent_like(clean, generator) * temperature
+        options = options or SamplingOptions()
+        if options.is_plain:
+            noise = self.noise(clean, cond, latent=latent, refine=refine)
+        else:
+            noise = self.sampler(options).noise(clean, cond, latent, refine)
+        return quantize(clean, noise)
+
+    def sampler(self, options: SamplingOptions | None = None) -> Sampler:
+        """The model's :class:`Sampler` for ``options``, kept until a parameter changes.
+
+        A sampler is a folded copy of the weights; it is rebuilt when the options, the device, or any
+        parameter (an optimizer step or ``load_state_dict`` bumps a tensor's version) changed since.
+        """
+        options = options or SamplingOptions()
+        key = (options, tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        cached = self.__dict__.get("_sampler_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, Sampler(self, options))
+            self.__dict__["_sampler_cache"] = cached  # a plain attribute: not a submodule, not saved
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_sampler_cache", None)  # rebuilt on demand (a compiled sampler cannot be pickled)
+        return state
 
     @torch.no_grad()
     def sample(self, clean: torch.Tensor | np.ndarray, camera: str | Sequence[str],
                iso: float | Sequence[float], generator: torch.Generator | None = None,
-               temperature: float = 1.0, refine: bool = True, extrapolate: bool = False
-               ) -> torch.Tensor | np.ndarray:
+               temperature: float = 1.0, refine: bool = True, extrapolate: bool = False,
+               options: SamplingOptions | None = None) -> torch.Tensor | np.ndarray:
         """Returns a noisy version of ``clean``, quantized to 8 bits, in the type and range it came in.
 
         Args:
@@ -100,6 +137,7 @@ class NoiseModel(nn.Module):
             generator: makes the draw reproducible (same seed, same output on the same device).
             temperature: latent standard deviation; refine: apply the refiner (False: flow only).
             extrapolate: allow a continuous-ISO model to go outside its trained ISO range.
+            options: the sampling path (default: optimized; ``SamplingOptions.plain()`` for the reference).
 
         Returns:
             The noisy image, same shape, dtype and range as ``clean``.
@@ -112,7 +150,8 @@ class NoiseModel(nn.Module):
         is_uint8 = tensor.dtype == torch.uint8
         clean01 = _to_unit_float(tensor).to(self._device())
         cond = self.encode(camera, iso, clean01.shape[0], extrapolate)
-        noisy_255 = clean01 * 255.0 + self.quantized_noise(clean01, cond, generator, temperature, refine)
+        noisy_255 = clean01 * 255.0 + self.quantized_noise(clean01, cond, generator, temperature, refine,
+                                                                options=options)
         out = noisy_255.to(torch.uint8) if is_uint8 else (noisy_255 / 255.0).to(tensor.dtype)
         out = out.to(tensor.device)
         if squeeze:

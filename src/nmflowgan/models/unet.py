@@ -84,12 +84,20 @@ class UNetRefiner(nn.Module):
         Returns:
             ``(B, 3, H, W)`` refined noise in 8-bit units.
         """
-        height, width = noise_255.shape[-2:]
         x = noise_255 / self.config.noise_scale
         if self.config.sees_clean:
             x = torch.cat([x, clean.to(x.dtype)], dim=1)
         if self.config.sees_condition:
             x = torch.cat([x, condition_channels(condition, x)], dim=1)
+        refined = noise_255 + self.config.noise_scale * self.network(x)
+        if self.config.preserve_variance:
+            ratio = local_second_moment(noise_255) / local_second_moment(refined)
+            refined = refined * ratio.sqrt()
+        return refined
+
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """The UNet alone: ``(B, C_in, H, W)`` inputs (scaled noise first) -> ``(B, 3, H, W)`` residual."""
+        height, width = x.shape[-2:]
         pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
@@ -101,9 +109,4 @@ class UNetRefiner(nn.Module):
                 x = F.max_pool2d(x, 2)
         for up, block in zip(self.up, self.up_blocks):
             x = block(torch.cat([up(x), skips.pop()], dim=1))
-        residual = self.last(x)[..., :height, :width]
-        refined = noise_255 + self.config.noise_scale * residual
-        if self.config.preserve_variance:
-            ratio = local_second_moment(noise_255) / local_second_moment(refined)
-            refined = refined * ratio.sqrt()
-        return refined
+        return self.last(x)[..., :height, :width]

@@ -30,6 +30,7 @@ from nmflowgan.errors import BadInputError, TrainingError
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.models.files import load_weights
 from nmflowgan.models.noise_model import NoiseModel, quantize
+from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import resolve_device, setup, teardown
@@ -46,13 +47,14 @@ class DenoiserTrainingOptions(RunOptions):
 
     Attributes:
         noise: ``real``, ``gaussian``, ``nlf`` or a noise-model checkpoint; flow_only: use that
-            checkpoint's flow without its refiner.
+            checkpoint's flow without its refiner; sampling: how that model's noise is computed.
         val_every / val_patches: validation interval (steps) and size (real noisy patches).
         fit_patches: training patches the ``gaussian``/``nlf`` baselines are fitted on.
     """
 
     noise: str
     flow_only: bool = False
+    sampling: SamplingOptions = SamplingOptions()
     val_every: int = 100
     val_patches: int = 64
     fit_patches: int = 2000
@@ -86,7 +88,8 @@ def noise_source(options: DenoiserTrainingOptions, records: list, patch_px: int,
 
     def draw(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
         cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
-        return clean + model.quantized_noise(clean, cond, g, refine=not options.flow_only) / 255.0
+        noise = model.quantized_noise(clean, cond, g, refine=not options.flow_only, options=options.sampling)
+        return clean + noise / 255.0
 
     return draw
 

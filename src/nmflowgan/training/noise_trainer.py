@@ -41,6 +41,7 @@ from nmflowgan.metrics.noise_stats import NoiseStatsAccumulator, corr_error
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.files import load_weights
 from nmflowgan.models.noise_model import NoiseModel, quantize
+from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, resolve_device, setup, teardown
@@ -346,7 +347,8 @@ def _validation_set(options: NoiseTrainingOptions, split: str | None, model: Noi
 @torch.no_grad()
 def _validate(model: NoiseModel, data: ValidationSet, seed: int, batch_size: int) -> dict[str, float]:
     """KLD, AKLD and correlation error (pooled over all patches) of the model's noise against the real
-    noise of the validation patches, drawn with a fixed seed."""
+    noise of the validation patches, drawn with a fixed seed through the plain path (the weights change
+    every step; a folded copy would be rebuilt for each validation)."""
     generator = torch.Generator().manual_seed(seed + 1)
     device = next(model.parameters()).device
     klds, aklds = [], []
@@ -355,7 +357,7 @@ def _validate(model: NoiseModel, data: ValidationSet, seed: int, batch_size: int
         part = slice(start, start + batch_size)
         clean, real = data.clean[part].to(device), data.noise[part].to(device)
         cond = model.encode(data.cameras[part], data.isos[part], clean.shape[0])
-        fake = model.quantized_noise(clean, cond, generator)
+        fake = model.quantized_noise(clean, cond, generator, options=SamplingOptions.plain())
         klds.append(kld_per_patch(real, fake).cpu())
         aklds.append(akld_per_patch(real / 255.0, fake / 255.0).cpu())
         real_stats.update(clean, real)

@@ -1,0 +1,245 @@
+"""The sampling-time form of a noise model: the function of :meth:`NoiseModel.noise`, computed faster.
+
+A :class:`Sampler` is a frozen snapshot of a model's weights rearranged for inference only:
+
+* exact folding: SDL's first two 1x1 convolutions have no activation between them, so they become one
+  convolution on the clean image plus a per-sample bias that carries the camera/ISO embedding (which is
+  constant over the image); the refiner's input scale ``1 / noise_scale`` goes into its first
+  convolution and the output scale ``noise_scale`` into its last one;
+* skipped work: no log-determinants, condition networks run once per batch, no graph (inference mode);
+* channels-last memory and a cheaper number format for the convolutions: bf16 where the device has
+  native bf16 dot products (AVX512-BF16 or AMX CPUs, CUDA GPUs that support it). The scale/bias maps
+  and every elementwise step of the flow stay in float32; only the convolutions' inputs and weights are
+  rounded to bf16 (they accumulate in float32);
+* optionally ``torch.compile`` of the refiner.
+
+``SamplingOptions.plain()`` is the reference path: the model's own eager float32 forward, unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmflowgan.conditions import Condition
+from nmflowgan.errors import BadInputError
+from nmflowgan.flows.affine import ConditionalLinear, SignalAwareAffine, SignalDependentAffine
+from nmflowgan.flows.base import FlowContext
+from nmflowgan.flows.dequantize import NoiseExtraction, UniformDequantization
+from nmflowgan.models.unet import UNetRefiner, condition_channels, local_second_moment
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How noise is computed at inference.
+
+    Attributes:
+        precision: number format of the convolutions: ``fp32``, ``bf16``, ``fp16`` (CUDA only), or
+            ``auto`` (bf16 where the device computes it natively, else fp32).
+        channels_last: NHWC memory for the convolutions.
+        fold: exact folding and skipped work (see the module docstring); False with fp32 and no
+            channels-last is the plain path.
+        compile: ``torch.compile`` the refiner (pays back its compile time only on long jobs).
+    """
+
+    precision: str = "auto"
+    channels_last: bool = True
+    fold: bool = True
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise BadInputError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+
+    @classmethod
+    def plain(cls) -> SamplingOptions:
+        """The model's own eager float32 forward (the reference every benchmark compares against)."""
+        return cls(precision="fp32", channels_last=False, fold=False, compile=False)
+
+    @classmethod
+    def named(cls, name: str, compile: bool = False) -> SamplingOptions:
+        """The command line's ``--sampling`` choices: ``plain``, or a precision of the optimized path."""
+        if name == "plain":
+            return cls.plain()
+        return cls(precision=name, compile=compile)
+
+    @property
+    def is_plain(self) -> bool:
+        return self == SamplingOptions.plain()
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 natively (so bf16 convolutions are faster than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's ISA checks
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype ``precision`` means on ``device``."""
+    if precision == "auto":
+        return torch.bfloat16 if has_native_bf16(device) else torch.float32
+    if precision == "fp16" and device.type != "cuda":
+        raise BadInputError("fp16 sampling needs a CUDA device; use bf16 or fp32 on the CPU")
+    return DTYPES[precision]
+
+
+class _FoldedSDL(nn.Module):
+    """SDL's scale/bias network with its first two 1x1 convolutions folded into one (exact).
+
+    ``W1 (W0 [meta; clean] + b0) + b1 = (W1 W0_clean) clean + (W1 (W0_meta meta + b0) + b1)``: the
+    second term is constant over the image, a ``(B, 2F)`` bias computed once per batch.
+    """
+
+    def __init__(self, layer: SignalDependentAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+        super().__init__()
+        first, second = layer.pointwise[0], layer.pointwise[1]
+        embedding = first.in_channels - 3
+        w0, w1 = first.weight[:, :, 0, 0].double(), second.weight[:, :, 0, 0].double()
+        self.channels = layer.channels
+        self.meta = copy.deepcopy(layer.meta)
+        self.register_buffer("meta_weight", (w1 @ w0[:, :embedding]).float())  # (2F, E)
+        self.register_buffer("meta_bias", (w1 @ first.bias.double() + second.bias.double()).float())  # (2F,)
+        weight = (w1 @ w0[:, embedding:])[:, :, None, None]  # (2F, 3, 1, 1)
+        self.register_buffer("clean_weight", weight.to(dtype).contiguous(memory_format=memory_format))
+        self.rest = copy.deepcopy(layer.pointwise[2:]).to(dtype=dtype, memory_format=memory_format)
+
+    def scale_bias(self, clean: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``clean (B, 3, H, W)`` in the compute format, ``features (B, D)`` -> float32 ``s, b (B, C, H, W)``."""
+        bias = F.linear(self.meta(features), self.meta_weight, self.meta_bias)  # (B, 2F)
+        hidden = F.conv2d(clean, self.clean_weight) + bias.to(clean.dtype)[:, :, None, None]
+        out = self.rest(hidden).float()
+        return out[:, : self.channels], out[:, self.channels :]
+
+
+class _SignalAware(nn.Module):
+    """SAL's scale/bias network: spatial convolutions in the compute format, the product in float32."""
+
+    def __init__(self, layer: SignalAwareAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+        super().__init__()
+        self.channels = layer.channels
+        self.structure = copy.deepcopy(layer.structure).to(dtype=dtype, memory_format=memory_format)
+        self.meta = copy.deepcopy(layer.meta)
+
+    def scale_bias(self, clean: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.structure(clean).float() * self.meta(features)[:, :, None, None]
+        return out[:, : self.channels], out[:, self.channels :]
+
+
+class _SignalDependent(nn.Module):
+    """SDL's scale/bias network as it is (``fold=False``), in the compute format."""
+
+    def __init__(self, layer: SignalDependentAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+        super().__init__()
+        self.channels = layer.channels
+        self.meta = copy.deepcopy(layer.meta)
+        self.pointwise = copy.deepcopy(layer.pointwise).to(dtype=dtype, memory_format=memory_format)
+
+    def scale_bias(self, clean: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        meta = self.meta(features).to(clean.dtype)[:, :, None, None].expand(-1, -1, *clean.shape[2:])
+        out = self.pointwise(torch.cat([meta, clean], dim=1)).float()
+        return out[:, : self.channels], out[:, self.channels :]
+
+
+class Sampler(nn.Module):
+    """Draws noise from a snapshot of ``model`` the fast way; same function as ``model.noise``.
+
+    Args:
+        model: a :class:`~nmflowgan.models.noise_model.NoiseModel` (the sampler copies its weights:
+            later changes to the model do not reach it).
+        options: precision, memory format, folding, compilation.
+    """
+
+    def __init__(self, model: nn.Module, options: SamplingOptions | None = None) -> None:
+        super().__init__()
+        self.options = options or SamplingOptions()
+        device = next(model.parameters()).device
+        self.dtype = resolve_dtype(self.options.precision, device)
+        self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        self.dequantizes = model.flow.dequantizes
+        self.steps = nn.ModuleList()  # in sampling order: latent -> noisy
+        for layer in reversed(model.flow.layers):
+            if isinstance(layer, SignalDependentAffine) and self.options.fold:
+                self.steps.append(_FoldedSDL(layer, self.dtype, self.memory_format))
+            elif isinstance(layer, SignalAwareAffine):
+                self.steps.append(_SignalAware(layer, self.dtype, self.memory_format))
+            elif isinstance(layer, SignalDependentAffine):
+                self.steps.append(_SignalDependent(layer, self.dtype, self.memory_format))
+            elif isinstance(layer, ConditionalLinear):
+                self.steps.append(copy.deepcopy(layer))
+            elif not isinstance(layer, NoiseExtraction | UniformDequantization):
+                raise TypeError(f"the sampler does not know flow layer {type(layer).__name__}")
+        self.refiner_config = model.refiner.config
+        self.refiner = _network_of(model.refiner, self.options.fold).to(self.dtype, memory_format=self.memory_format)
+        self.refiner.to(device)
+        self.steps.to(device)
+        self.requires_grad_(False)
+        self._network = torch.compile(self.refiner.network) if self.options.compile else self.refiner.network
+
+    @torch.inference_mode()
+    def noise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
+        """Noise in 8-bit units (float32, not quantized) for ``clean (B, 3, H, W)`` in [0, 1] and a
+        standard-normal ``latent`` of the same shape (already multiplied by any temperature)."""
+        pixelwise = self.pixelwise(clean, cond, latent)
+        return self.refine(pixelwise, clean, cond) if refine else pixelwise
+
+    @torch.inference_mode()
+    def pixelwise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor) -> torch.Tensor:
+        """The flow's noise for ``latent``: the inverse of every affine layer, then ``NE`` and ``UD``."""
+        clean = clean.float()
+        clean_c = clean.to(self.dtype).contiguous(memory_format=self.memory_format)
+        features = cond.features.float()
+        x = latent.float()
+        for step in self.steps:
+            if isinstance(step, ConditionalLinear):
+                scale, bias = step.parameters_for(FlowContext(clean, cond), torch.float32)
+            else:
+                scale, bias = step.scale_bias(clean_c, features)
+            x = (x - bias) * torch.exp(-scale)
+        noisy = x + clean * 255.0
+        if self.dequantizes:
+            noisy = noisy.floor().clamp(0, 255)
+        return noisy - clean * 255.0
+
+    @torch.inference_mode()
+    def refine(self, noise_255: torch.Tensor, clean: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The refiner on pixel-wise noise ``(B, 3, H, W)`` (8-bit units), float32 out."""
+        config = self.refiner_config
+        scale = 1.0 if self.options.fold else config.noise_scale
+        parts = [noise_255 / scale if scale != 1.0 else noise_255]
+        if config.sees_clean:
+            parts.append(clean.float())
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if config.sees_condition:
+            x = torch.cat([x, condition_channels(cond.features, x)], dim=1)
+        x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
+        refined = noise_255 + scale * self._network(x).float()
+        if config.preserve_variance:
+            refined = refined * (local_second_moment(noise_255) / local_second_moment(refined)).sqrt()
+        return refined.contiguous()
+
+
+def _network_of(refiner: UNetRefiner, fold: bool) -> UNetRefiner:
+    """A copy of the refiner whose ``network`` maps its input to the residual in 8-bit units when
+    ``fold`` (input and output scales moved into the first and last convolutions)."""
+    copy_ = copy.deepcopy(refiner)
+    if fold:
+        scale = refiner.config.noise_scale
+        with torch.no_grad():
+            first = copy_.down[0][0]
+            first.weight[:, :3] /= scale  # the noise channels come first
+            copy_.last.weight *= scale
+            copy_.last.bias *= scale
+        copy_.config = dataclasses.replace(refiner.config, noise_scale=1.0)
+    return copy_
