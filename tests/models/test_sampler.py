@@ -1,0 +1,200 @@
+"""The optimized sampling path computes the plain path's function: exactly in float32 (folding is exact),
+within sampling noise in bf16; its cached snapshot follows the model's weights."""
+
+import copy
+import dataclasses
+import math
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmflowgan.config import FlowConfig, ModelConfig, RefinerConfig, small
+from nmflowgan.errors import BadInputError
+from nmflowgan.flows.base import FlowContext
+from nmflowgan.metrics.kld import kld_per_patch
+from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.models.sampler import Sampler, SamplingOptions, _FoldedSDL
+
+CAMERAS, ISOS = ("IP", "S6"), (100, 800, 3200)
+FP32 = SamplingOptions(precision="fp32")
+
+
+def _config(iso_mode: str, ud: bool = False, sees_clean: bool = True, preserve: bool = True) -> ModelConfig:
+    spec = ("UD|" if ud else "") + "NE|SAL|SDL|CL2|SAL|SDL|CL2"
+    return ModelConfig(FlowConfig(spec=spec, conv_features=6, receptive_field_px=5, meta_hidden=6, meta_blocks=1),
+                       RefinerConfig(depth=3, width=4, sees_clean=sees_clean, preserve_variance=preserve,
+                                     noise_scale=16.0), iso_mode)
+
+
+def _busy(model: NoiseModel) -> NoiseModel:
+    """Moves every weight off its initialization (the refiner starts as the identity, CL as 1, 0)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.2)
+    return model.eval()
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.integers(1, 3), height=st.integers(1, 37), width=st.integers(1, 37),
+       iso_mode=st.sampled_from(["onehot", "continuous"]), sees_clean=st.booleans(), preserve=st.booleans(),
+       channels_last=st.booleans(), seed=st.integers(0, 2**16))
+def test_fp32_optimized_path_equals_plain(batch, height, width, iso_mode, sees_clean, preserve, channels_last, seed):
+    torch.manual_seed(seed)
+    model = _busy(NoiseModel(_config(iso_mode, sees_clean=sees_clean, preserve=preserve), CAMERAS, ISOS))
+    generator = torch.Generator().manual_seed(seed)
+    clean = torch.rand(batch, 3, height, width, generator=generator)
+    cond = model.encode([CAMERAS[i % 2] for i in range(batch)], [ISOS[i % 3] for i in range(batch)], batch)
+    latent = torch.randn(clean.shape, generator=generator)
+    sampler = model.sampler(SamplingOptions(precision="fp32", channels_last=channels_last))
+    with torch.no_grad():
+        pixelwise = model.noise(clean, cond, latent=latent, refine=False)
+        refined = model.refiner(pixelwise, clean, cond.features)
+    torch.testing.assert_close(sampler.pixelwise(clean, cond, latent), pixelwise, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(sampler.refine(pixelwise, clean, cond), refined, rtol=1e-5, atol=1e-4)
+
+
+def test_folded_sdl_is_the_same_function(space):
+    model = _busy(NoiseModel(_config(space.iso_mode), space.cameras, space.isos))
+    layer = model.flow.layers[2]
+    clean = torch.rand(2, 3, 9, 11)
+    cond = space.encode(["IP", "N6"], [100, 3200])
+    folded = _FoldedSDL(layer, torch.float32, torch.contiguous_format)
+    with torch.no_grad():
+        expected = layer._scale_bias(FlowContext(clean, cond), torch.float32)
+        got = folded.scale_bias(clean, cond.features)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert len(folded.rest) == len(layer.pointwise) - 2  # one convolution fewer per pixel
+
+
+def test_dequantizing_flow_gives_integer_noise_like_plain():
+    model = _busy(NoiseModel(_config("continuous", ud=True), CAMERAS, ISOS))
+    clean = torch.randint(0, 256, (2, 3, 32, 32)).float() / 255.0
+    cond = model.encode("S6", 800, 2)
+    plain = model.quantized_noise(clean, cond, torch.Generator().manual_seed(4), options=SamplingOptions.plain())
+    fast = model.quantized_noise(clean, cond, torch.Generator().manual_seed(4), options=FP32)
+    assert (fast - fast.round()).abs().max() < 1e-3  # 8-bit levels (clean * 255 is integer up to rounding)
+    same = ((fast - plain).abs() < 1e-3).float().mean()
+    assert same > 0.999  # float32 reassociation may move a floor() boundary at a rare pixel
+
+
+def _fit_flow(model: NoiseModel, steps: int) -> None:
+    """Fits the flow to quantized heteroscedastic noise (std sqrt(0.2 * clean_255 + 2))."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(model.flow.parameters(), lr=3e-3)
+    first = True
+    for _ in range(steps):
+        clean, real, cond = _real_noise(model, 16, 16, generator)
+        if first:
+            model.flow.initialize(real, clean, cond, generator)
+            first = False
+        loss = model.flow.nll_per_dim(real, clean, cond, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _real_noise(model: NoiseModel, batch: int, size: int, generator: torch.Generator):
+    clean_255 = torch.randint(0, 256, (batch, 3, size, size), generator=generator).float()
+    std = torch.sqrt(0.2 * clean_255 + 2.0)
+    noisy = (clean_255 + torch.randn(clean_255.shape, generator=generator) * std).round().clamp(0, 255)
+    return clean_255 / 255.0, noisy - clean_255, model.encode("S6", 800, batch)
+
+
+def test_bf16_samples_are_as_realistic_as_float32():
+    """KLD to real noise of bf16 samples equals that of float32 samples within the draws' own spread."""
+    torch.manual_seed(0)
+    config = small().model
+    model = NoiseModel(dataclasses.replace(config, flow=FlowConfig(spec="UD|NE|SAL|SDL|CL2|SAL|SDL|CL2",
+                                                                   conv_features=8, meta_hidden=8, meta_blocks=1)),
+                       CAMERAS, ISOS)
+    _fit_flow(model, 150)
+    with torch.no_grad():  # a refiner that does something: it then mixes neighbouring pixels
+        for p in model.refiner.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    clean, real, cond = _real_noise(model, 64, 32, torch.Generator().manual_seed(7))
+    scores = {}
+    for name, options in {"fp32": SamplingOptions.plain(), "bf16": SamplingOptions(precision="bf16")}.items():
+        scores[name] = torch.tensor([
+            float(kld_per_patch(real, model.quantized_noise(clean, cond, torch.Generator().manual_seed(seed),
+                                                            options=options)).mean())
+            for seed in range(8)])
+    # two standard errors of the difference of two 8-draw means: what independent draws vary by
+    spread = math.sqrt(sum(float(s.var()) / len(s) for s in scores.values()))
+    difference = (scores["bf16"].mean() - scores["fp32"].mean()).abs()
+    assert difference < 2 * spread, (scores, spread)
+    assert scores["fp32"].mean() < 0.05  # the fitted model is close to the real noise at all
+
+
+def test_sampler_is_cached_until_a_parameter_changes():
+    model = NoiseModel(_config("continuous"), CAMERAS, ISOS)
+    first = model.sampler(FP32)
+    assert model.sampler(FP32) is first
+    assert model.sampler(SamplingOptions(precision="bf16")) is not first
+    second = model.sampler(FP32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.refiner.last.weight.sum().backward()
+    optimizer.step()
+    third = model.sampler(FP32)
+    assert third is not second
+    model.load_state_dict(copy.deepcopy(model.state_dict()))
+    assert model.sampler(FP32) is not third
+    assert "_sampler_cache" not in model.state_dict() and not any("sampler" in n for n, _ in model.named_modules())
+
+
+def test_sampler_follows_new_weights():
+    model = _busy(NoiseModel(_config("continuous"), CAMERAS, ISOS))
+    clean, cond = torch.rand(1, 3, 16, 16), model.encode("IP", 100, 1)
+    before = model.quantized_noise(clean, cond, torch.Generator().manual_seed(0), options=FP32)
+    with torch.no_grad():
+        model.refiner.last.bias.add_(3.0)
+    after = model.quantized_noise(clean, cond, torch.Generator().manual_seed(0), options=FP32)
+    plain = model.quantized_noise(clean, cond, torch.Generator().manual_seed(0), options=SamplingOptions.plain())
+    assert (before - after).abs().max() > 1.0
+    assert ((after - plain).abs() < 1e-3).float().mean() > 0.99
+
+
+def test_model_with_a_sampler_still_pickles_and_copies():
+    model = NoiseModel(_config("continuous"), CAMERAS, ISOS)
+    model.sampler()
+    clone = pickle.loads(pickle.dumps(model))
+    assert "_sampler_cache" not in clone.__dict__
+    assert copy.deepcopy(model).sampler() is not model.sampler()
+
+
+def test_precision_choices():
+    model = NoiseModel(_config("continuous"), CAMERAS, ISOS)
+    with pytest.raises(BadInputError, match="fp16 sampling needs a CUDA"):
+        Sampler(model, SamplingOptions(precision="fp16"))
+    with pytest.raises(BadInputError, match="precision 'int8'"):
+        SamplingOptions(precision="int8")
+    assert SamplingOptions.named("plain").is_plain and not SamplingOptions().is_plain
+    assert Sampler(model, SamplingOptions(precision="bf16")).dtype == torch.bfloat16
+    assert Sampler(model, FP32).dtype == torch.float32
+
+
+def test_sample_uses_the_optimized_path_by_default_and_keeps_plain_available():
+    model = _busy(NoiseModel(_config("continuous", ud=True), CAMERAS, ISOS))
+    image = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
+    default = model.sample(image, "S6", 800, generator=torch.Generator().manual_seed(2))
+    optimized = model.sample(image, "S6", 800, generator=torch.Generator().manual_seed(2), options=SamplingOptions())
+    plain = model.sample(image, "S6", 800, generator=torch.Generator().manual_seed(2),
+                         options=SamplingOptions.plain())
+    assert torch.equal(default, optimized)
+    assert (default.int() - plain.int()).abs().float().mean() < 0.1  # same latent, same noise up to rounding
+
+
+@pytest.mark.slow
+def test_compiled_refiner_matches_eager():
+    model = _busy(NoiseModel(_config("continuous"), CAMERAS, ISOS))
+    clean, cond = torch.rand(1, 3, 32, 32), model.encode("IP", 100, 1)
+    latent = torch.randn(1, 3, 32, 32)
+    eager = Sampler(model, FP32).noise(clean, cond, latent)
+    compiled = Sampler(model, dataclasses.replace(FP32, compile=True)).noise(clean, cond, latent)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-3)
+
