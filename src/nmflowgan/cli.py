@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    train.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (GPU)")
-    train.add_argument("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    _precision_argument(train)
+    train.add_argument("--channels-last", action="store_true", help="NHWC memory for refiner and critic")
     train.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     train.add_argument("--skip-bad", action="store_true", help="log and skip unusable image pairs")
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     denoiser.add_argument("--seed", type=int, default=0)
     denoiser.add_argument("--workers", type=int, default=0)
     denoiser.add_argument("--val-every", type=int, default=100)
+    _precision_argument(denoiser)
     _sampling_argument(denoiser)
     denoiser.add_argument("--skip-bad", action="store_true")
     _common_output(denoiser)
@@ -144,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _common_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: autocast (GPUs, and CPUs with native bf16)")
 
 
 def _sampling_argument(parser: argparse.ArgumentParser) -> None:
@@ -246,7 +252,7 @@ def _train_denoiser(args: argparse.Namespace) -> None:
         data=args.data, out=args.out, noise=args.noise, flow_only=args.flow_only, split=args.split,
         val_split=args.val_split, steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite,
         device=args.device, seed=args.seed, workers=args.workers, val_every=args.val_every, quiet=args.quiet,
-        skip_bad=args.skip_bad, sampling=SamplingOptions.named(args.sampling),
+        skip_bad=args.skip_bad, sampling=SamplingOptions.named(args.sampling), precision=args.precision,
     )
     result = train_denoiser(_config(args), options)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -46,6 +46,17 @@ def test_every_noise_source_trains(tmp_path, simcam_tree, noise_run, noise):
     assert DnCNN.load(tmp_path / "run").config.depth == 3
 
 
+def test_bf16_denoiser_training_learns_like_float32(tmp_path, simcam_tree, noise_run):
+    """bf16 autocast (the fast path on CPUs with native bf16) trains: its L2 falls as float32's does."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        _train(simcam_tree, tmp_path / precision, str(noise_run), 12, precision=precision)
+        losses[precision] = [m["l2"] for m in read_metrics(tmp_path / precision) if "l2" in m]
+    for curve in losses.values():
+        assert np.mean(curve[-4:]) < np.mean(curve[:4])
+    assert np.mean(losses["bf16"][-4:]) == pytest.approx(np.mean(losses["fp32"][-4:]), rel=0.2)
+
+
 def test_flow_only_needs_a_model(tmp_path, simcam_tree):
     with pytest.raises(BadInputError, match="--flow-only"):
         _train(simcam_tree, tmp_path / "run", "real", 2, flow_only=True)

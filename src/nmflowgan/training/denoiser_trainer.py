@@ -131,6 +131,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
                                      options.seed, start, total_steps)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate)
         metrics = MetricsLog(run_dir, start if resuming else None) if context.is_main else None
+        autocast = options.autocast(device)
 
         def save(at: int, best_too: bool = False) -> None:
             if not context.is_main:
@@ -158,7 +159,8 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
                 clean = batch.clean.to(device).float() / 255.0
                 with torch.no_grad():
                     noisy = source(clean, batch, rng)
-                loss = F.mse_loss(trained(noisy), clean)
+                with autocast:
+                    loss = F.mse_loss(trained(noisy).float(), clean)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -58,11 +58,10 @@ class NoiseTrainingOptions(RunOptions):
 
     Attributes:
         stage: ``joint`` (NLL + GAN) or ``flow`` (NLL only).
-        precision: ``fp32`` or ``bf16`` (autocast). channels_last: memory format on CUDA.
+        channels_last: channels-last memory format for refiner and critic.
     """
 
     stage: str = "joint"
-    precision: str = "fp32"
     channels_last: bool = False
 
 
@@ -124,7 +123,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
     torch.manual_seed(options.seed)
     model = NoiseModel(config.model, cameras, isos).to(device)
     critic = Critic(config.critic, model.space.feature_dim).to(device)
-    if options.channels_last and device.type == "cuda":
+    if options.channels_last:
         model.refiner.to(memory_format=torch.channels_last)
         critic.to(memory_format=torch.channels_last)
     optimizer_g = torch.optim.Adam(
@@ -183,7 +182,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
                         persistent_workers=False)
     metrics = MetricsLog(run_dir, start if resuming else None) if context.is_main else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
+    autocast = options.autocast(device)
     local = sampler.local_slice()
     patch_shape = (train_config.batch_size, 3, train_config.patch_px, train_config.patch_px)
 
