@@ -34,14 +34,18 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def clean_image(height: int, width: int) -> np.ndarray:
-    """A smooth colour gradient with a texture: a stand-in photo (costs do not depend on content)."""
-    rows = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+def clean_image(height: int, width: int, rows_per_block: int = 256) -> np.ndarray:
+    """A colour gradient with a texture, a stand-in photo (costs do not depend on content), built a band
+    of rows at a time so that making it does not set the process's peak memory."""
+    image = np.empty((height, width, 3), np.uint8)
     columns = np.linspace(0, 1, width, dtype=np.float32)[None, :]
-    texture = 0.1 * np.sin(rows * 900) * np.cos(columns * 700)
-    channels = [rows * columns, 1 - rows, columns * (1 - columns) * 4]
-    image = np.stack([np.clip(c + texture, 0, 1) for c in channels], axis=-1)
-    return (image * 255).round().astype(np.uint8)
+    for top in range(0, height, rows_per_block):
+        rows = np.linspace(0, 1, height, dtype=np.float32)[top : top + rows_per_block, None]
+        texture = 0.1 * np.sin(rows * 900) * np.cos(columns * 700)
+        bases = (rows * columns, 1 - rows + 0 * columns, columns * (1 - columns) * 4 + 0 * rows)
+        for channel, base in enumerate(bases):
+            image[top : top + rows_per_block, :, channel] = (np.clip(base + texture, 0, 1) * 255).round()
+    return image
 
 
 def child(preset: str, path: str, height: int, width: int, tile: int, threads: int) -> None:

@@ -198,3 +198,15 @@ def test_compiled_refiner_matches_eager():
     compiled = Sampler(model, dataclasses.replace(FP32, compile=True)).noise(clean, cond, latent)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-3)
 
+
+
+def test_cpu_chunks_give_the_same_noise(monkeypatch):
+    import nmflowgan.models.sampler as sampler_module
+
+    model = _busy(NoiseModel(_config("onehot"), CAMERAS, ISOS))
+    clean, latent = torch.rand(5, 3, 12, 10), torch.randn(5, 3, 12, 10)
+    cond = model.encode(["IP", "S6", "IP", "S6", "S6"], [100, 800, 3200, 100, 800], 5)
+    sampler = model.sampler(FP32)
+    whole = sampler.refine(sampler.pixelwise(clean, cond, latent), clean, cond)
+    monkeypatch.setattr(sampler_module, "CPU_CHUNK_PX", 2 * 12 * 10)  # chunks of 2, 2 and 1 images
+    torch.testing.assert_close(sampler.noise(clean, cond, latent), whole, rtol=1e-6, atol=1e-5)

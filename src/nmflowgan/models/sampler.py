@@ -7,6 +7,7 @@ A :class:`Sampler` is a frozen snapshot of a model's weights rearranged for infe
   constant over the image); the refiner's input scale ``1 / noise_scale`` goes into its first
   convolution and the output scale ``noise_scale`` into its last one;
 * skipped work: no log-determinants, condition networks run once per batch, no graph (inference mode);
+* on the CPU, large batches in chunks of a few hundred thousand pixels (the working set stays in cache);
 * channels-last memory and a cheaper number format for the convolutions: bf16 where the device has
   native bf16 dot products (AVX512-BF16 or AMX CPUs, CUDA GPUs that support it). The scale/bias maps
   and every elementwise step of the flow stay in float32; only the convolutions' inputs and weights are
@@ -35,6 +36,9 @@ from nmflowgan.models.unet import UNetRefiner, condition_channels, local_second_
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Largest batch (pixels) one CPU forward takes: on the 2-core test machine the paper preset drew 0.52 MP/s
+# one 256x256 image at a time and 0.37 MP/s eight at a time (see BENCHMARKS.md).
+CPU_CHUNK_PX = 2**17
 
 
 @dataclass(frozen=True)
@@ -190,9 +194,18 @@ class Sampler(nn.Module):
     @torch.inference_mode()
     def noise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
         """Noise in 8-bit units (float32, not quantized) for ``clean (B, 3, H, W)`` in [0, 1] and a
-        standard-normal ``latent`` of the same shape (already multiplied by any temperature)."""
-        pixelwise = self.pixelwise(clean, cond, latent)
-        return self.refine(pixelwise, clean, cond) if refine else pixelwise
+        standard-normal ``latent`` of the same shape (already multiplied by any temperature).
+
+        On the CPU the batch goes through in chunks of at most ``CPU_CHUNK_PX`` pixels (at least one
+        image): every step acts on each image alone, so chunking is exact, and it keeps the working set
+        in cache.
+        """
+        images = max(1, CPU_CHUNK_PX // (clean.shape[-2] * clean.shape[-1])) if clean.device.type == "cpu" else None
+        if images is None or images >= clean.shape[0]:
+            pixelwise = self.pixelwise(clean, cond, latent)
+            return self.refine(pixelwise, clean, cond) if refine else pixelwise
+        return torch.cat([self.noise(clean[i : i + images], cond[i : i + images], latent[i : i + images], refine)
+                          for i in range(0, clean.shape[0], images)])
 
     @torch.inference_mode()
     def pixelwise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor) -> torch.Tensor:
