@@ -6,7 +6,8 @@ on GPUs and on CPUs with native bf16), through the real trainers on a small simc
 * denoiser (DnCNN) training on pairs synthesized on the fly by a frozen noise model (plain sampling
   path against the default sampling path).
 
-Batch 16 of 96x96 patches, the ``paper`` preset (``--quick``: the ``small`` preset, under a minute).
+Batch 16 of 96x96 patches on the CPU, the preset's batch on a GPU; the ``paper`` preset (``--quick``:
+the ``small`` preset, under a minute on 2 CPU cores).
 
     python benchmarks/training.py
     python benchmarks/training.py --quick
@@ -35,27 +36,29 @@ from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_d
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 from nmflowgan.training.run import read_metrics
 
-BATCH, PATCH_PX = 16, 96
+CPU_BATCH, PATCH_PX = 16, 96
 
 
-def benchmark_config(name: str) -> Config:
-    """The preset with batch 16 of 96x96 patches, the GAN from the first step, and almost no validation."""
+def benchmark_config(name: str, batch: int | None) -> Config:
+    """The preset with 96x96 patches in batches of ``batch`` (None: the preset's), the GAN from the first
+    step, and almost no validation."""
     config = preset(name)
-    train = dataclasses.replace(config.train, batch_size=BATCH, patch_px=PATCH_PX, stride_px=PATCH_PX,
-                                flow_warmup_steps=0, val_every=10**6, val_patches=8)
-    denoise = dataclasses.replace(config.denoiser_train, batch_size=BATCH, patch_px=PATCH_PX, stride_px=PATCH_PX)
+    train = dataclasses.replace(config.train, batch_size=batch or config.train.batch_size, patch_px=PATCH_PX,
+                                stride_px=PATCH_PX, flow_warmup_steps=0, val_every=10**6, val_patches=8)
+    denoise = dataclasses.replace(config.denoiser_train, batch_size=batch or config.denoiser_train.batch_size,
+                                  patch_px=PATCH_PX, stride_px=PATCH_PX)
     return dataclasses.replace(config, train=train, denoiser_train=denoise)
 
 
-def noise_run(config: Config, data: Path, out: Path, steps: int, window: int, precision: str) -> None:
-    train_noise_model(config, NoiseTrainingOptions(data=data, out=out, steps=steps, log_every=window, device="cpu",
+def noise_run(config: Config, data: Path, out: Path, steps: int, window: int, precision: str, device: str) -> None:
+    train_noise_model(config, NoiseTrainingOptions(data=data, out=out, steps=steps, log_every=window, device=device,
                                                    quiet=True, precision=precision, overwrite=True))
 
 
 def denoiser_run(config: Config, data: Path, model: Path, out: Path, steps: int, window: int, precision: str,
-                 sampling: SamplingOptions) -> None:
+                 sampling: SamplingOptions, device: str) -> None:
     train_denoiser(config, DenoiserTrainingOptions(data=data, out=out, noise=str(model), steps=steps,
-                                                   log_every=window, val_every=10**6, val_patches=8, device="cpu",
+                                                   log_every=window, val_every=10**6, val_patches=8, device=device,
                                                    quiet=True, precision=precision, sampling=sampling, overwrite=True))
 
 
@@ -63,14 +66,14 @@ def last_rate(run: Path) -> float:
     return [m["patches_per_s"] for m in read_metrics(run) if "patches_per_s" in m][-1]
 
 
-def gflop_per_patch(run: object, steps: int) -> float:
+def gflop_per_patch(run: object, steps: int, batch: int) -> float:
     """FLOPs of ``steps`` steps, from the difference between runs of 2 x ``steps`` and ``steps`` steps."""
     counts = []
     for length in (steps, 2 * steps):
         with FlopCounterMode(display=False) as counter:
             run(length)  # type: ignore[operator]
         counts.append(counter.get_total_flops())
-    return (counts[1] - counts[0]) / (steps * BATCH) / 1e9
+    return (counts[1] - counts[0]) / (steps * batch) / 1e9
 
 
 def main() -> None:
@@ -78,28 +81,29 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="default paper (--quick: small)")
     args = parser.parse_args()
     device = setup_device(args)
-    if device.type != "cpu":
-        raise SystemExit("this benchmark runs the CPU trainers; GPU runs go through `nmflowgan train --device cuda`")
     info = machine(device)
     print_machine(info)
     name = args.preset or ("small" if args.quick else "paper")
-    config = benchmark_config(name)
+    config = benchmark_config(name, CPU_BATCH if device.type == "cpu" else None)
+    batch, where = config.train.batch_size, str(device)
     window = 5  # one generator update per window
     rows, records = [], []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        data = simulate(root / "data", cameras=["V1", "V2"], isos=[100, 1600], scenes=6, size_px=192, seed=0,
+        scenes, size = (6, 192) if batch <= 16 else (12, 384)  # enough patches for one batch of the preset
+        data = simulate(root / "data", cameras=["V1", "V2"], isos=[100, 1600], scenes=scenes, size_px=size, seed=0,
                         progress=False)
 
         rates = {}
         for precision in ("fp32", "bf16"):
-            noise_run(config, data, root / f"gan-{precision}", 2 * window, window, precision)
+            noise_run(config, data, root / f"gan-{precision}", 2 * window, window, precision, where)
             rates[precision] = last_rate(root / f"gan-{precision}")
-        flops = gflop_per_patch(lambda n: noise_run(config, data, root / "gan-flops", n, window, "fp32"), window)
+        flops = gflop_per_patch(lambda n: noise_run(config, data, root / "gan-flops", n, window, "fp32", where),
+                                window, batch)
         records.append({"job": "NM-FlowGAN step", "plain": rates["fp32"], "fast": rates["bf16"],
                         "gflop_per_patch": flops})
 
-        model = NoiseModel.load(root / "gan-fp32")
+        model = NoiseModel.load(root / "gan-fp32", map_location=device)
         with torch.no_grad():
             model.refiner.last.weight.normal_(0, 0.02)  # a refiner that does something
         model_dir = model.save(root / "noise-model")
@@ -108,20 +112,20 @@ def main() -> None:
         rates = {}
         for key, (precision, sampling) in paths.items():
             denoiser_run(config, data, model_dir, root / f"dn-{key}", 2 * denoise_window, denoise_window, precision,
-                         sampling)
+                         sampling, where)
             rates[key] = last_rate(root / f"dn-{key}")
         flops = gflop_per_patch(lambda n: denoiser_run(config, data, model_dir, root / "dn-flops", n, denoise_window,
-                                                       "fp32", SamplingOptions.plain()), denoise_window)
+                                                       "fp32", SamplingOptions.plain(), where), denoise_window, batch)
         records.append({"job": "denoiser + on-the-fly synthesis", "plain": rates["fp32"], "fast": rates["bf16"],
                         "gflop_per_patch": flops})
 
     for record in records:
         record["ratio"] = record["fast"] / record["plain"]
-        rows.append([record["job"], name, f"{BATCH} x {PATCH_PX}x{PATCH_PX}", record["plain"], record["fast"],
+        rows.append([record["job"], name, f"{batch} x {PATCH_PX}x{PATCH_PX}", record["plain"], record["fast"],
                      record["gflop_per_patch"], record["gflop_per_patch"] * record["plain"],
                      f"{record['ratio']:.2f}x"])
-    print(f"\ntraining on the CPU, {torch.get_num_threads()} threads; plain = eager float32 (and the plain sampling "
-          "path); fast = bf16 autocast (and the default sampling path)")
+    print(f"\ntraining on {device}, {torch.get_num_threads()} CPU threads; plain = eager float32 (and the plain "
+          "sampling path); fast = bf16 autocast (and the default sampling path)")
     print_table(["job", "preset", "batch", "plain patches/s", "fast patches/s", "GFLOP/patch", "plain GFLOP/s",
                  "fast / plain"], rows)
     finish(args, info, {"preset": name, "training": records}, geometric_mean([r["ratio"] for r in records]))
