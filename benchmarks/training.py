@@ -121,13 +121,14 @@ def main() -> None:
 
     for record in records:
         record["ratio"] = record["fast"] / record["plain"]
+        record["gflop_per_mp"] = record["gflop_per_patch"] / (PATCH_PX * PATCH_PX / 1e6)
         rows.append([record["job"], name, f"{batch} x {PATCH_PX}x{PATCH_PX}", record["plain"], record["fast"],
-                     record["gflop_per_patch"], record["gflop_per_patch"] * record["plain"],
+                     record["gflop_per_patch"], record["gflop_per_mp"], record["gflop_per_patch"] * record["plain"],
                      f"{record['ratio']:.2f}x"])
     print(f"\ntraining on {device}, {torch.get_num_threads()} CPU threads; plain = eager float32 (and the plain "
           "sampling path); fast = bf16 autocast (and the default sampling path)")
-    print_table(["job", "preset", "batch", "plain patches/s", "fast patches/s", "GFLOP/patch", "plain GFLOP/s",
-                 "fast / plain"], rows)
+    print_table(["job", "preset", "batch", "plain patches/s", "fast patches/s", "GFLOP/patch", "GFLOP/MP",
+                 "plain GFLOP/s", "fast / plain"], rows)
     finish(args, info, {"preset": name, "training": records}, geometric_mean([r["ratio"] for r in records]))
 
 
