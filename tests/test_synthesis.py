@@ -75,6 +75,7 @@ def test_synthesize_folder_with_sidecars_and_combinations(tmp_path, model_dir):
     sidecar = json.loads((tmp_path / "out" / "a_V1_iso100.json").read_text())
     assert sidecar["camera"] == "V1" and sidecar["iso"] == 100 and len(sidecar["checkpoint_sha256"]) == 16
     assert sidecar["source"].endswith("a.png")
+    assert sidecar["sampling"] in ("float32", "bfloat16")
     before = read_rgb(tmp_path / "out" / "a_V1_iso100.png")
     with pytest.raises(OutputExistsError, match="--overwrite"):
         synthesize(model_dir, source, tmp_path / "out", ["V1", "V2"], [100, 800], seed=3, progress=False)

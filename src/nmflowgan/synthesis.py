@@ -145,7 +145,8 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         options: the sampling path (default: the optimized one).
 
     Returns:
-        The written images; each has a JSON sidecar (camera, ISO, seed, checkpoint hash, source file).
+        The written images; each has a JSON sidecar (camera, ISO, seed, checkpoint hash, source file, and
+        the sampling path: ``plain`` or the optimized path's number format).
     """
     model = NoiseModel.load(checkpoint, map_location=device)
     for camera in cameras:
@@ -156,6 +157,9 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
     jobs = plan(Path(source), Path(out), cameras, isos, seed)
     refuse_existing([j.target for j in jobs], overwrite)
     digest = checkpoint_hash(checkpoint)
+    # The same seed gives the same image only on the same path: the sidecar says which one drew it.
+    options = options or SamplingOptions()
+    path = "plain" if options.is_plain else str(model.sampler(options).dtype).removeprefix("torch.")
     written = []
     for job in tqdm(jobs, desc="synthesize", unit="img", disable=not progress):
         iso = exif_iso(job.source) if job.iso == "exif" else float(job.iso)
@@ -164,7 +168,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         job.target.parent.mkdir(parents=True, exist_ok=True)
         write_png(job.target, noisy)
         sidecar = {"camera": job.camera, "iso": iso, "seed": job.seed, "checkpoint": str(checkpoint),
-                   "checkpoint_sha256": digest, "source": str(job.source)}
+                   "checkpoint_sha256": digest, "source": str(job.source), "sampling": path}
         write_text(job.target.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
         written.append(job.target)
     return written
