@@ -41,15 +41,16 @@ def _busy(model: NoiseModel) -> NoiseModel:
 @settings(max_examples=15, deadline=None)
 @given(batch=st.integers(1, 3), height=st.integers(1, 37), width=st.integers(1, 37),
        iso_mode=st.sampled_from(["onehot", "continuous"]), sees_clean=st.booleans(), preserve=st.booleans(),
-       channels_last=st.booleans(), seed=st.integers(0, 2**16))
-def test_fp32_optimized_path_equals_plain(batch, height, width, iso_mode, sees_clean, preserve, channels_last, seed):
+       channels_last=st.booleans(), fold=st.booleans(), seed=st.integers(0, 2**16))
+def test_fp32_optimized_path_equals_plain(batch, height, width, iso_mode, sees_clean, preserve, channels_last, fold,
+                                          seed):
     torch.manual_seed(seed)
     model = _busy(NoiseModel(_config(iso_mode, sees_clean=sees_clean, preserve=preserve), CAMERAS, ISOS))
     generator = torch.Generator().manual_seed(seed)
     clean = torch.rand(batch, 3, height, width, generator=generator)
     cond = model.encode([CAMERAS[i % 2] for i in range(batch)], [ISOS[i % 3] for i in range(batch)], batch)
     latent = torch.randn(clean.shape, generator=generator)
-    sampler = model.sampler(SamplingOptions(precision="fp32", channels_last=channels_last))
+    sampler = model.sampler(SamplingOptions(precision="fp32", channels_last=channels_last, fold=fold))
     with torch.no_grad():
         pixelwise = model.noise(clean, cond, latent=latent, refine=False)
         refined = model.refiner(pixelwise, clean, cond.features)

@@ -32,7 +32,7 @@ from nmflowgan.errors import BadInputError
 from nmflowgan.flows.affine import ConditionalLinear, SignalAwareAffine, SignalDependentAffine
 from nmflowgan.flows.base import FlowContext
 from nmflowgan.flows.dequantize import NoiseExtraction, UniformDequantization
-from nmflowgan.models.unet import UNetRefiner, condition_channels, local_second_moment
+from nmflowgan.models.unet import UNetRefiner
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -184,10 +184,7 @@ class Sampler(nn.Module):
                 self.steps.append(copy.deepcopy(layer))
             elif not isinstance(layer, NoiseExtraction | UniformDequantization):
                 raise TypeError(f"the sampler does not know flow layer {type(layer).__name__}")
-        self.refiner_config = model.refiner.config
         self.refiner = _network_of(model.refiner, self.options.fold).to(self.dtype, memory_format=self.memory_format)
-        self.refiner.to(device)
-        self.steps.to(device)
         self.requires_grad_(False)
         self._network = torch.compile(self.refiner.network) if self.options.compile else self.refiner.network
 
@@ -227,25 +224,16 @@ class Sampler(nn.Module):
 
     @torch.inference_mode()
     def refine(self, noise_255: torch.Tensor, clean: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """The refiner on pixel-wise noise ``(B, 3, H, W)`` (8-bit units), float32 out."""
-        config = self.refiner_config
-        scale = 1.0 if self.options.fold else config.noise_scale
-        parts = [noise_255 / scale if scale != 1.0 else noise_255]
-        if config.sees_clean:
-            parts.append(clean.float())
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        if config.sees_condition:
-            x = torch.cat([x, condition_channels(cond.features, x)], dim=1)
-        x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
-        refined = noise_255 + scale * self._network(x).float()
-        if config.preserve_variance:
-            refined = refined * (local_second_moment(noise_255) / local_second_moment(refined)).sqrt()
-        return refined.contiguous()
+        """The refiner on pixel-wise noise ``(B, 3, H, W)`` (8-bit units), float32 out: inputs and the
+        variance correction in float32, the network in the compute format."""
+        x = self.refiner.inputs(noise_255, clean.float(), cond.features)
+        residual = self._network(x.to(self.dtype).contiguous(memory_format=self.memory_format)).float()
+        return self.refiner.combine(noise_255, residual).contiguous()
 
 
 def _network_of(refiner: UNetRefiner, fold: bool) -> UNetRefiner:
-    """A copy of the refiner whose ``network`` maps its input to the residual in 8-bit units when
-    ``fold`` (input and output scales moved into the first and last convolutions)."""
+    """A copy of the refiner; with ``fold``, its input and output scales moved into the first and last
+    convolutions (its ``noise_scale`` becomes 1, so ``inputs`` and ``combine`` no longer scale)."""
     copy_ = copy.deepcopy(refiner)
     if fold:
         scale = refiner.config.noise_scale

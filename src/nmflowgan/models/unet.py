@@ -84,12 +84,21 @@ class UNetRefiner(nn.Module):
         Returns:
             ``(B, 3, H, W)`` refined noise in 8-bit units.
         """
+        return self.combine(noise_255, self.network(self.inputs(noise_255, clean, condition)))
+
+    def inputs(self, noise_255: torch.Tensor, clean: torch.Tensor, condition: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """What :meth:`network` reads: ``noise / noise_scale`` [, clean] [, condition channels], ``(B, C_in, H, W)``."""
         x = noise_255 / self.config.noise_scale
         if self.config.sees_clean:
             x = torch.cat([x, clean.to(x.dtype)], dim=1)
         if self.config.sees_condition:
             x = torch.cat([x, condition_channels(condition, x)], dim=1)
-        refined = noise_255 + self.config.noise_scale * self.network(x)
+        return x
+
+    def combine(self, noise_255: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The refined noise from the input noise and the network's residual (8-bit units after scaling)."""
+        refined = noise_255 + self.config.noise_scale * residual
         if self.config.preserve_variance:
             ratio = local_second_moment(noise_255) / local_second_moment(refined)
             refined = refined * ratio.sqrt()
