@@ -13,7 +13,8 @@ from pathlib import Path
 from nmflowgan import __version__
 from nmflowgan.config import PRESETS, Config, load_config, preset
 from nmflowgan.errors import NmflowganError
-from nmflowgan.models.sampler import SamplingOptions
+from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
+from nmflowgan.training.run import TRAINING_PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,12 +149,12 @@ def _common_output(parser: argparse.ArgumentParser) -> None:
 
 
 def _precision_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    parser.add_argument("--precision", choices=TRAINING_PRECISIONS, default="fp32",
                         help="bf16: autocast (GPUs, and CPUs with native bf16)")
 
 
 def _sampling_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sampling", default="auto", choices=["auto", "fp32", "bf16", "fp16", "plain"],
+    parser.add_argument("--sampling", default="auto", choices=[*PRECISIONS, "plain"],
                         help="how noise is computed: the optimized path in a precision (auto: bf16 where the "
                              "device has native bf16, else fp32), or plain (the eager float32 reference)")
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from nmflowgan.config import save_config
-from nmflowgan.errors import CheckpointError, OutputExistsError, TrainingError
+from nmflowgan.errors import BadInputError, CheckpointError, OutputExistsError, TrainingError
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 from nmflowgan.training.run import read_metrics
@@ -162,6 +162,12 @@ def test_two_gloo_processes_match_one_process(tmp_path, simcam_tree):
         for key in ("nll", "critic", "gp"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+
+
+def test_unknown_precision_is_refused_before_any_work(tmp_path, simcam_tree):
+    with pytest.raises(BadInputError, match="training precision 'fp16'"):
+        NoiseTrainingOptions(data=simcam_tree, out=tmp_path / "run", precision="fp16")
+    assert not (tmp_path / "run").exists()
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path, simcam_tree):

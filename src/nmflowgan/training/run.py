@@ -19,6 +19,7 @@ from nmflowgan.errors import BadInputError, OutputExistsError
 from nmflowgan.training.distributed import DistributedContext
 
 METRICS_FILE = "metrics.jsonl"
+TRAINING_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,10 +56,12 @@ class RunOptions:
     skip_bad: bool = False
     precision: str = "fp32"
 
+    def __post_init__(self) -> None:
+        if self.precision not in TRAINING_PRECISIONS:
+            raise BadInputError(f"training precision {self.precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}")
+
     def autocast(self, device: torch.device) -> torch.autocast:
         """The autocast context of ``precision`` on ``device`` (disabled for fp32)."""
-        if self.precision not in ("fp32", "bf16"):
-            raise BadInputError(f"training precision {self.precision!r} is not fp32 or bf16")
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
