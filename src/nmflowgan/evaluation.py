@@ -73,6 +73,21 @@ class EvalResult:
 
 
 NoiseSource = Callable[[torch.Tensor, PatchBatch, torch.Generator], torch.Tensor]
+"""``(clean (B, 3, P, P) in [0, 1], its batch, a generator) -> (B, 3, P, P)`` noise as a camera records it
+(rounded and clipped to 8 bits), in 8-bit units."""
+
+
+def baseline_noise(baseline: GaussianNoise | HeteroscedasticNoise) -> NoiseSource:
+    """Noise drawn from a fitted closed-form baseline at each patch's camera and ISO."""
+    return lambda clean, batch, g: quantize(clean, baseline.noise(clean, batch.cameras, batch.isos.tolist(), g))
+
+
+def model_noise(model: NoiseModel, refine: bool = True, options: SamplingOptions | None = None) -> NoiseSource:
+    """Noise drawn from a noise model at each patch's camera and ISO (``refine=False``: its flow alone)."""
+    def draw(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
+        cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
+        return model.quantized_noise(clean, cond, g, refine=refine, options=options)
+    return draw
 
 
 def fit_baselines(records: list, patch_px: int, max_patches: int, seed: int, progress: bool
@@ -116,17 +131,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     indices = test.evenly_spaced(max_patches)
     has_oracle = all(r.oracle is not None for r in usable)
 
-    def from_baseline(baseline: GaussianNoise | HeteroscedasticNoise) -> NoiseSource:
-        return lambda clean, batch, g: quantize(clean, baseline.noise(clean, batch.cameras, batch.isos.tolist(), g))
-
-    def from_model(refine: bool) -> NoiseSource:
-        def draw(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
-            cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
-            return model.quantized_noise(clean, cond, g, refine=refine, options=options)
-        return draw
-
-    sources: dict[str, NoiseSource] = {"gaussian": from_baseline(gaussian), "nlf": from_baseline(nlf),
-                                       "flow-only": from_model(False), "nmflowgan": from_model(True)}
+    sources: dict[str, NoiseSource] = {"gaussian": baseline_noise(gaussian), "nlf": baseline_noise(nlf),
+                                       "flow-only": model_noise(model, False, options),
+                                       "nmflowgan": model_noise(model, True, options)}
     if has_oracle:
         sources["oracle"] = lambda clean, batch, g: batch.oracle.double() - batch.clean.double()
     generators = {name: torch.Generator().manual_seed(seed + k) for k, name in enumerate(sources)}

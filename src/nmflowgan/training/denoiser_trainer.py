@@ -27,9 +27,10 @@ from nmflowgan.config import Config
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.errors import BadInputError, TrainingError
+from nmflowgan.evaluation import baseline_noise, fit_baselines, model_noise
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.models.files import load_weights
-from nmflowgan.models.noise_model import NoiseModel, quantize
+from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
@@ -37,7 +38,8 @@ from nmflowgan.training.distributed import resolve_device, setup, teardown
 from nmflowgan.training.run import MetricsLog, RunOptions, start_run, stop_on_signals, training_patches
 
 log = logging.getLogger(__name__)
-NoiseSource = Callable[[torch.Tensor, PatchBatch, torch.Generator], torch.Tensor]
+# (clean patches (B, 3, P, P) in [0, 1], their batch, a generator) -> noisy patches in [0, 1]
+NoisyImages = Callable[[torch.Tensor, PatchBatch, torch.Generator], torch.Tensor]
 BASELINES = ("real", "gaussian", "nlf")
 
 
@@ -70,28 +72,20 @@ class DenoiserTrainResult:
 
 
 def noise_source(options: DenoiserTrainingOptions, records: list, patch_px: int, device: torch.device
-                 ) -> NoiseSource:
+                 ) -> NoisyImages:
     """The function that turns a batch of clean patches ``(B, 3, P, P)`` in [0, 1] into noisy ones."""
     if options.noise == "real":
         if options.flow_only:
             raise BadInputError("--flow-only needs a noise-model checkpoint as --noise, not 'real'")
         return lambda clean, batch, g: batch.noisy.to(clean.device).float() / 255.0
     if options.noise in ("gaussian", "nlf"):
-        from nmflowgan.evaluation import fit_baselines
-
         gaussian, nlf = fit_baselines(records, patch_px, options.fit_patches, options.seed, not options.quiet)
-        baseline = gaussian if options.noise == "gaussian" else nlf
-        return lambda clean, batch, g: clean + quantize(
-            clean, baseline.noise(clean, batch.cameras, batch.isos.tolist(), g)) / 255.0
-    model = NoiseModel.load(options.noise, map_location=device)
-    model.requires_grad_(False)
-
-    def draw(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
-        cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
-        noise = model.quantized_noise(clean, cond, g, refine=not options.flow_only, options=options.sampling)
-        return clean + noise / 255.0
-
-    return draw
+        noise = baseline_noise(gaussian if options.noise == "gaussian" else nlf)
+    else:
+        model = NoiseModel.load(options.noise, map_location=device)
+        model.requires_grad_(False)
+        noise = model_noise(model, refine=not options.flow_only, options=options.sampling)
+    return lambda clean, batch, g: clean + noise(clean, batch, g) / 255.0
 
 
 def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> DenoiserTrainResult:
