@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import has_native_bf16
 
 
@@ -90,6 +91,21 @@ def flops_of(function: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
+def give_refiner_work(model: NoiseModel) -> NoiseModel:
+    """Gives the refiner's last convolution (zero at initialization, which makes the refiner the identity)
+    small random weights, so that the refiner changes the noise. Costs do not depend on the weights; the
+    realism checks need a refiner that does something."""
+    with torch.no_grad():
+        model.refiner.last.weight.normal_(0, 0.02)
+    return model
+
+
+def busy_model(name: str, device: torch.device | str = "cpu") -> NoiseModel:
+    """An untrained model of preset ``name`` (seed 0) whose refiner does something."""
+    torch.manual_seed(0)
+    return give_refiner_work(NoiseModel.from_preset(name)).to(device).eval()
+
+
 def print_table(headers: list[str], rows: list[list[object]]) -> None:
     """A Markdown table (pastes straight into BENCHMARKS.md)."""
     print("| " + " | ".join(headers) + " |")
@@ -102,10 +118,6 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)
-
-
-def geometric_mean(values: list[float]) -> float:
-    return statistics.geometric_mean(values)
 
 
 def finish(args: argparse.Namespace, info: dict, results: dict, ratio: float) -> None:

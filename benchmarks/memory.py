@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import arguments, finish, machine, print_machine, print_table
+from harness import arguments, busy_model, finish, machine, print_machine, print_table
 from harness import setup as setup_device
-from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.synthesis import synthesize_image
 
@@ -51,10 +50,7 @@ def clean_image(height: int, width: int, rows_per_block: int = 256) -> np.ndarra
 def child(preset: str, path: str, height: int, width: int, tile: int, threads: int) -> None:
     """One synthesis job; prints its measurements as JSON."""
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = NoiseModel.from_preset(preset).eval()
-    with torch.no_grad():
-        model.refiner.last.weight.normal_(0, 0.02)
+    model = busy_model(preset)
     image = clean_image(height, width)
     options = SamplingOptions.plain() if path == "plain" else SamplingOptions()
     before = _rss_mb()

@@ -11,24 +11,15 @@ flow + refiner throughput, default path over plain path.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
-from harness import arguments, finish, flops_of, geometric_mean, machine, print_machine, print_table, seconds_per_call
+from harness import arguments, busy_model, finish, flops_of, machine, print_machine, print_table, seconds_per_call
 from harness import setup as setup_device
 from nmflowgan.metrics.kld import kld_per_patch
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
-
-
-def busy_model(name: str, device: torch.device) -> NoiseModel:
-    """An untrained model of preset ``name`` whose refiner does something: its last convolution (zero at
-    initialization, which makes the refiner the identity) gets small random weights. Costs do not depend
-    on the weights; the realism check needs a refiner that changes the noise."""
-    torch.manual_seed(0)
-    model = NoiseModel.from_preset(name)
-    with torch.no_grad():
-        model.refiner.last.weight.normal_(0, 0.02)
-    return model.to(device).eval()
 
 
 def main() -> None:
@@ -94,7 +85,7 @@ def main() -> None:
     if not headline:
         headline = [r["ratio"] for r in records]
     finish(args, info, {"sampling": records, "realism": realism, "small_vs_paper": summary},
-           geometric_mean(headline))
+           statistics.geometric_mean(headline))
 
 
 def measure(model: NoiseModel, clean: torch.Tensor, cond: object, refine: bool, options: SamplingOptions,

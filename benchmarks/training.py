@@ -20,13 +20,13 @@ patch are counted on a separate run as the difference between runs of 2N and N s
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import tempfile
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from harness import arguments, finish, geometric_mean, machine, print_machine, print_table
+from harness import arguments, finish, flops_of, give_refiner_work, machine, print_machine, print_table
 from harness import setup as setup_device
 from nmflowgan.config import Config, preset
 from nmflowgan.data.simcam import simulate
@@ -68,11 +68,7 @@ def last_rate(run: Path) -> float:
 
 def gflop_per_patch(run: object, steps: int, batch: int) -> float:
     """FLOPs of ``steps`` steps, from the difference between runs of 2 x ``steps`` and ``steps`` steps."""
-    counts = []
-    for length in (steps, 2 * steps):
-        with FlopCounterMode(display=False) as counter:
-            run(length)  # type: ignore[operator]
-        counts.append(counter.get_total_flops())
+    counts = [flops_of(lambda length=length: run(length)) for length in (steps, 2 * steps)]  # type: ignore[operator]
     return (counts[1] - counts[0]) / (steps * batch) / 1e9
 
 
@@ -103,9 +99,7 @@ def main() -> None:
         records.append({"job": "NM-FlowGAN step", "plain": rates["fp32"], "fast": rates["bf16"],
                         "gflop_per_patch": flops})
 
-        model = NoiseModel.load(root / "gan-fp32", map_location=device)
-        with torch.no_grad():
-            model.refiner.last.weight.normal_(0, 0.02)  # a refiner that does something
+        model = give_refiner_work(NoiseModel.load(root / "gan-fp32", map_location=device))
         model_dir = model.save(root / "noise-model")
         denoise_window = 3
         paths = {"fp32": ("fp32", SamplingOptions.plain()), "bf16": ("bf16", SamplingOptions())}
@@ -129,7 +123,8 @@ def main() -> None:
           "sampling path); fast = bf16 autocast (and the default sampling path)")
     print_table(["job", "preset", "batch", "plain patches/s", "fast patches/s", "GFLOP/patch", "GFLOP/MP",
                  "plain GFLOP/s", "fast / plain"], rows)
-    finish(args, info, {"preset": name, "training": records}, geometric_mean([r["ratio"] for r in records]))
+    finish(args, info, {"preset": name, "training": records},
+           statistics.geometric_mean([r["ratio"] for r in records]))
 
 
 if __name__ == "__main__":
