@@ -40,6 +40,7 @@ def resolve_checkpoint_dir(path: str | Path, meta_name: str, kind: str) -> Path:
         raise CheckpointError(f"{path}: no such checkpoint file or folder")
     raise CheckpointError(f"{path}: not a {kind} checkpoint (no {meta_name} here or in best/ or last/)")
 
+
 def read_meta(path: Path, expected_format: str) -> dict:
     """Reads a checkpoint's JSON description and checks its format tag."""
     try:
@@ -74,5 +75,3 @@ def load_weights(module: nn.Module, path: Path) -> None:
                 "was it saved with another preset?"
             )
     module.load_state_dict(tensors)
-
-
