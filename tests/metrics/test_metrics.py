@@ -49,13 +49,30 @@ def test_akld_hand_computed_and_identity():
     assert akld(real, real * 100) == pytest.approx(0.5 * (10 - math.log(10) - 1), rel=1e-9)
 
 
-def test_akld_window_is_opencv_default_gaussian():
-    taps = gaussian_taps()
-    assert len(taps) == 7 and taps.sum().item() == pytest.approx(1.0)
-    assert (taps[3] / taps[2]).item() == pytest.approx(math.exp(1 / (2 * 1.4**2)))
+def test_akld_window_is_opencvs_fixed_7_tap_table():
+    # cv2.getGaussianKernel(7, -1) returns [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125]
+    expected = [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125]
+    assert gaussian_taps().tolist() == expected
     impulse = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
     impulse[0, 0, 4, 4] = 1.0
-    assert local_variance(impulse)[0, 0, 4, 4].item() == pytest.approx(taps[3].item() ** 2)
+    variance = local_variance(impulse)[0, 0]
+    # the 2-D window is the outer product: at the centre 9/32 * 9/32, one step right 9/32 * 7/32, ...
+    assert variance[4, 4].item() == pytest.approx(81 / 1024, rel=1e-12)
+    assert variance[4, 5].item() == pytest.approx(63 / 1024, rel=1e-12)
+    assert variance[2, 7].item() == pytest.approx(3.5 / 32 * 1 / 32, rel=1e-12)  # 2 rows, 3 columns away
+    assert variance[0, 0].item() == 1e-10  # outside the window: clamped
+
+
+def test_akld_reflect_padding_hand_computed():
+    # Four identical rows whose squares are [1, 2, 3, 4]: the vertical pass keeps each constant column,
+    # the horizontal pass reads the row reflect-padded by 3: [4, 3, 2 | 1, 2, 3, 4 | 3, 2, 1].
+    row = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    noise = row.sqrt().expand(4, 4).reshape(1, 1, 4, 4)
+    taps = [1 / 32, 3.5 / 32, 7 / 32, 9 / 32, 7 / 32, 3.5 / 32, 1 / 32]
+    padded = [4.0, 3.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 2.0, 1.0]
+    expected = [sum(t * padded[i + k] for k, t in enumerate(taps)) for i in range(4)]
+    got = local_variance(noise)[0, 0, 0].tolist()
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,7 +1,10 @@
 """AKLD: the average KL divergence between local noise-variance maps (Yue et al. 2020, DANet).
 
 Noise maps are in [0, 1] units. The local variance of a map is the 7x7 Gaussian-weighted mean of its
-square (sigma 1.4, the value OpenCV uses for 7 taps; reflect padding of 3), clamped to at least 1e-10.
+square, clamped to at least 1e-10. The window is the one of the reference implementation (DANet's, reused
+by later papers), OpenCV's ``getGaussianKernel(7, -1)``: for 7 taps OpenCV returns the fixed table
+``[1, 3.5, 7, 9, 7, 3.5, 1] / 32`` rather than exponential taps; the 2-D window is its outer product, with
+reflect padding of 3.
 With ``r = var_generated / var_real`` clamped to [0.1, 10], the per-pixel KL divergence between two
 zero-mean Gaussians is ``(r - log r - 1) / 2``; AKLD is its mean.
 
@@ -11,21 +14,17 @@ always read it next to the oracle's (a second real draw), never alone.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-WINDOW_PX, SIGMA_PX = 7, 1.4
+WINDOW_PX = 7
+OPENCV_TAPS_7 = (1.0, 3.5, 7.0, 9.0, 7.0, 3.5, 1.0)  # / 32: OpenCV's fixed table for a 7-tap Gaussian
 RATIO_MIN, RATIO_MAX, VARIANCE_MIN = 0.1, 10.0, 1e-10
 
 
 def gaussian_taps(dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> torch.Tensor:
-    """The normalized 7-tap Gaussian (sigma 1.4)."""
-    half = WINDOW_PX // 2
-    taps = torch.tensor([math.exp(-(t * t) / (2 * SIGMA_PX**2)) for t in range(-half, half + 1)],
-                        dtype=dtype, device=device)
-    return taps / taps.sum()
+    """The 7 taps of OpenCV's ``getGaussianKernel(7, -1)``: ``[1, 3.5, 7, 9, 7, 3.5, 1] / 32`` (sum 1)."""
+    return torch.tensor(OPENCV_TAPS_7, dtype=dtype, device=device) / 32.0
 
 
 def local_variance(noise: torch.Tensor) -> torch.Tensor:
