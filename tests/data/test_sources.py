@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from nmflowgan.data.folders import find_pairs, read_metadata
+from nmflowgan.data.folders import default_splits, find_pairs, layout, read_metadata
 from nmflowgan.data.io import read_rgb, write_png
 from nmflowgan.data.patches import PatchDataset, collate
 from nmflowgan.data.sidd import SiddFolder, load_sidd_blocks, read_mat_array, scan_sidd
@@ -113,6 +113,16 @@ def test_metadata_folder(tmp_path):
     root = _folder_set(tmp_path, ["a_clean.png,a_noisy.png,S6,1600"])
     (record,) = find_pairs(root)
     assert record.camera == "S6" and record.iso == 1600 and record.clean == (root / "a_clean.png").resolve()
+
+
+def test_paired_folders_as_train_and_test_splits(tmp_path):
+    for split, camera in (("train", "S6"), ("test", "N6")):
+        (tmp_path / split).mkdir()
+        _folder_set(tmp_path / split, [f"a_clean.png,a_noisy.png,{camera},800"])
+    assert layout(tmp_path) == "train-test" and default_splits(tmp_path, None, None) == ("train", "test")
+    assert [r.camera for r in find_pairs(tmp_path, "train")] == ["S6"]
+    (test,) = find_pairs(tmp_path, "test")
+    assert test.camera == "N6" and test.clean == (tmp_path / "test" / "a_clean.png").resolve()
 
 
 @pytest.mark.parametrize(("rows", "header", "message"), [

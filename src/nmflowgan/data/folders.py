@@ -71,7 +71,8 @@ DEFAULT_SPLITS = {"metadata": (None, None), "train-test": ("train", "test"), "si
 
 def layout(data: str | Path) -> str:
     """Which kind of data set ``data`` is: ``metadata`` (a metadata.csv folder), ``train-test`` (``train/`` and
-    ``test/`` trees, what ``nmflowgan simulate`` writes) or ``sidd`` (a SIDD sRGB tree)."""
+    ``test/`` sub-folders, each a SIDD-layout tree as ``nmflowgan simulate`` writes, or each a metadata.csv
+    folder) or ``sidd`` (a SIDD sRGB tree)."""
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder")
@@ -88,8 +89,9 @@ def find_pairs(data: str | Path, split: str | None = None, skip_bad: bool = Fals
     """The pairs of a data set, whatever its :func:`layout`.
 
     Args:
-        data: a folder with ``metadata.csv``; a folder with ``train/`` and ``test/`` trees (what
-            ``nmflowgan simulate`` writes); or a SIDD sRGB tree.
+        data: a folder with ``metadata.csv``; a folder with ``train/`` and ``test/`` sub-folders, each a tree
+            in the SIDD layout (what ``nmflowgan simulate`` writes) or a ``metadata.csv`` folder; or a SIDD
+            sRGB tree.
         split: ``train`` / ``test`` for a folder with those sub-folders; ``sidd-train`` / ``sidd-test`` (or
             None for every instance) for a SIDD tree.
         skip_bad: log and skip unusable folders instead of raising.
@@ -106,6 +108,8 @@ def find_pairs(data: str | Path, split: str | None = None, skip_bad: bool = Fals
     if kind == "train-test":
         if split not in ("train", "test"):
             raise DataError(f"{root}: has train/ and test/; choose --split train or test, got {split!r}")
+        if (root / split / METADATA_FILE).is_file():
+            return read_metadata(root / split / METADATA_FILE)
         return scan_sidd(root / split, skip_bad=skip_bad, oracle_capture=(root / SIMCAM_FILE).is_file())
     if split is not None and split not in SPLITS:
         raise DataError(f"{root}: a SIDD tree takes --split {' or '.join(SPLITS)}, got {split!r}")
