@@ -1,14 +1,20 @@
 """`evaluate` scores every model on the same patches and writes a readable report."""
 
 import json
+import shutil
 
 import pytest
+import torch
 
 from nmflowgan.api import evaluate_to_report
 from nmflowgan.cli import main
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchDataset
-from nmflowgan.errors import OutputExistsError
+from nmflowgan.data.simcam import simulate
+from nmflowgan.errors import BadInputError, DataError, OutputExistsError
+from nmflowgan.evaluation import evaluate, protocol
+from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 from tests.conftest import tiny_config
 
@@ -27,15 +33,25 @@ def test_evaluate_writes_results_and_report(tmp_path, tiny_run, simcam_tree):
     assert list(results["models"]) == ["gaussian", "nlf", "flow-only", "nmflowgan", "oracle"]
     available = len(PatchDataset(find_pairs(simcam_tree, "test"), 32, 32))
     assert results["n_patches"] == min(40, available) and results["seed"] == 0
+    assert results["protocol"] == {"name": "default", "patch_px": 32, "stride_px": 32, "max_patches": 40,
+                                   "rounded": True}
+    assert results["sampling"] == "plain"  # the same numbers on a CPU with or without native bf16
     models = results["models"]
     # The oracle is a second real draw: no model gets closer to the real noise than it does.
     assert all(models["oracle"]["kld"] <= m["kld"] for m in models.values())
     assert models["oracle"]["corr_error"] < 0.05 < models["gaussian"]["corr_error"]
     conditions = {(row["camera"], row["iso"]) for row in results["per_condition"]}
     assert conditions <= {(c, i) for c in ("V1", "V2") for i in (100.0, 1600.0)} and conditions
-    assert all(set(row["nmflowgan"]) == {"kld", "akld", "corr_error"} for row in results["per_condition"])
+    assert all(set(row["models"]["nmflowgan"]) == {"kld", "akld", "corr_error", "std", "kurtosis"}
+               for row in results["per_condition"])
+    # The oracle is real noise too: its level and shape match the real noise's (simcam noise has heavy tails).
+    real = results["real"]
+    assert models["oracle"]["std"] == pytest.approx(real["std"], rel=0.1)
+    assert models["oracle"]["kurtosis"] == pytest.approx(real["kurtosis"], rel=0.15)
+    assert all(k > 3 for k in real["kurtosis"])
     text = (tmp_path / "eval" / "report.md").read_text()
-    assert "| oracle |" in text and "AKLD" in text and "samples.png" in text
+    assert "| oracle |" in text and "AKLD" in text and "samples.png" in text and "kurtosis R / G / B" in text
+    assert "Protocol `default`" in text
     assert report.table in text
     html = (tmp_path / "eval" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html
@@ -51,3 +67,54 @@ def test_evaluate_cli(tmp_path, tiny_run, simcam_tree, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--data", str(simcam_tree), "--out",
                  str(tmp_path / "f"), "--quiet"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_flow_only_and_nmflowgan_refine_the_same_latents(tmp_path, simcam_tree):
+    # An untrained refiner is the identity: with paired latents the two sources draw identical noise.
+    model = NoiseModel(tiny_config().model, ["V1", "V2"], [100, 1600])
+    model.save(tmp_path / "model")
+    result = evaluate(tmp_path / "model", simcam_tree, protocol=protocol("default", 32, 24), fit_patches=50,
+                      progress=False)
+    assert result.realism.models["flow-only"] == result.realism.models["nmflowgan"]
+    assert all(torch.equal(e["flow-only"], e["nmflowgan"]) for e in result.examples.values())
+
+
+def test_official_protocol_scores_every_96px_patch_at_stride_48_unrounded(tmp_path, simcam_tree):
+    model = NoiseModel(tiny_config().model, ["V1", "V2"], [100, 1600])
+    model.save(tmp_path / "model")
+    big = simulate(tmp_path / "big", cameras=["V1"], isos=[100], scenes=4, size_px=160, seed=1, progress=False)
+    official = evaluate(tmp_path / "model", big, protocol=protocol("official"), fit_patches=50, progress=False)
+    default = evaluate(tmp_path / "model", big, fit_patches=50, progress=False)
+    test_images = len(find_pairs(big, "test"))
+    assert official.realism.n_patches == test_images * 2 * 2  # (160 - 96) // 48 + 1 = 2 per side
+    assert default.realism.n_patches == test_images * 2 * 2  # 64 px non-overlapping: 2 per side
+    assert official.protocol.to_dict() == {"name": "official", "patch_px": 96, "stride_px": 48, "max_patches": None,
+                                           "rounded": False}
+    # Generated noise is clipped to the 8-bit range but not rounded (the flow's own sample is integer-valued:
+    # its dequantization layer inverts to a floor), and rounded under the default protocol.
+    clean = next(iter(official.examples.values()))["clean"].double()
+    for examples, rounded in ((official.examples, False), (default.examples, True)):
+        for example in examples.values():
+            noisy = example["clean"].double() + example["gaussian"]
+            assert bool(((noisy >= 0) & (noisy <= 255)).all())
+            off_integer = (example["gaussian"] - example["gaussian"].round()).abs().max().item()
+            assert (off_integer < 1e-3) == rounded
+    assert clean.shape[-1] == 96
+    with pytest.raises(BadInputError, match="official protocol"):
+        protocol("official", patch_px=64)
+    with pytest.raises(BadInputError, match="float32"):
+        evaluate(tmp_path / "model", big, protocol=protocol("official"), options=SamplingOptions(precision="bf16"),
+                 progress=False)
+
+
+def test_evaluate_refuses_a_data_set_without_a_test_split(tmp_path, tiny_run, simcam_tree):
+    pairs = find_pairs(simcam_tree, "test")[:2]
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for p in pairs:
+        shutil.copy(p.clean, folder / p.clean.name)
+        shutil.copy(p.noisy, folder / p.noisy.name)
+    (folder / "metadata.csv").write_text("\n".join(
+        ["clean,noisy,camera,iso"] + [f"{p.clean.name},{p.noisy.name},{p.camera},{p.iso}" for p in pairs]) + "\n")
+    with pytest.raises(DataError, match="no test split"):
+        evaluate(tiny_run, folder, progress=False)

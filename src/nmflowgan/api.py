@@ -62,17 +62,25 @@ class Report:
 
 
 def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path, split: str | None = None,
-                       train_split: str | None = None, patch_px: int = 64, max_patches: int = 512,
-                       fit_patches: int = 2000, seed: int = 0, overwrite: bool = False, progress: bool = True,
-                       title: str = "nmflowgan evaluation", options: SamplingOptions | None = None) -> Report:
-    """Runs :func:`nmflowgan.evaluation.evaluate` and writes ``results.json``, ``report.md``, ``report.html``."""
+                       train_split: str | None = None, protocol: str = "default", patch_px: int | None = None,
+                       max_patches: int | None = None, fit_patches: int = 2000, seed: int = 0,
+                       overwrite: bool = False, progress: bool = True, title: str = "nmflowgan evaluation",
+                       options: SamplingOptions | None = None, device: str = "auto") -> Report:
+    """Runs :func:`nmflowgan.evaluation.evaluate` and writes ``results.json``, ``report.md``, ``report.html``.
+
+    ``protocol`` is ``default`` (``patch_px`` and ``max_patches`` may change it) or ``official``; ``options``
+    defaults to the plain float32 path; ``device`` is ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    """
+    from nmflowgan.devices import resolve_device
     from nmflowgan.evaluation import evaluate
+    from nmflowgan.evaluation import protocol as make_protocol
     from nmflowgan.reporting.report import results_table, write_report
 
     out = Path(out)
     if (out / "results.json").exists() and not overwrite:
         raise OutputExistsError(f"{out}: holds an evaluation already (pass --overwrite to replace it)")
-    result = evaluate(checkpoint, data, split, train_split, patch_px, max_patches, fit_patches, seed,
-                      progress=progress, options=options)
+    chosen = make_protocol(protocol, patch_px, max_patches)
+    result = evaluate(checkpoint, data, split, train_split, chosen, fit_patches, seed, progress=progress,
+                      options=options, device=resolve_device(device))
     path = write_report(result, out, title=title, intro=f"Checkpoint `{checkpoint}`, data `{data}`.")
-    return Report(path, results_table(result))
+    return Report(path, results_table(result.realism))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nmflowgan import __version__
 from nmflowgan.config import PRESETS, Config, load_config, preset
+from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
 from nmflowgan.training.run import TRAINING_PRECISIONS
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=int, default=None)
     train.add_argument("--out", required=True, type=Path, help="run folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _device_argument(train)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     _precision_argument(train)
@@ -68,10 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, help="test split (default: the data set's)")
     evaluate.add_argument("--train-split", default=None, help="split the baselines are fitted on")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for results.json and the report")
-    evaluate.add_argument("--patch-px", type=int, default=64)
-    evaluate.add_argument("--max-patches", type=int, default=512)
+    evaluate.add_argument("--protocol", choices=["default", "official"], default="default",
+                          help="default: 64x64 patches (at most 512), noise rounded to 8 bits; official: every 96x96 "
+                               "patch at stride 48, noise clipped but not rounded (the paper's code)")
+    evaluate.add_argument("--patch-px", type=int, default=None, help="default protocol: patch side (64)")
+    evaluate.add_argument("--max-patches", type=int, default=None, help="default protocol: at most this many (512)")
     evaluate.add_argument("--seed", type=int, default=0)
-    _sampling_argument(evaluate)
+    _device_argument(evaluate)
+    _sampling_argument(evaluate, default="plain")
     _common_output(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -85,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--extrapolate", action="store_true", help="allow ISOs outside the trained range")
     synthesize.add_argument("--seed", type=int, default=0)
     synthesize.add_argument("--tile", type=int, default=512, help="tile side in pixels (bounds the memory)")
-    synthesize.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    _device_argument(synthesize)
     _sampling_argument(synthesize)
     synthesize.add_argument("--compile", action="store_true",
                             help="torch.compile the refiner (pays back its compile time on long jobs only)")
@@ -107,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=int, default=None)
     denoiser.add_argument("--out", required=True, type=Path)
     denoiser.add_argument("--resume", action="store_true")
-    denoiser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _device_argument(denoiser)
     denoiser.add_argument("--seed", type=int, default=0)
     denoiser.add_argument("--workers", type=int, default=0)
     denoiser.add_argument("--val-every", type=int, default=100)
@@ -128,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     denoise = sub.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
     denoise.add_argument("--checkpoint", required=True, type=Path)
-    denoise.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    _device_argument(denoise)
     denoise.add_argument("input", type=Path, metavar="IN")
     denoise.add_argument("output", type=Path, metavar="OUT")
     _common_output(denoise)
@@ -153,8 +158,13 @@ def _precision_argument(parser: argparse.ArgumentParser) -> None:
                         help="bf16: autocast (GPUs, and CPUs with native bf16)")
 
 
-def _sampling_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sampling", default="auto", choices=[*PRECISIONS, "plain"],
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                        help="auto: a CUDA GPU, else Apple MPS, else the CPU")
+
+
+def _sampling_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument("--sampling", default=default, choices=[*PRECISIONS, "plain"],
                         help="how noise is computed: the optimized path in a precision (auto: bf16 where the "
                              "device has native bf16, else fp32), or plain (the eager float32 reference)")
 
@@ -228,16 +238,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     from nmflowgan.api import evaluate_to_report
 
     report = evaluate_to_report(args.checkpoint, args.data, args.out, split=args.split, train_split=args.train_split,
-                                patch_px=args.patch_px, max_patches=args.max_patches, seed=args.seed,
-                                overwrite=args.overwrite, progress=not args.quiet,
-                                options=SamplingOptions.named(args.sampling))
+                                protocol=args.protocol, patch_px=args.patch_px, max_patches=args.max_patches,
+                                seed=args.seed, overwrite=args.overwrite, progress=not args.quiet,
+                                options=SamplingOptions.named(args.sampling), device=args.device)
     print(report.table)
     print(f"report: {report.path} (and report.html, results.json)")
 
 
 def _synthesize(args: argparse.Namespace) -> None:
+    from nmflowgan.devices import resolve_device
     from nmflowgan.synthesis import synthesize
-    from nmflowgan.training.distributed import resolve_device
 
     written = synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
                          overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
@@ -282,7 +292,7 @@ def _eval_denoiser(args: argparse.Namespace) -> None:
 
 def _denoise(args: argparse.Namespace) -> None:
     from nmflowgan.denoising import denoise_files
-    from nmflowgan.training.distributed import resolve_device
+    from nmflowgan.devices import resolve_device
 
     written = denoise_files(args.checkpoint, args.input, args.output, args.overwrite,
                             str(resolve_device(args.device)), progress=not args.quiet)

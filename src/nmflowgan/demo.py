@@ -27,9 +27,10 @@ from nmflowgan.config import small
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.io import read_rgb
 from nmflowgan.data.simcam import builtin_cameras, simulate
+from nmflowgan.metrics.realism import Realism
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.reporting import plots
-from nmflowgan.reporting.report import condition_table, markdown_to_html, results_table
+from nmflowgan.reporting.report import condition_table, markdown_to_html, results_table, shape_table
 from nmflowgan.synthesis import synthesize_image
 from nmflowgan.training.checkpoint import read_checkpoint_meta
 from nmflowgan.training.run import read_metrics
@@ -96,7 +97,8 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     for folder, checkpoint in ((evaluation, noise_run), (out / "evaluation-last", noise_run / "last")):
         if not (folder / "results.json").exists():
             timed("evaluate", lambda folder=folder, checkpoint=checkpoint: evaluate_to_report(
-                checkpoint, data, folder, patch_px=64, max_patches=400, seed=seed, overwrite=True, progress=progress))
+                checkpoint, data, folder, patch_px=64, max_patches=400, seed=seed, overwrite=True, progress=progress,
+                device="cpu"))
 
     _stage("4/6 synthesize examples (ISO 800 was never seen in training)", progress)
     examples = out / "examples.png"
@@ -150,11 +152,8 @@ def _examples(noise_run: Path, data: Path, path: Path, seed: int) -> None:
 
 def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, timings: dict, noise_steps: int,
                   denoiser_steps: int) -> Path:
-    from nmflowgan.evaluation import EvalResult
-
-    def load(folder: Path) -> EvalResult:
-        saved = json.loads((folder / "results.json").read_text())
-        return EvalResult(saved["models"], saved["per_condition"], saved["n_patches"], saved["seed"], {}, {}, {})
+    def load(folder: Path) -> Realism:
+        return Realism.from_dict(json.loads((folder / "results.json").read_text()))
 
     result, last = load(evaluation), load(out / "evaluation-last")
     best_step = read_checkpoint_meta((noise_run / "best").resolve())["step"]
@@ -183,6 +182,7 @@ def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, ti
         "`best` is chosen by validation KLD alone, which cannot see spatial correlation; the last checkpoint "
         "shows how far the refiner has taken the correlation, and at what cost in KLD.", "",
         results_table(last), "",
+        "## Noise level and shape (best checkpoint)", "", shape_table(result), "",
         "## KLD per camera and ISO", "", condition_table(result, "kld"), "",
         "## Correlation error per camera and ISO", "", condition_table(result, "corr_error"), "",
         "## Denoisers trained on each noise source, scored on real noisy test images", "", *denoiser_rows, "",

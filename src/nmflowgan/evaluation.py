@@ -1,192 +1,178 @@
 """``evaluate``: how realistic a noise model's noise is, next to the baselines, on the same test patches.
 
-Models compared (each that applies):
+Sources compared (each that applies), all scored by :class:`~nmflowgan.metrics.realism.RealismScorer`:
 
 * ``gaussian`` and ``nlf``: closed-form fits to the training split (:mod:`nmflowgan.baselines`);
-* ``flow-only``: the trained flow without its refiner; ``nmflowgan``: the full model;
+* ``flow-only``: the trained flow without its refiner; ``nmflowgan``: the full model. Both refine the
+  same latent draw, so their difference is the refiner's alone, not sampling noise;
 * ``oracle``: a second independent real draw of the same clean image (simcam only): the floor.
 
-Every model's noise is recorded as a camera records it (rounded and clipped to 8 bits), then scored
-per test patch with KLD and AKLD, and pooled per (camera, ISO) into the noise statistics behind the
-correlation error. Scores per condition are averaged over patches; overall scores are averaged over
-all patches (KLD, AKLD) and over conditions (correlation error).
+Two protocols (:data:`PROTOCOLS`):
+
+* ``default``: non-overlapping 64x64 test patches (at most 512, evenly spread), generated noise recorded as
+  a camera records it (rounded and clipped to 8 bits);
+* ``official``: every 96x96 patch at stride 48 of the test split, generated noise clipped to the 8-bit
+  range but not rounded, as the NM-FlowGAN paper's code scores it, with the model in float32.
+
+The model runs through the plain float32 path unless ``options`` says otherwise, so a score does not depend
+on whether the machine has native bf16.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from nmflowgan.baselines import GaussianNoise, HeteroscedasticNoise
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
-from nmflowgan.errors import DataError
-from nmflowgan.metrics.akld import akld_per_patch
-from nmflowgan.metrics.kld import histograms, kld_per_patch
-from nmflowgan.metrics.noise_stats import NoiseStats, NoiseStatsAccumulator, corr_error
-from nmflowgan.models.noise_model import NoiseModel, quantize
+from nmflowgan.errors import BadInputError, DataError
+from nmflowgan.metrics.noise_stats import NoiseStats
+from nmflowgan.metrics.realism import Condition, Realism, RealismScorer
+from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
+from nmflowgan.noise_sources import NoiseSource, baseline_noise, fit_baselines, model_noise, oracle_noise
 
 log = logging.getLogger(__name__)
-MODEL_ORDER = ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle")
-Condition = tuple[str, float]
+SOURCE_ORDER = ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle")
+# Generator stream of each source: flow-only and nmflowgan share one, so they refine the same latents.
+STREAMS = {"gaussian": 1, "nlf": 2, "flow-only": 3, "nmflowgan": 3, "oracle": 4}
 
 
-@dataclass
-class ConditionScores:
-    """Per (camera, ISO): patch scores, pooled statistics and histograms of each model (and ``real``)."""
+@dataclass(frozen=True)
+class Protocol:
+    """Which test patches are scored and how generated noise is recorded.
 
-    kld: dict[str, list[float]] = field(default_factory=dict)
-    akld: dict[str, list[float]] = field(default_factory=dict)
-    stats: dict[str, NoiseStatsAccumulator] = field(default_factory=dict)
-    histogram: dict[str, torch.Tensor] = field(default_factory=dict)
-    example: dict[str, torch.Tensor] = field(default_factory=dict)
+    Attributes:
+        name: ``default`` or ``official``.
+        patch_px, stride_px: side of the test patches and their spacing.
+        max_patches: at most this many patches, evenly spread (None: all).
+        rounded: round generated noise to 8-bit integers (True) or only clip it to the 8-bit range.
+    """
+
+    name: str
+    patch_px: int
+    stride_px: int
+    max_patches: int | None
+    rounded: bool
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "patch_px": self.patch_px, "stride_px": self.stride_px,
+                "max_patches": self.max_patches, "rounded": self.rounded}
+
+
+PROTOCOLS = {"default": Protocol("default", 64, 64, 512, True), "official": Protocol("official", 96, 48, None, False)}
+
+
+def protocol(name: str = "default", patch_px: int | None = None, max_patches: int | None = None) -> Protocol:
+    """The protocol ``name``; the default one takes another patch size (non-overlapping) or patch count."""
+    if name not in PROTOCOLS:
+        raise BadInputError(f"unknown protocol {name!r}; use one of {', '.join(PROTOCOLS)}")
+    chosen = PROTOCOLS[name]
+    if name == "official":
+        if patch_px is not None or max_patches is not None:
+            raise BadInputError("the official protocol scores every 96x96 patch at stride 48: --patch-px and "
+                                "--max-patches apply to the default protocol only")
+        return chosen
+    patch = patch_px or chosen.patch_px
+    if patch < 8:
+        raise BadInputError(f"patch side {patch} px is too small: use at least 8")
+    count = chosen.max_patches if max_patches is None else max_patches
+    if count < 1:
+        raise BadInputError(f"--max-patches must be at least 1, got {count}")
+    return Protocol(name, patch, patch, count, chosen.rounded)
 
 
 @dataclass
 class EvalResult:
-    """Scores of every model, overall and per condition, with what the report plots.
+    """Scores of every source with what the report plots.
 
     Attributes:
-        models: ``{name: {"kld", "akld", "corr_error"}}``.
-        per_condition: ``[{"camera", "iso", name: {...}, ...}]``.
-        stats: ``{(camera, iso): {name or "real": NoiseStats}}``; histograms likewise (130 counts).
-        examples: ``{(camera, iso): {"clean", "real", name: noise}}`` one patch each (8-bit units).
+        realism: overall and per-condition scores (what ``results.json`` holds).
+        protocol: how the patches were chosen and the noise recorded; seed: every draw derives from it.
+        sampling: the sampling path of the model's noise (``plain`` or the optimized path's options).
+        stats / histograms: per (camera, ISO) and source (and ``real``), for the plots.
+        examples: ``{(camera, iso): {"clean", "real", source: noise}}`` one patch each (8-bit units).
     """
 
-    models: dict[str, dict[str, float]]
-    per_condition: list[dict]
-    n_patches: int
+    realism: Realism
+    protocol: Protocol
     seed: int
+    sampling: str
     stats: dict[Condition, dict[str, NoiseStats]]
     histograms: dict[Condition, dict[str, torch.Tensor]]
     examples: dict[Condition, dict[str, torch.Tensor]]
 
     def to_dict(self) -> dict:
-        return {"models": self.models, "per_condition": self.per_condition, "n_patches": self.n_patches,
-                "seed": self.seed}
-
-
-NoiseSource = Callable[[torch.Tensor, PatchBatch, torch.Generator], torch.Tensor]
-"""``(clean (B, 3, P, P) in [0, 1], its batch, a generator) -> (B, 3, P, P)`` noise as a camera records it
-(rounded and clipped to 8 bits), in 8-bit units."""
-
-
-def baseline_noise(baseline: GaussianNoise | HeteroscedasticNoise) -> NoiseSource:
-    """Noise drawn from a fitted closed-form baseline at each patch's camera and ISO."""
-    return lambda clean, batch, g: quantize(clean, baseline.noise(clean, batch.cameras, batch.isos.tolist(), g))
-
-
-def model_noise(model: NoiseModel, refine: bool = True, options: SamplingOptions | None = None) -> NoiseSource:
-    """Noise drawn from a noise model at each patch's camera and ISO (``refine=False``: its flow alone)."""
-    def draw(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
-        cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
-        return model.quantized_noise(clean, cond, g, refine=refine, options=options)
-    return draw
-
-
-def fit_baselines(records: list, patch_px: int, max_patches: int, seed: int, progress: bool
-                  ) -> tuple[GaussianNoise, HeteroscedasticNoise]:
-    """Fits ``gaussian`` and ``nlf`` on up to ``max_patches`` training patches (a fixed random subset)."""
-    dataset = PatchDataset(records, patch_px, patch_px)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_patches].tolist()
-    gaussian, nlf = GaussianNoise(), HeteroscedasticNoise()
-    for start in tqdm(range(0, len(order), 64), desc="fit baselines", disable=not progress):
-        batch = collate([dataset[i] for i in order[start : start + 64]])
-        clean = batch.clean.double()
-        noise, isos = batch.noisy.double() - clean, batch.isos.tolist()
-        for model in (gaussian, nlf):
-            model.update(clean / 255.0, noise, batch.cameras, isos)
-    return gaussian, nlf
+        return {"protocol": self.protocol.to_dict(), "seed": self.seed, "sampling": self.sampling,
+                **self.realism.to_dict()}
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, train_split: str | None = None,
-             patch_px: int = 64, max_patches: int = 512, fit_patches: int = 2000, seed: int = 0,
-             batch_size: int = 32, progress: bool = True, options: SamplingOptions | None = None) -> EvalResult:
+             protocol: Protocol = PROTOCOLS["default"], fit_patches: int = 2000, seed: int = 0,
+             batch_size: int = 32, progress: bool = True, options: SamplingOptions | None = None,
+             device: str | torch.device = "cpu") -> EvalResult:
     """Scores a trained noise model and the baselines on the test patches of ``data``.
 
     Args:
         checkpoint: a run folder (its ``best``, else ``last``) or a saved model folder.
-        data: the data set; split / train_split: test and training splits (default: the data set's).
-        patch_px: side of the (non-overlapping) test patches; max_patches: at most this many, evenly spread.
+        data: the data set; split / train_split: test and training splits (default: the data set's). A data
+            set without a test split (a single metadata.csv folder) is refused: the baselines would be fitted
+            on the pairs they are scored on.
+        protocol: which patches, how noise is recorded (see :data:`PROTOCOLS`).
         fit_patches: training patches the baselines are fitted on. seed: every draw derives from it.
-        options: how the model's noise is computed (default: the optimized sampling path, what users get).
+        options: how the model's noise is computed (default: the plain float32 path).
+        device: where the model runs; scores are computed in float64 on the CPU.
 
     Returns:
         An :class:`EvalResult`.
     """
-    model = NoiseModel.load(checkpoint).eval()
+    options = options or SamplingOptions.plain()
+    if protocol.name == "official" and options.precision != "fp32":
+        raise BadInputError(f"the official protocol runs the model in float32; got sampling precision "
+                            f"{options.precision!r} (use --sampling plain or fp32)")
     train_split, split = default_splits(data, train_split, split)
+    if split is None or split == train_split:
+        raise DataError(f"{data}: no test split apart from the training pairs; evaluate needs held-out pairs (a "
+                        "folder with train/ and test/, each a metadata.csv folder or a SIDD-layout tree)")
+    model = NoiseModel.load(checkpoint, map_location=device).eval()
     train_records, test_records = find_pairs(data, train_split), find_pairs(data, split)
     usable = [r for r in test_records if model.space.knows(r.camera, r.iso)]
     if not usable:
         raise DataError(f"{data}: no test pair has a camera/ISO this model knows ({', '.join(model.cameras)})")
-    gaussian, nlf = fit_baselines(train_records, patch_px, fit_patches, seed, progress)
-    test = PatchDataset(usable, patch_px, patch_px, with_oracle=True)
-    indices = test.evenly_spaced(max_patches)
-    has_oracle = all(r.oracle is not None for r in usable)
+    gaussian, nlf = fit_baselines(train_records, protocol.patch_px, fit_patches, seed, progress)
+    test = PatchDataset(usable, protocol.patch_px, protocol.stride_px, with_oracle=True)
+    indices = list(range(len(test))) if protocol.max_patches is None else test.evenly_spaced(protocol.max_patches)
 
-    sources: dict[str, NoiseSource] = {"gaussian": baseline_noise(gaussian), "nlf": baseline_noise(nlf),
-                                       "flow-only": model_noise(model, False, options),
-                                       "nmflowgan": model_noise(model, True, options)}
-    if has_oracle:
-        sources["oracle"] = lambda clean, batch, g: batch.oracle.double() - batch.clean.double()
-    generators = {name: torch.Generator().manual_seed(seed + k) for k, name in enumerate(sources)}
+    sources: dict[str, NoiseSource] = {
+        "gaussian": baseline_noise(gaussian, protocol.rounded), "nlf": baseline_noise(nlf, protocol.rounded),
+        "flow-only": model_noise(model, False, options, protocol.rounded),
+        "nmflowgan": model_noise(model, True, options, protocol.rounded)}
+    if all(r.oracle is not None for r in usable):
+        sources["oracle"] = oracle_noise
+    generators = {name: torch.Generator().manual_seed(seed + STREAMS[name]) for name in sources}
 
-    per_condition: dict[Condition, ConditionScores] = {}
+    scorer = RealismScorer(list(sources))
+    examples: dict[Condition, dict[str, torch.Tensor]] = {}
     with torch.no_grad():
         for start in tqdm(range(0, len(indices), batch_size), desc="evaluate", disable=not progress):
             batch = collate([test[i] for i in indices[start : start + batch_size]])
             clean = batch.clean.double() / 255.0
             real = batch.noisy.double() - batch.clean.double()
-            noises = {"real": real} | {name: draw(clean.float(), batch, generators[name]).double()
-                                        for name, draw in sources.items()}
-            _accumulate(per_condition, batch, clean, noises)
-    return _summarize(per_condition, len(indices), seed)
+            noises = {name: draw(clean.float(), batch, generators[name]).double() for name, draw in sources.items()}
+            conditions = list(zip(batch.cameras, batch.isos.tolist()))
+            scorer.update(clean, real, noises, conditions)
+            _keep_examples(examples, batch, conditions, real, noises)
+    sampling = "plain" if options.is_plain else f"optimized {options.precision}"
+    return EvalResult(scorer.result(), protocol, seed, sampling, scorer.stats(), scorer.histograms(), examples)
 
 
-def _accumulate(per_condition: dict[Condition, ConditionScores], batch: PatchBatch, clean: torch.Tensor,
-                noises: dict[str, torch.Tensor]) -> None:
-    real = noises["real"]
-    klds = {n: kld_per_patch(real, v) for n, v in noises.items() if n != "real"}
-    aklds = {n: akld_per_patch(real / 255.0, v / 255.0) for n, v in noises.items() if n != "real"}
-    for b, key in enumerate(zip(batch.cameras, batch.isos.tolist())):
-        scores = per_condition.setdefault(key, ConditionScores())
-        if not scores.example:
-            scores.example = {"clean": batch.clean[b]} | {n: v[b] for n, v in noises.items()}
-        for name, noise in noises.items():
-            scores.stats.setdefault(name, NoiseStatsAccumulator()).update(clean[b : b + 1], noise[b : b + 1])
-            counts = histograms(noise[b : b + 1])[0]
-            scores.histogram[name] = scores.histogram.get(name, torch.zeros_like(counts)) + counts
-            if name != "real":
-                scores.kld.setdefault(name, []).append(float(klds[name][b]))
-                scores.akld.setdefault(name, []).append(float(aklds[name][b]))
-
-
-def _summarize(per_condition: dict[Condition, ConditionScores], n_patches: int, seed: int) -> EvalResult:
-    names = [n for n in MODEL_ORDER if any(n in s.kld for s in per_condition.values())]
-    rows, stats, hists, examples = [], {}, {}, {}
-    totals: dict[str, dict[str, list[float]]] = {n: {"kld": [], "akld": [], "corr_error": []} for n in names}
-    for key in sorted(per_condition):
-        scores = per_condition[key]
-        stats[key] = {name: acc.result() for name, acc in scores.stats.items()}
-        hists[key], examples[key] = scores.histogram, scores.example
-        row: dict = {"camera": key[0], "iso": key[1], "n_patches": len(scores.kld[names[0]])}
-        for name in names:
-            error = corr_error(stats[key]["real"], stats[key][name])
-            row[name] = {"kld": _mean(scores.kld[name]), "akld": _mean(scores.akld[name]), "corr_error": error}
-            totals[name]["kld"] += scores.kld[name]
-            totals[name]["akld"] += scores.akld[name]
-            totals[name]["corr_error"].append(error)
-        rows.append(row)
-    models = {name: {metric: _mean(values) for metric, values in totals[name].items()} for name in names}
-    return EvalResult(models, rows, n_patches, seed, stats, hists, examples)
-
-
-def _mean(values: list[float]) -> float:
-    return float(sum(values) / len(values)) if values else float("nan")
+def _keep_examples(examples: dict[Condition, dict[str, torch.Tensor]], batch: PatchBatch,
+                   conditions: list[Condition], real: torch.Tensor, noises: dict[str, torch.Tensor]) -> None:
+    """The first patch of each condition: its clean image, real noise and every source's noise."""
+    for b, key in enumerate(conditions):
+        if key not in examples:
+            examples[key] = {"clean": batch.clean[b], "real": real[b]} | {n: v[b] for n, v in noises.items()}

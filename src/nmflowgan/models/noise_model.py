@@ -83,12 +83,12 @@ class NoiseModel(nn.Module):
         return self.refiner(noise, clean, cond.features.to(noise.dtype)) if refine else noise
 
     @torch.no_grad()
-    def quantized_noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
-                        temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None,
-                        options: SamplingOptions | None = None) -> torch.Tensor:
-        """Noise as a camera records it, ``round(clip(clean * 255 + noise)) - clean * 255`` (8-bit units),
-        drawn without a graph through the sampling path ``options`` (default: the optimized one;
-        ``SamplingOptions.plain()``: this model's own eager float32 forward).
+    def draw(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
+             temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None,
+             options: SamplingOptions | None = None) -> torch.Tensor:
+        """Noise in 8-bit units, neither clipped nor rounded, drawn without a graph through the sampling path
+        ``options`` (default: the optimized one; ``SamplingOptions.plain()``: this model's own eager float32
+        forward).
 
         Args:
             clean: ``(B, 3, H, W)`` in [0, 1]; cond: its encoded condition.
@@ -98,10 +98,16 @@ class NoiseModel(nn.Module):
             latent = latent_like(clean, generator) * temperature
         options = options or SamplingOptions()
         if options.is_plain:
-            noise = self.noise(clean, cond, latent=latent, refine=refine)
-        else:
-            noise = self.sampler(options).noise(clean, cond, latent, refine)
-        return quantize(clean, noise)
+            return self.noise(clean, cond, latent=latent, refine=refine)
+        return self.sampler(options).noise(clean, cond, latent, refine)
+
+    @torch.no_grad()
+    def quantized_noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
+                        temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None,
+                        options: SamplingOptions | None = None) -> torch.Tensor:
+        """Noise as a camera records it, ``round(clip(clean * 255 + noise)) - clean * 255`` (8-bit units), of
+        :meth:`draw` (same arguments)."""
+        return quantize(clean, self.draw(clean, cond, generator, temperature, refine, latent, options))
 
     def sampler(self, options: SamplingOptions | None = None) -> Sampler:
         """The model's :class:`Sampler` for ``options``, kept until a parameter changes.
@@ -152,7 +158,8 @@ class NoiseModel(nn.Module):
         cond = self.encode(camera, iso, clean01.shape[0], extrapolate)
         noisy_255 = clean01 * 255.0 + self.quantized_noise(clean01, cond, generator, temperature, refine,
                                                                 options=options)
-        out = noisy_255.to(torch.uint8) if is_uint8 else (noisy_255 / 255.0).to(tensor.dtype)
+        # The sum lands on an integer only up to float rounding: round before the cast, which truncates.
+        out = noisy_255.round().to(torch.uint8) if is_uint8 else (noisy_255 / 255.0).to(tensor.dtype)
         out = out.to(tensor.device)
         if squeeze:
             out = out.squeeze(0)
@@ -184,6 +191,12 @@ class NoiseModel(nn.Module):
         model = cls(config, space.cameras, space.isos)  # type: ignore[arg-type]
         load_weights(model, directory / WEIGHTS_FILE)
         return model.to(map_location).eval()
+
+
+def clip_to_8bit(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:
+    """The noise left when ``clean * 255 + noise`` is clipped to [0, 255] but not rounded (8-bit units)."""
+    noisy = clean * 255.0 + noise_255
+    return noisy.clamp(0, 255) - clean * 255.0
 
 
 def quantize(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:

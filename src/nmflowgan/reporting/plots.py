@@ -15,23 +15,22 @@ COLOURS = {"real": "black", "gaussian": "tab:gray", "nlf": "tab:orange", "flow-o
 CHANNELS = ("R", "G", "B")
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and without a display
-    import matplotlib
+def _subplots(rows: int, columns: int, figsize: tuple[float, float], **options: object) -> tuple[object, object]:
+    """A figure and its ``rows x columns`` axes (always 2-D). Built from ``matplotlib.figure.Figure`` directly,
+    without pyplot, so the library never selects a backend or touches the process's other figures."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, squeeze=False, **options)
 
 
-def _condition_panels(plt: object, keys: list[tuple[str, float]], **options: object) -> tuple[object, dict]:
+def _condition_panels(keys: list[tuple[str, float]], **options: object) -> tuple[object, dict]:
     """A figure with one titled panel per (camera, ISO): cameras in rows, ISOs in columns.
 
     Returns the figure and ``{(camera, iso): axis}``.
     """
     cameras, isos = sorted({c for c, _ in keys}), sorted({i for _, i in keys})
-    figure, axes = plt.subplots(len(cameras), len(isos), figsize=(2.6 * len(isos), 2.2 * len(cameras)),  # type: ignore[attr-defined]
-                                squeeze=False, **options)
+    figure, axes = _subplots(len(cameras), len(isos), (2.6 * len(isos), 2.2 * len(cameras)), **options)
     panels = {}
     for key in keys:
         axis = axes[cameras.index(key[0])][isos.index(key[1])]
@@ -41,18 +40,16 @@ def _condition_panels(plt: object, keys: list[tuple[str, float]], **options: obj
     return figure, panels
 
 
-def _save(plt: object, figure: object, path: Path) -> Path:
+def _save(figure: object, path: Path) -> Path:
     figure.tight_layout()  # type: ignore[attr-defined]
     figure.savefig(path, dpi=80)  # type: ignore[attr-defined]
-    plt.close(figure)  # type: ignore[attr-defined]
     return path
 
 
 def std_vs_intensity(stats: dict, path: Path) -> Path:
     """Rows: camera/ISO conditions; columns: R, G, B; lines: real and each model (Fig. 2 of the paper)."""
-    plt = _pyplot()
     keys = sorted(stats)
-    figure, axes = plt.subplots(len(keys), 3, figsize=(10, 2.2 * len(keys)), squeeze=False, sharex=True)
+    figure, axes = _subplots(len(keys), 3, (10, 2.2 * len(keys)), sharex=True)
     for row, key in enumerate(keys):
         for channel in range(3):
             axis = axes[row][channel]
@@ -65,13 +62,12 @@ def std_vs_intensity(stats: dict, path: Path) -> Path:
     for axis in axes[-1]:
         axis.set_xlabel("clean intensity (0-255)", fontsize=8)
     figure.supylabel("noise std (8-bit units)")
-    return _save(plt, figure, path)
+    return _save(figure, path)
 
 
 def correlation_vs_distance(stats: dict, path: Path) -> Path:
     """One panel per camera/ISO: correlation of the noise at pixel distance d, channels averaged (Fig. 3)."""
-    plt = _pyplot()
-    figure, panels = _condition_panels(plt, list(stats), sharey=True)
+    figure, panels = _condition_panels(list(stats), sharey=True)
     for key, by_model in stats.items():
         for name, value in by_model.items():
             curve = value.corr.mean(0).numpy()
@@ -81,14 +77,13 @@ def correlation_vs_distance(stats: dict, path: Path) -> Path:
     next(iter(panels.values())).legend(fontsize=7)
     figure.supxlabel("pixel distance")
     figure.supylabel("noise correlation")
-    return _save(plt, figure, path)
+    return _save(figure, path)
 
 
 def noise_histograms(hists: dict, path: Path) -> Path:
     """One panel per camera/ISO: the 130-bin noise histograms (log scale) of real noise and each model."""
-    plt = _pyplot()
     centres = EDGE_LOW + BIN_WIDTH * (np.arange(N_BINS) + 0.5)
-    figure, panels = _condition_panels(plt, list(hists))
+    figure, panels = _condition_panels(list(hists))
     for key, by_model in hists.items():
         for name, counts in by_model.items():
             density = (counts / counts.sum()).numpy()
@@ -97,16 +92,14 @@ def noise_histograms(hists: dict, path: Path) -> Path:
         panels[key].set_xlim(-80, 80)
     next(iter(panels.values())).legend(fontsize=7)
     figure.supxlabel("noise (8-bit units)")
-    return _save(plt, figure, path)
+    return _save(figure, path)
 
 
 def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: Path, panel_inches: float = 2.1) -> Path:
     """A grid of ``uint8 (H, W, 3)`` images: ``rows`` is ``[(row label, [(column title, image), ...]), ...]``;
     the first row's titles head the columns."""
-    plt = _pyplot()
     columns = len(rows[0][1])
-    figure, axes = plt.subplots(len(rows), columns, figsize=(panel_inches * columns, panel_inches * len(rows)),
-                                squeeze=False)
+    figure, axes = _subplots(len(rows), columns, (panel_inches * columns, panel_inches * len(rows)))
     for row, (label, panels) in enumerate(rows):
         for column, (title, image) in enumerate(panels):
             axes[row][column].imshow(image, interpolation="nearest")
@@ -115,7 +108,7 @@ def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: Path,
             if row == 0:
                 axes[row][column].set_title(title, fontsize=8)
         axes[row][0].set_ylabel(label, fontsize=8)
-    return _save(plt, figure, path)
+    return _save(figure, path)
 
 
 def sample_grid(examples: dict, path: Path, model: str = "nmflowgan", max_rows: int = 8, gain: float = 4.0) -> Path:
@@ -135,11 +128,11 @@ def sample_grid(examples: dict, path: Path, model: str = "nmflowgan", max_rows: 
 
 def validation_curve(records: list[dict], path: Path) -> Path:
     """Validation KLD (log scale) against the training step, from ``metrics.jsonl`` records."""
-    plt = _pyplot()
     validation = [m for m in records if "val_kld" in m]
-    figure, axis = plt.subplots(figsize=(5, 3))
+    figure, axes = _subplots(1, 1, (5, 3))
+    axis = axes[0][0]
     axis.plot([m["step"] for m in validation], [m["val_kld"] for m in validation], marker="o")
     axis.set_xlabel("step")
     axis.set_ylabel("validation KLD")
     axis.set_yscale("log")
-    return _save(plt, figure, path)
+    return _save(figure, path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nmflowgan.atomic import write_text
 from nmflowgan.evaluation import EvalResult
+from nmflowgan.metrics.realism import Realism
 from nmflowgan.reporting import plots
 
 AKLD_NOTE = (
@@ -23,28 +24,53 @@ CORR_NOTE = (
     "`corr_error` is the mean absolute difference between real and synthesized noise correlations at pixel "
     "distances 1-3 (per channel) and across channels (R-G, G-B, R-B), averaged over camera/ISO conditions."
 )
+SHAPE_NOTE = (
+    "std: the noise standard deviation over all scored pixels (8-bit units); kurtosis: that of each patch's "
+    "mean-removed noise, averaged over patches (3 for Gaussian noise; heavier tails score higher)."
+)
 
 
-def results_table(result: EvalResult) -> str:
-    """The overall table in Markdown, with each model's KLD above the oracle's when there is one."""
-    oracle = result.models.get("oracle", {}).get("kld")
+def results_table(realism: Realism) -> str:
+    """The overall table in Markdown, with each source's KLD above the oracle's when there is one."""
+    oracle = realism.models["oracle"].kld if "oracle" in realism.models else None
     header = "| model | KLD | AKLD | corr_error |" + (" KLD above oracle |" if oracle is not None else "")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for name, scores in result.models.items():
-        line = f"| {name} | {scores['kld']:.4f} | {scores['akld']:.4f} | {scores['corr_error']:.4f} |"
+    for name, scores in realism.models.items():
+        line = f"| {name} | {scores.kld:.4f} | {scores.akld:.4f} | {scores.corr_error:.4f} |"
         if oracle is not None:
-            line += f" {scores['kld'] - oracle:+.4f} |"
+            line += f" {scores.kld - oracle:+.4f} |"
         lines.append(line)
     return "\n".join(lines)
 
 
-def condition_table(result: EvalResult, metric: str) -> str:
-    names = list(result.models)
-    lines = ["| camera | ISO | patches | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 3)]
-    for row in result.per_condition:
-        values = " | ".join(f"{row[n][metric]:.4f}" for n in names)
-        lines.append(f"| {row['camera']} | {row['iso']:g} | {row['n_patches']} | {values} |")
+def shape_table(realism: Realism) -> str:
+    """Per channel noise std (8-bit units) and kurtosis of the real noise and of each source."""
+    lines = ["| noise | std R / G / B | kurtosis R / G / B |", "|---|---|---|"]
+    rows = [("real", realism.real)] + [(name, scores.shape) for name, scores in realism.models.items()]
+    for name, shape in rows:
+        lines.append(f"| {name} | {' / '.join(f'{v:.2f}' for v in shape.std)} | "
+                     f"{' / '.join(f'{v:.2f}' for v in shape.kurtosis)} |")
     return "\n".join(lines)
+
+
+def condition_table(realism: Realism, metric: str) -> str:
+    """One row per (camera, ISO), one column per source, of ``metric`` (``kld``, ``akld`` or ``corr_error``)."""
+    names = list(realism.models)
+    lines = ["| camera | ISO | patches | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 3)]
+    for row in realism.per_condition:
+        values = " | ".join(f"{getattr(row.models[n], metric):.4f}" for n in names)
+        lines.append(f"| {row.camera} | {row.iso:g} | {row.n_patches} | {values} |")
+    return "\n".join(lines)
+
+
+def protocol_line(result: EvalResult) -> str:
+    """One sentence naming the protocol, the patches and the sampling path."""
+    protocol = result.protocol
+    count = "every" if protocol.max_patches is None else f"at most {protocol.max_patches} evenly spread"
+    recorded = "rounded and clipped to 8 bits" if protocol.rounded else "clipped to the 8-bit range, not rounded"
+    return (f"Protocol `{protocol.name}`: {count} {protocol.patch_px}x{protocol.patch_px} test patches at stride "
+            f"{protocol.stride_px} ({result.realism.n_patches} scored), generated noise {recorded}; model sampled "
+            f"through the {result.sampling} path; seed {result.seed}.")
 
 
 def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluation", intro: str = "") -> Path:
@@ -57,11 +83,12 @@ def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluati
         "Noise histograms": plots.noise_histograms(result.histograms, out / "histograms.png"),
         "Examples": plots.sample_grid(result.examples, out / "samples.png"),
     }
-    markdown = [f"# {title}", "", intro, "",
-                f"{result.n_patches} test patches, seed {result.seed}. Lower is better in every column.", "",
-                results_table(result), "", CORR_NOTE, "", AKLD_NOTE, "",
-                "## KLD per camera and ISO", "", condition_table(result, "kld"), "",
-                "## Correlation error per camera and ISO", "", condition_table(result, "corr_error"), ""]
+    realism = result.realism
+    markdown = [f"# {title}", "", intro, "", protocol_line(result), "Lower is better in every column.", "",
+                results_table(realism), "", CORR_NOTE, "", AKLD_NOTE, "",
+                "## Noise level and shape", "", shape_table(realism), "", SHAPE_NOTE, "",
+                "## KLD per camera and ISO", "", condition_table(realism, "kld"), "",
+                "## Correlation error per camera and ISO", "", condition_table(realism, "corr_error"), ""]
     for caption, path in figures.items():
         markdown += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
     text = "\n".join(markdown)

@@ -26,15 +26,16 @@ from tqdm import tqdm
 from nmflowgan.config import Config
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
+from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, TrainingError
-from nmflowgan.evaluation import baseline_noise, fit_baselines, model_noise
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.models.files import load_weights
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
+from nmflowgan.noise_sources import baseline_noise, fit_baselines, model_noise
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
-from nmflowgan.training.distributed import resolve_device, setup, teardown
+from nmflowgan.training.distributed import setup, teardown
 from nmflowgan.training.run import MetricsLog, RunOptions, start_run, stop_on_signals, training_patches
 
 log = logging.getLogger(__name__)

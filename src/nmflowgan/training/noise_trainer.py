@@ -34,17 +34,16 @@ from nmflowgan.conditions import Condition
 from nmflowgan.config import Config, to_dict
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
+from nmflowgan.devices import resolve_device
 from nmflowgan.errors import DataError, TrainingError
-from nmflowgan.metrics.akld import akld_per_patch
-from nmflowgan.metrics.kld import kld_per_patch
-from nmflowgan.metrics.noise_stats import NoiseStatsAccumulator, corr_error
+from nmflowgan.metrics.realism import RealismScorer
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.files import load_weights
 from nmflowgan.models.noise_model import NoiseModel, quantize
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
-from nmflowgan.training.distributed import DistributedContext, resolve_device, setup, teardown
+from nmflowgan.training.distributed import DistributedContext, setup, teardown
 from nmflowgan.training.losses import critic_loss, generator_adversarial_loss
 from nmflowgan.training.run import MetricsLog, RunOptions, start_run, stop_on_signals, training_patches
 
@@ -345,21 +344,18 @@ def _validation_set(options: NoiseTrainingOptions, split: str | None, model: Noi
 
 @torch.no_grad()
 def _validate(model: NoiseModel, data: ValidationSet, seed: int, batch_size: int) -> dict[str, float]:
-    """KLD, AKLD and correlation error (pooled over all patches) of the model's noise against the real
-    noise of the validation patches, drawn with a fixed seed through the plain path (the weights change
-    every step; a folded copy would be rebuilt for each validation)."""
+    """KLD, AKLD and correlation error of the model's noise against the real noise of the validation patches,
+    scored as ``evaluate`` scores (:class:`RealismScorer`, default protocol) and drawn with a fixed seed
+    through the plain float32 path (the weights change every step; a folded copy would be rebuilt for
+    each validation)."""
     generator = torch.Generator().manual_seed(seed + 1)
     device = next(model.parameters()).device
-    klds, aklds = [], []
-    real_stats, fake_stats = NoiseStatsAccumulator(), NoiseStatsAccumulator()
+    scorer = RealismScorer(["model"])
     for start in range(0, len(data.cameras), batch_size):
         part = slice(start, start + batch_size)
         clean, real = data.clean[part].to(device), data.noise[part].to(device)
         cond = model.encode(data.cameras[part], data.isos[part], clean.shape[0])
         fake = model.quantized_noise(clean, cond, generator, options=SamplingOptions.plain())
-        klds.append(kld_per_patch(real, fake).cpu())
-        aklds.append(akld_per_patch(real / 255.0, fake / 255.0).cpu())
-        real_stats.update(clean, real)
-        fake_stats.update(clean, fake)
-    return {"val_kld": float(torch.cat(klds).mean()), "val_akld": float(torch.cat(aklds).mean()),
-            "val_corr_error": corr_error(real_stats.result(), fake_stats.result())}
+        scorer.update(clean, real, {"model": fake}, list(zip(data.cameras[part], data.isos[part])))
+    scores = scorer.result().models["model"]
+    return {"val_kld": scores.kld, "val_akld": scores.akld, "val_corr_error": scores.corr_error}

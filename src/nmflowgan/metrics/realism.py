@@ -1,0 +1,233 @@
+"""The one realism scorer: how close named noise sources come to real noise, per (camera, ISO) and overall.
+
+``evaluate``, training validation (which picks the ``best`` checkpoint) and the demo all score through
+:class:`RealismScorer`, so their numbers mean the same thing. For each source it gives
+
+* ``kld``: the per-patch histogram KLD (:mod:`.kld`), averaged over all patches;
+* ``akld``: the per-patch AKLD (:mod:`.akld`), averaged over all patches;
+* ``corr_error``: the correlation error (:mod:`.noise_stats`) of the statistics pooled per (camera, ISO),
+  averaged over conditions;
+* the shape of the noise: per channel, the standard deviation pooled over all pixels (8-bit units) and the
+  kurtosis ``E[x^4] / E[x^2]^2`` of each patch's mean-removed noise, averaged over patches (3 for Gaussian
+  noise, more for heavier tails).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from nmflowgan.metrics.akld import akld_per_patch
+from nmflowgan.metrics.kld import histograms, kld_per_patch
+from nmflowgan.metrics.noise_stats import NoiseStats, NoiseStatsAccumulator, corr_error
+
+Condition = tuple[str, float]
+REAL = "real"
+
+
+@dataclass(frozen=True)
+class NoiseShape:
+    """Per channel (R, G, B): ``std`` in 8-bit units and ``kurtosis`` (3 for Gaussian noise)."""
+
+    std: tuple[float, float, float]
+    kurtosis: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {"std": list(self.std), "kurtosis": list(self.kurtosis)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NoiseShape:
+        return cls(tuple(data["std"]), tuple(data["kurtosis"]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RealismScores:
+    """How close one noise source comes to the real noise (lower is better for the first three)."""
+
+    kld: float
+    akld: float
+    corr_error: float
+    shape: NoiseShape
+
+    def to_dict(self) -> dict:
+        return {"kld": self.kld, "akld": self.akld, "corr_error": self.corr_error, **self.shape.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RealismScores:
+        return cls(data["kld"], data["akld"], data["corr_error"], NoiseShape.from_dict(data))
+
+
+@dataclass(frozen=True)
+class ConditionRealism:
+    """The scores of every source at one (camera, ISO), and the real noise's shape there."""
+
+    camera: str
+    iso: float
+    n_patches: int
+    real: NoiseShape
+    models: dict[str, RealismScores]
+
+    def to_dict(self) -> dict:
+        return {"camera": self.camera, "iso": self.iso, "n_patches": self.n_patches, "real": self.real.to_dict(),
+                "models": {name: scores.to_dict() for name, scores in self.models.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConditionRealism:
+        return cls(data["camera"], float(data["iso"]), int(data["n_patches"]), NoiseShape.from_dict(data["real"]),
+                   {name: RealismScores.from_dict(s) for name, s in data["models"].items()})
+
+
+@dataclass(frozen=True)
+class Realism:
+    """Overall and per-condition scores (JSON round-trip with :meth:`to_dict` / :meth:`from_dict`).
+
+    Attributes:
+        models: ``{source: RealismScores}`` over all patches, in the order the sources were named.
+        real: the shape of the real noise over all patches.
+        per_condition: one :class:`ConditionRealism` per (camera, ISO), sorted.
+        n_patches: patches scored.
+    """
+
+    models: dict[str, RealismScores]
+    real: NoiseShape
+    per_condition: list[ConditionRealism]
+    n_patches: int
+
+    def to_dict(self) -> dict:
+        return {"n_patches": self.n_patches, "real": self.real.to_dict(),
+                "models": {name: scores.to_dict() for name, scores in self.models.items()},
+                "per_condition": [row.to_dict() for row in self.per_condition]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Realism:
+        return cls({name: RealismScores.from_dict(s) for name, s in data["models"].items()},
+                   NoiseShape.from_dict(data["real"]),
+                   [ConditionRealism.from_dict(row) for row in data["per_condition"]], int(data["n_patches"]))
+
+
+class _ShapeAccumulator:
+    """Pooled per-channel sums for the std, and the per-patch kurtosis of each channel."""
+
+    def __init__(self) -> None:
+        self.count = 0.0
+        self.sum = torch.zeros(3, dtype=torch.float64)
+        self.sum_sq = torch.zeros(3, dtype=torch.float64)
+        self.kurtosis: list[torch.Tensor] = []  # (B, 3) per update
+
+    def update(self, noise: torch.Tensor) -> None:
+        values = noise.double().flatten(2)  # (B, 3, N)
+        self.count += values.shape[0] * values.shape[2]
+        self.sum += values.sum(dim=(0, 2))
+        self.sum_sq += values.square().sum(dim=(0, 2))
+        centred = values - values.mean(2, keepdim=True)
+        second = centred.square().mean(2)
+        fourth = centred.pow(4).mean(2)
+        self.kurtosis.append(torch.where(second > 0, fourth / second.square().clamp_min(1e-300),
+                                         torch.full_like(second, float("nan"))))
+
+    def merge(self, other: _ShapeAccumulator) -> None:
+        self.count += other.count
+        self.sum += other.sum
+        self.sum_sq += other.sum_sq
+        self.kurtosis += other.kurtosis
+
+    def result(self) -> NoiseShape:
+        mean = self.sum / max(self.count, 1.0)
+        std = (self.sum_sq / max(self.count, 1.0) - mean.square()).clamp_min(0).sqrt()
+        kurtosis = torch.cat(self.kurtosis).nanmean(0) if self.kurtosis else torch.full((3,), float("nan"))
+        return NoiseShape(tuple(std.tolist()), tuple(kurtosis.tolist()))  # type: ignore[arg-type]
+
+
+@dataclass
+class _ConditionState:
+    kld: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    akld: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    stats: dict[str, NoiseStatsAccumulator] = field(default_factory=dict)
+    shape: dict[str, _ShapeAccumulator] = field(default_factory=dict)
+    histogram: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_patches: int = 0
+
+
+class RealismScorer:
+    """Accumulates the scores of named noise sources against the real noise, batch by batch.
+
+    Args:
+        names: the sources, in the order results list them.
+
+    Example:
+        >>> scorer = RealismScorer(["model"])
+        >>> clean, real = torch.rand(2, 3, 16, 16), torch.randn(2, 3, 16, 16) * 5
+        >>> scorer.update(clean, real, {"model": real.clone()}, [("S6", 800.0)] * 2)
+        >>> scorer.result().models["model"].kld
+        0.0
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.conditions: dict[Condition, _ConditionState] = {}
+
+    def update(self, clean: torch.Tensor, real: torch.Tensor, generated: dict[str, torch.Tensor],
+               conditions: Sequence[Condition]) -> None:
+        """Adds a batch.
+
+        Args:
+            clean: ``(B, 3, H, W)`` in [0, 1]; real: ``(B, 3, H, W)`` real noise in 8-bit units.
+            generated: ``{source: (B, 3, H, W)}`` noise in 8-bit units, one entry per name.
+            conditions: ``(camera, iso)`` of each patch.
+        """
+        clean, real = clean.detach().double().cpu(), real.detach().double().cpu()
+        noises = {REAL: real} | {name: generated[name].detach().double().cpu() for name in self.names}
+        klds = {n: kld_per_patch(real, noises[n]) for n in self.names}
+        aklds = {n: akld_per_patch(real / 255.0, noises[n] / 255.0) for n in self.names}
+        keys = [(str(camera), float(iso)) for camera, iso in conditions]
+        for key in dict.fromkeys(keys):
+            rows = torch.tensor([k == key for k in keys])
+            state = self.conditions.setdefault(key, _ConditionState())
+            state.n_patches += int(rows.sum())
+            for name, noise in noises.items():
+                selected = noise[rows]
+                state.stats.setdefault(name, NoiseStatsAccumulator()).update(clean[rows], selected)
+                state.shape.setdefault(name, _ShapeAccumulator()).update(selected)
+                counts = histograms(selected).sum(0)
+                state.histogram[name] = state.histogram.get(name, torch.zeros_like(counts)) + counts
+                if name != REAL:
+                    state.kld.setdefault(name, []).append(klds[name][rows])
+                    state.akld.setdefault(name, []).append(aklds[name][rows])
+
+    def result(self) -> Realism:
+        """The scores so far (see :class:`Realism`)."""
+        rows, totals = [], {n: {"kld": [], "akld": [], "corr_error": []} for n in self.names}
+        overall_shape = {n: _ShapeAccumulator() for n in [REAL, *self.names]}
+        for key in sorted(self.conditions):
+            state = self.conditions[key]
+            stats = {name: acc.result() for name, acc in state.stats.items()}
+            models = {}
+            for name in self.names:
+                kld, akld = torch.cat(state.kld[name]), torch.cat(state.akld[name])
+                error = corr_error(stats[REAL], stats[name])
+                models[name] = RealismScores(float(kld.mean()), float(akld.mean()), error,
+                                             state.shape[name].result())
+                totals[name]["kld"].append(kld)
+                totals[name]["akld"].append(akld)
+                totals[name]["corr_error"].append(torch.tensor([error], dtype=torch.float64))
+            for name, accumulator in state.shape.items():
+                overall_shape[name].merge(accumulator)
+            rows.append(ConditionRealism(key[0], key[1], state.n_patches, state.shape[REAL].result(), models))
+        models = {name: RealismScores(*(_mean(totals[name][m]) for m in ("kld", "akld", "corr_error")),
+                                      overall_shape[name].result()) for name in self.names}
+        return Realism(models, overall_shape[REAL].result(), rows, sum(s.n_patches for s in self.conditions.values()))
+
+    def stats(self) -> dict[Condition, dict[str, NoiseStats]]:
+        """``{(camera, iso): {"real" or source: NoiseStats}}``: what the noise-level and correlation plots draw."""
+        return {key: {name: acc.result() for name, acc in self.conditions[key].stats.items()}
+                for key in sorted(self.conditions)}
+
+    def histograms(self) -> dict[Condition, dict[str, torch.Tensor]]:
+        """``{(camera, iso): {"real" or source: (130,) counts}}`` of the KLD bins, pooled over patches."""
+        return {key: dict(self.conditions[key].histogram) for key in sorted(self.conditions)}
+
+
+def _mean(parts: list[torch.Tensor]) -> float:
+    return float(torch.cat(parts).mean()) if parts else float("nan")
