@@ -73,6 +73,34 @@ def test_noise_model_sample_odd_sizes_keeps_shape_and_dtype(preset):
     assert isinstance(out_np, np.ndarray) and out_np.shape == array.shape and out_np.dtype == np.uint8
 
 
+def _model_with_a_working_refiner():
+    """The small preset with a refiner whose last layer is not zero: its noise is not integer-valued."""
+    model = NoiseModel.from_preset("small", ["S6"], [100, 800])
+    torch.nn.init.normal_(model.refiner.last.weight, std=0.05)
+    return model
+
+
+def test_uint8_sample_is_the_rounded_float_sample():
+    model = _model_with_a_working_refiner()
+    u8 = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8)
+    out8 = model.sample(u8, "S6", 800, generator=torch.Generator().manual_seed(5))
+    out_float = model.sample(u8.float() / 255, "S6", 800, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(out8, (out_float * 255).round().to(torch.uint8))
+
+
+def test_uint8_sample_rounds_a_sum_that_misses_the_integer(monkeypatch):
+    # On another device or model, clean * 255 + recorded noise may land just below the integer it stands for.
+    model = _model_with_a_working_refiner()
+    u8 = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    target = (u8.float() + 3).clamp(0, 255)
+
+    def slightly_low(clean, *args, **kwargs):
+        return target - clean * 255.0 - 1e-3
+
+    monkeypatch.setattr(model, "quantized_noise", slightly_low)
+    assert torch.equal(model.sample(u8, "S6", 800), target.to(torch.uint8))
+
+
 def test_noise_model_defaults_to_sidd_vocabulary():
     model = NoiseModel.from_preset("small")
     assert model.cameras == ("IP", "GP", "S6", "N6", "G4")
