@@ -4,7 +4,9 @@ The noise source is a frozen noise model (``nmflowgan``, or its flow alone), a c
 (``gaussian``, ``nlf``, fitted on the training split), or ``real``: the data set's own noisy images, the
 reference every synthetic source is measured against. Validation is always on real noisy patches (PSNR),
 so runs with different sources are selected and compared on the same footing. Resume, checkpoints,
-progress and signals behave as in noise-model training.
+progress and signals behave as in noise-model training. Each rank's noise at each step comes from a generator
+seeded by ``(seed, step, rank)``, so a resumed run (on any number of ranks equal to the original) draws
+exactly what the uninterrupted run drew.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -103,7 +106,6 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
         torch.manual_seed(options.seed)
         model = DnCNN(config.denoiser).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-        rng = torch.Generator().manual_seed(options.seed * 1000 + context.rank)
         probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                    options.seed, 0, 1)
         total_steps = options.steps or (options.epochs or train_config.epochs) * probe.steps_per_epoch
@@ -111,7 +113,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
         decay_steps = train_config.lr_decay_every * unit
         info = {"noise": options.noise, "flow_only": options.flow_only, "seed": options.seed,
                 "steps_per_epoch": probe.steps_per_epoch, "global_batch": train_config.batch_size}
-        state = TrainingState(0, {}, {"denoiser": optimizer}, {"trainer": rng}, info)
+        state = TrainingState(0, {}, {"denoiser": optimizer}, {}, info)
         history: list[dict] = []
         if resuming:
             folder = (run_dir / "last").resolve()
@@ -131,7 +133,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
         def save(at: int, best_too: bool = False) -> None:
             if not context.is_main:
                 return
-            folder = save_checkpoint(run_dir, model, TrainingState(at, {}, {"denoiser": optimizer}, {"trainer": rng},
+            folder = save_checkpoint(run_dir, model, TrainingState(at, {}, {"denoiser": optimizer}, {},
                                                                    info | {"validation": history}))
             if best_too:
                 point(run_dir, "best", folder)
@@ -153,7 +155,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
             for batch in loader:
                 clean = batch.clean.to(device).float() / 255.0
                 with torch.no_grad():
-                    noisy = source(clean, batch, rng)
+                    noisy = source(clean, batch, step_generator(options.seed, step, context.rank))
                 with autocast:
                     loss = F.mse_loss(trained(noisy).float(), clean)
                 optimizer.zero_grad(set_to_none=True)
@@ -186,6 +188,12 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
         return DenoiserTrainResult(run_dir, step, total_steps, stop.signal_name, history)
     finally:
         teardown(context)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of one rank's noise at one step, derived from ``(seed, step, rank)`` alone: ranks draw
+    different noise, and a resumed run draws what the uninterrupted run drew, with no state to save."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
 
 
 def _validation_patches(options: DenoiserTrainingOptions, split: str | None, patch_px: int

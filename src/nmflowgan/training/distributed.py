@@ -17,11 +17,13 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its node."""
+    """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its node, and the
+    device the process group's collectives run on (``device``: this rank's GPU under NCCL, the CPU under gloo)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: torch.device = torch.device("cpu")
 
     @property
     def enabled(self) -> bool:
@@ -36,25 +38,36 @@ class DistributedContext:
             dist.barrier()
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean of ``values`` over all ranks (identity when not distributed)."""
+        """Mean of ``values`` over all ranks (identity when not distributed), returned on their own device.
+        The reduction runs on the backend's device: NCCL cannot reduce CPU tensors."""
         if not self.enabled:
             return values
-        summed = values.detach().clone()
+        summed = values.detach().to(self.device, copy=True)
         dist.all_reduce(summed)
-        return summed / self.world_size
+        return (summed / self.world_size).to(values.device)
 
 
 def setup(device: torch.device) -> DistributedContext:
     """Joins the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); otherwise a no-op.
 
-    The backend follows the device: NCCL for CUDA, gloo otherwise.
+    The backend follows the device (see :func:`backend_for`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()
+    backend, collective_device = backend_for(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                              collective_device)
+
+
+def backend_for(device: torch.device) -> tuple[str, torch.device]:
+    """The process-group backend for a rank computing on ``device``, and the device its collectives need:
+    NCCL on that GPU for CUDA, gloo on the CPU otherwise."""
+    if device.type == "cuda":
+        return "nccl", device
+    return "gloo", torch.device("cpu")
 
 
 def teardown(context: DistributedContext) -> None:
