@@ -87,8 +87,10 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     _stage("2/6 train the noise model (small preset)", progress)
     noise_run = out / "noise-model"
     if not _finished(noise_run, noise_steps):
+        resume = (noise_run / "last").exists()  # else a run stopped before its first checkpoint starts again
         timed("train noise model", lambda: train_noise_model(config, NoiseTrainingOptions(
-            data=data, out=noise_run, steps=noise_steps, resume=True, device="cpu", seed=seed, quiet=not progress)))
+            data=data, out=noise_run, steps=noise_steps, resume=resume, overwrite=not resume, device="cpu",
+            seed=seed, quiet=not progress)))
 
     _stage("3/6 evaluate against gaussian, nlf, flow-only and the oracle", progress)
     evaluation = out / "evaluation"
@@ -116,7 +118,8 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
         if not _finished(run, denoiser_steps):
             timed(f"denoiser {source}", lambda run=run, noise=noise, source=source: train_denoiser(
                 config, DenoiserTrainingOptions(data=data, out=run, noise=noise, flow_only=source == "flow-only",
-                                                steps=denoiser_steps, resume=True, device="cpu", seed=seed,
+                                                steps=denoiser_steps, resume=(run / "last").exists(),
+                                                overwrite=not (run / "last").exists(), device="cpu", seed=seed,
                                                 val_every=max(10, denoiser_steps // 4), quiet=not progress)))
         result = timed(f"denoiser {source}", lambda run=run: evaluate_denoiser(run, data, max_images=40,
                                                                                 progress=progress))

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,29 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, simcam_tree):
     # the metrics log holds each step once
     steps = [m["step"] for m in read_metrics(tmp_path / "resumed") if "lr" in m]
     assert steps == list(range(1, 13))
+
+
+def test_each_checkpoint_step_is_written_once(tmp_path, simcam_tree, monkeypatch):
+    from nmflowgan.training import checkpoint
+
+    written = []
+    real_save_file = checkpoint.save_file
+    monkeypatch.setattr(checkpoint, "save_file", lambda tensors, path: (written.append(path),
+                                                                         real_save_file(tensors, path)))
+    result = _train(simcam_tree, tmp_path / "run", 8)  # validation (and best) at 4 and 8, checkpoints there too
+    folders = [os.path.basename(os.path.dirname(p)).lstrip(".").removesuffix(".partial") for p in written]
+    assert len(folders) == len(set(folders)) and {"step-00000004", "step-00000008"} <= set(folders), folders
+    assert (tmp_path / "run" / "last").resolve().name == "step-00000008" and result.step == 8
+
+
+def test_resume_refuses_a_run_whose_checkpoint_is_gone(tmp_path, simcam_tree):
+    run = tmp_path / "run"
+    _train(simcam_tree, run, 4)
+    for folder in (run / "checkpoints").iterdir():  # a crash that lost the checkpoint but kept the metrics
+        shutil.rmtree(folder)
+    with pytest.raises(TrainingError, match=rf"{run}: cannot resume.*--overwrite"):
+        _train(simcam_tree, run, 8, resume=True)
+    assert [m["step"] for m in read_metrics(run) if "lr" in m] == [1, 2, 3, 4]  # nothing was discarded
 
 
 def test_run_folder_guard(tmp_path, simcam_tree):

@@ -3,7 +3,8 @@
 A run folder holds ``checkpoints/step-NNNNNNNN/`` folders and two symbolic links, ``last`` and ``best``,
 pointing at them. Each checkpoint folder is written under a temporary name and renamed when complete,
 then the link is replaced atomically (``os.replace``), so a crash at any moment leaves ``last`` pointing
-at a complete checkpoint. A checkpoint folder holds:
+at a complete checkpoint. A step is written once: a folder that is in place is never deleted to be
+rewritten (saving the same step again, e.g. as ``best`` and then as ``last``, only re-points the link). A checkpoint folder holds:
 
 * ``model.safetensors`` + ``model.json``: the noise model, loadable alone by ``NoiseModel.load``;
 * ``training.safetensors``: the other modules (the critic), every optimizer tensor and RNG states;
@@ -86,9 +87,14 @@ def _restore_optimizer(name: str, optimizer: torch.optim.Optimizer, tensors: dic
 def save_checkpoint(run_dir: Path, model: object, state: TrainingState) -> Path:
     """Writes ``run_dir/checkpoints/step-N`` atomically and points ``last`` at it; returns the folder.
 
-    ``model`` is a :class:`~nmflowgan.models.noise_model.NoiseModel` (anything with ``save(dir)``).
+    ``model`` is a :class:`~nmflowgan.models.noise_model.NoiseModel` (anything with ``save(dir)``). A step
+    already on disk is not written again: within a run the same step holds the same state.
     """
     folder = run_dir / "checkpoints" / f"step-{state.step:08d}"
+    if folder.is_dir():
+        read_checkpoint_meta(folder)  # folders appear only complete (by rename); refuse anything else loudly
+        point(run_dir, "last", folder)
+        return folder
     temporary = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -110,8 +116,6 @@ def save_checkpoint(run_dir: Path, model: object, state: TrainingState) -> Path:
     for path in temporary.iterdir():  # data on disk before the rename makes it visible
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-    if folder.exists():
-        shutil.rmtree(folder)
     temporary.rename(folder)
     point(run_dir, "last", folder)
     return folder

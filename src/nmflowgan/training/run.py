@@ -15,7 +15,7 @@ import torch
 
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.patches import PatchDataset
-from nmflowgan.errors import BadInputError, OutputExistsError
+from nmflowgan.errors import BadInputError, OutputExistsError, TrainingError
 from nmflowgan.training.distributed import DistributedContext
 
 METRICS_FILE = "metrics.jsonl"
@@ -96,12 +96,26 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
 
 
 def start_run(options: RunOptions, context: DistributedContext) -> tuple[Path, bool]:
-    """Prepares the run folder on rank 0 while the others wait; returns ``(run_dir, resuming)``."""
+    """Prepares the run folder on rank 0 while the others wait; returns ``(run_dir, resuming)``.
+
+    ``--resume`` on a folder that holds a run but no ``last`` checkpoint (a crash before the first one, or a
+    broken link) is refused on every rank: starting again from step 0 would silently discard the run.
+    """
     run_dir = Path(options.out)
+    if options.resume and not (run_dir / "last").exists() and _holds_progress(run_dir):
+        raise TrainingError(f"{run_dir}: cannot resume: the run has metrics or checkpoints but no readable 'last' "
+                            "checkpoint; pass --overwrite instead of --resume to start it again")
     if context.is_main:
         prepare_run_dir(run_dir, options.resume, options.overwrite)
     context.barrier()
     return run_dir, options.resume and (run_dir / "last").exists()
+
+
+def _holds_progress(run_dir: Path) -> bool:
+    """Whether ``run_dir`` records training progress: metric lines, checkpoint folders or a ``last`` link."""
+    metrics = run_dir / METRICS_FILE
+    return ((metrics.is_file() and metrics.stat().st_size > 0) or (run_dir / "last").is_symlink()
+            or any((run_dir / "checkpoints").glob("step-*")))
 
 
 def training_patches(options: RunOptions, patch_px: int, stride_px: int) -> tuple[PatchDataset, str | None]:
