@@ -4,7 +4,9 @@ A run folder holds ``checkpoints/step-NNNNNNNN/`` folders and two symbolic links
 pointing at them. Each checkpoint folder is written under a temporary name and renamed when complete,
 then the link is replaced atomically (``os.replace``), so a crash at any moment leaves ``last`` pointing
 at a complete checkpoint. A step is written once: a folder that is in place is never deleted to be
-rewritten (saving the same step again, e.g. as ``best`` and then as ``last``, only re-points the link). A checkpoint folder holds:
+rewritten (saving the same step again, e.g. as ``best`` and then as ``last``, only re-points the link).
+
+A checkpoint folder holds:
 
 * ``model.safetensors`` + ``model.json``: the noise model, loadable alone by ``NoiseModel.load``;
 * ``training.safetensors``: the other modules (the critic), every optimizer tensor and RNG states;
