@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--checkpoint", required=True, type=Path)
     score.add_argument("--data", required=True, type=Path, help="data set folder, or SIDD's noisy blocks .mat")
     score.add_argument("--split", default=None)
-    score.add_argument("--max-images", type=int, default=200)
+    score.add_argument("--max-images", type=int, default=None,
+                       help="score at most this many images, evenly spaced (default: all)")
+    _device_argument(score)
     score.add_argument("--json", action="store_true", help="machine-readable output")
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(handler=_eval_denoiser)
@@ -279,10 +281,13 @@ def _train_denoiser(args: argparse.Namespace) -> None:
 def _eval_denoiser(args: argparse.Namespace) -> None:
     from nmflowgan.denoising import evaluate_denoiser
 
-    scores = evaluate_denoiser(args.checkpoint, args.data, args.split, args.max_images, progress=not args.quiet)
+    scores = evaluate_denoiser(args.checkpoint, args.data, args.split, args.max_images, progress=not args.quiet,
+                               device=args.device)
     if args.json:
-        print(json.dumps({"overall": scores.overall, "per_condition": scores.per_condition}, indent=2))
+        print(json.dumps({"overall": scores.overall, "per_condition": scores.per_condition,
+                          "available": scores.available, "scored": scores.subset}, indent=2))
         return
+    print(f"scored {scores.subset}")
     print("| camera | ISO | images | PSNR | SSIM | noisy PSNR | noisy SSIM |")
     print("|---|---|---|---|---|---|---|")
     for row in [*scores.per_condition, {"camera": "all", "iso": float("nan")} | scores.overall]:

@@ -11,7 +11,9 @@ from tqdm import tqdm
 
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.io import read_rgb, write_png
+from nmflowgan.data.patches import evenly_spaced
 from nmflowgan.data.sidd import load_sidd_blocks
+from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError
 from nmflowgan.metrics.image_quality import psnr, ssim
 from nmflowgan.models.dncnn import DnCNN
@@ -34,13 +36,23 @@ class DenoiserScores:
     Attributes:
         overall: ``{"psnr", "ssim", "noisy_psnr", "noisy_ssim", "images"}``.
         per_condition: rows with ``camera``, ``iso`` and the same keys.
+        available: images in the data set; ``overall["images"]`` of them, evenly spaced, were scored.
     """
 
     overall: dict[str, float]
     per_condition: list[dict]
+    available: int
+
+    @property
+    def subset(self) -> str:
+        """``"all 1280 images"`` or ``"200 of 1280 images, evenly spaced"``."""
+        scored = int(self.overall["images"])
+        if scored == self.available:
+            return f"all {scored} images"
+        return f"{scored} of {self.available} images, evenly spaced"
 
 
-def _scores(rows: list[tuple[str, float, float, float, float, float]]) -> DenoiserScores:
+def _scores(rows: list[tuple[str, float, float, float, float, float]], available: int) -> DenoiserScores:
     def summary(selected: list) -> dict[str, float]:
         values = np.array([r[2:] for r in selected], dtype=np.float64)
         keys = ("psnr", "ssim", "noisy_psnr", "noisy_ssim")
@@ -49,34 +61,41 @@ def _scores(rows: list[tuple[str, float, float, float, float, float]]) -> Denois
     conditions = sorted({(r[0], r[1]) for r in rows})
     per_condition = [{"camera": c, "iso": i} | summary([r for r in rows if (r[0], r[1]) == (c, i)])
                      for c, i in conditions]
-    return DenoiserScores(summary(rows), per_condition)
+    return DenoiserScores(summary(rows), per_condition, available)
 
 
-def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | None = None, max_images: int = 200,
-                      progress: bool = True) -> DenoiserScores:
+def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | None = None,
+                      max_images: int | None = None, progress: bool = True, device: str = "auto") -> DenoiserScores:
     """Scores a denoiser on real noisy/clean pairs: a paired folder, a simcam test tree, a SIDD tree, or
     SIDD validation blocks (``data`` = the noisy ``.mat`` file; the ground truth is the file beside it with
-    ``Noisy`` replaced by ``Gt``)."""
-    model = DnCNN.load(checkpoint)
+    ``Noisy`` replaced by ``Gt``).
+
+    Args:
+        max_images: score at most this many images, evenly spaced over the data set (None: all of them).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    """
+    if max_images is not None and max_images < 1:
+        raise BadInputError(f"--max-images must be at least 1, got {max_images}")
+    model = DnCNN.load(checkpoint, map_location=resolve_device(device))
     data = Path(data)
     if data.suffix.lower() == ".mat":
         ground_truth = data.with_name(data.name.replace("Noisy", "Gt"))
         if ground_truth == data:
             raise BadInputError(f"{data}: cannot tell the ground-truth .mat file ('Noisy' is not in the name)")
         blocks = load_sidd_blocks(data, ground_truth)
-        noisy_images = blocks.noisy.reshape(-1, *blocks.noisy.shape[2:])[:max_images]
-        clean_images = blocks.clean.reshape(-1, *blocks.clean.shape[2:])[:max_images]
+        noisy_images = blocks.noisy.reshape(-1, *blocks.noisy.shape[2:])
+        clean_images = blocks.clean.reshape(-1, *blocks.clean.shape[2:])
         pairs = [("SIDD", 0.0, lambda i=i: (clean_images[i], noisy_images[i])) for i in range(len(noisy_images))]
     else:
         records = find_pairs(data, split or default_splits(data, None, None)[1])
-        step = max(1, len(records) // max_images)
-        pairs = [(r.camera, float(r.iso), lambda r=r: (read_rgb(r.clean), read_rgb(r.noisy))) for r in records[::step]]
+        pairs = [(r.camera, float(r.iso), lambda r=r: (read_rgb(r.clean), read_rgb(r.noisy))) for r in records]
+    chosen = pairs if max_images is None else [pairs[i] for i in evenly_spaced(len(pairs), max_images)]
     rows = []
-    for camera, iso, load in tqdm(pairs, desc="evaluate denoiser", disable=not progress):
+    for camera, iso, load in tqdm(chosen, desc="evaluate denoiser", disable=not progress):
         clean, noisy = load()
         denoised = denoise_image(model, noisy)
         rows.append((camera, iso, psnr(clean, denoised), ssim(clean, denoised), psnr(clean, noisy), ssim(clean, noisy)))
-    return _scores(rows)
+    return _scores(rows, len(pairs))
 
 
 def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, overwrite: bool = False,

@@ -12,6 +12,7 @@ from nmflowgan.cli import main
 from nmflowgan.data.io import read_rgb, write_png
 from nmflowgan.denoising import denoise_image, evaluate_denoiser
 from nmflowgan.errors import BadInputError, CheckpointError
+from nmflowgan.metrics.image_quality import psnr
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
@@ -79,6 +80,27 @@ def test_denoising_is_tiled_exactly_and_scored(tmp_path, simcam_tree):
     assert scores.overall["images"] > 0 and 0 < scores.overall["ssim"] <= 1 and scores.overall["psnr"] > 5
     assert {(r["camera"], r["iso"]) for r in scores.per_condition} <= {("V1", 100), ("V1", 1600), ("V2", 100),
                                                                            ("V2", 1600)}
+
+
+def test_eval_denoiser_scores_every_block_by_default_and_names_a_subset(tmp_path, simcam_tree, capsys):
+    _train(simcam_tree, tmp_path / "run", "real", 2)
+    rng = np.random.default_rng(1)
+    clean = rng.integers(0, 256, (3, 70, 8, 8, 3), dtype=np.uint8)  # 210 blocks: more than any old default
+    noisy = np.clip(clean + rng.normal(0, 10, clean.shape), 0, 255).astype(np.uint8)
+    scipy.io.savemat(tmp_path / "ValidationNoisyBlocksSrgb.mat", {"ValidationNoisyBlocksSrgb": noisy})
+    scipy.io.savemat(tmp_path / "ValidationGtBlocksSrgb.mat", {"ValidationGtBlocksSrgb": clean})
+    every = evaluate_denoiser(tmp_path / "run", tmp_path / "ValidationNoisyBlocksSrgb.mat", progress=False)
+    assert every.overall["images"] == 210 and every.subset == "all 210 images"
+    args = ["eval-denoiser", "--checkpoint", str(tmp_path / "run"), "--data",
+            str(tmp_path / "ValidationNoisyBlocksSrgb.mat"), "--max-images", "4", "--quiet"]
+    assert main(args) == 0
+    assert "scored 4 of 210 images, evenly spaced" in capsys.readouterr().out
+    # blocks 0, 70, 139 and 209: the noisy input's PSNR is the mean of exactly those four
+    flat_clean, flat_noisy = clean.reshape(-1, 8, 8, 3), noisy.reshape(-1, 8, 8, 3)
+    subset = evaluate_denoiser(tmp_path / "run", tmp_path / "ValidationNoisyBlocksSrgb.mat", max_images=4,
+                               progress=False)
+    expected = np.mean([psnr(flat_clean[i], flat_noisy[i]) for i in (0, 70, 139, 209)])
+    assert subset.overall["noisy_psnr"] == pytest.approx(expected)
 
 
 def test_eval_denoiser_on_sidd_blocks_and_denoise_cli(tmp_path, simcam_tree, capsys):

@@ -85,8 +85,8 @@ class PatchDataset(Dataset):
 
     def evenly_spaced(self, count: int) -> list[int]:
         """At most ``count`` patch indices spread evenly over the whole data set (a fixed subset)."""
-        count = min(len(self), count)
-        return torch.linspace(0, len(self) - 1, count).round().long().unique().tolist()
+        return evenly_spaced(len(self), count)
+
 
     def locate(self, index: int) -> tuple[PairRecord, int, int]:
         """The pair and the top-left ``(y, x)`` of patch ``index``."""
@@ -136,3 +136,9 @@ def collate(items: list[dict]) -> PatchBatch:
         isos=torch.tensor([i["iso"] for i in items], dtype=torch.float64),
         oracle=oracle,
     )
+
+
+def evenly_spaced(length: int, count: int) -> list[int]:
+    """At most ``count`` indices spread evenly over ``range(length)``, the first and the last included."""
+    count = min(length, count)
+    return torch.linspace(0, length - 1, count).round().long().unique().tolist() if count > 0 else []
