@@ -43,6 +43,16 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path):
         load_config(tmp_path / "bad.json")
 
 
+def test_missing_keys_are_refused_by_name(tmp_path):
+    data = to_dict(small())
+    del data["model"]["refiner"]["preserve_variance"]
+    with pytest.raises(BadInputError, match=r"Config.model.refiner lacks the keys \['preserve_variance'\]"):
+        from_dict(Config, data)
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    with pytest.raises(BadInputError, match="old.json.*preserve_variance"):
+        load_config(tmp_path / "old.json")
+
+
 @given(st.integers(1, 64), st.integers(1, 8), st.sampled_from(["onehot", "continuous"]))
 def test_any_valid_config_round_trips(width, depth, iso_mode):
     config = dataclasses.replace(small(), model=dataclasses.replace(

@@ -2,7 +2,7 @@
 
 ``paper()`` holds the architecture and hyper-parameters of the official NM-FlowGAN code (Han & Yu,
 arXiv 2312.10112); ``small()`` fits a 2-core CPU in minutes. Override fields with
-``dataclasses.replace``. ``from_dict(to_dict(c)) == c`` for every config, and unknown keys are refused.
+``dataclasses.replace``. ``from_dict(to_dict(c)) == c`` for every config, and unknown or missing keys are refused.
 """
 
 from __future__ import annotations
@@ -285,20 +285,29 @@ def to_dict(config: object) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def from_dict(cls: type, data: dict) -> object:
-    """Rebuilds a config dataclass from :func:`to_dict`'s output, refusing unknown or missing keys."""
+def from_dict(cls: type, data: dict, where: str = "") -> object:
+    """Rebuilds a config dataclass from :func:`to_dict`'s output, refusing unknown or missing keys.
+
+    A config written by another version that lacks a key is refused, naming it, rather than silently
+    taking today's default: the model it describes would not be the one that was trained.
+    """
+    where = where or cls.__name__
     if not isinstance(data, dict):
-        raise BadInputError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+        raise BadInputError(f"{where} must be a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise BadInputError(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(fields)}")
+        raise BadInputError(f"unknown {where} keys: {sorted(unknown)}; known: {sorted(fields)}")
+    missing = [name for name in fields if name not in data]
+    if missing:
+        raise BadInputError(f"{where} lacks the keys {missing} (a config from another nmflowgan version?); "
+                            "every key must be given")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, value)
+            kwargs[name] = from_dict(hint, value, f"{where}.{name}")
         elif typing.get_origin(hint) is tuple or (
             isinstance(hint, types.GenericAlias) and hint.__origin__ is tuple
         ):
