@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from nmflowgan import __version__
@@ -15,7 +17,7 @@ from nmflowgan.config import PRESETS, Config, load_config, preset
 from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
-from nmflowgan.training.run import TRAINING_PRECISIONS
+from nmflowgan.training.run import TRAINING_PRECISIONS, StopRequest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +226,8 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed, workers=args.workers, precision=args.precision, channels_last=args.channels_last,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, quiet=args.quiet, skip_bad=args.skip_bad,
     )
-    result = train_noise_model(_config(args), options)
+    with stop_on_signals() as stop:
+        result = train_noise_model(_config(args), options, stop)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if result.interrupted:
@@ -267,7 +270,8 @@ def _train_denoiser(args: argparse.Namespace) -> None:
         device=args.device, seed=args.seed, workers=args.workers, val_every=args.val_every, quiet=args.quiet,
         skip_bad=args.skip_bad, sampling=SamplingOptions.named(args.sampling), precision=args.precision,
     )
-    result = train_denoiser(_config(args), options)
+    with stop_on_signals() as stop:
+        result = train_denoiser(_config(args), options, stop)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if result.interrupted:
@@ -307,8 +311,27 @@ def _denoise(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from nmflowgan.demo import demo
 
-    report = demo(args.out, args.budget_minutes, args.seed, progress=not args.quiet)
+    with stop_on_signals() as stop:
+        report = demo(args.out, args.budget_minutes, args.seed, progress=not args.quiet, stop=stop)
+    if report is None:
+        print(f"demo stopped by {stop.reason}; run the same command again to continue where it stopped")
+        return
     print(f"demo finished; open {report.with_suffix('.html')} (or {report})")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Within the block, SIGINT and SIGTERM set the returned :class:`StopRequest` (the training loops then
+    save a checkpoint and return) instead of killing the process."""
+    request = StopRequest()
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for number in previous:
+            signal.signal(number, lambda received, frame: request.request(signal.Signals(received).name))
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def cli_reference() -> str:

@@ -33,7 +33,7 @@ from nmflowgan.reporting import plots
 from nmflowgan.reporting.report import condition_table, markdown_to_html, results_table, shape_table
 from nmflowgan.synthesis import synthesize_image
 from nmflowgan.training.checkpoint import read_checkpoint_meta
-from nmflowgan.training.run import read_metrics
+from nmflowgan.training.run import StopRequest, read_metrics
 
 log = logging.getLogger(__name__)
 TRAIN_ISOS = (100, 400, 1600, 3200)
@@ -48,11 +48,13 @@ def _stage(name: str, progress: bool) -> None:
 
 
 def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTES, seed: int = 0,
-         progress: bool = True) -> Path:
+         progress: bool = True, stop: StopRequest | None = None) -> Path | None:
     """Runs (or continues) the demo in ``out`` and returns the path of ``report.md``.
 
-    ``budget_minutes`` scales the training lengths; the default fits 20 minutes on 2 CPU cores.
+    ``budget_minutes`` scales the training lengths; the default fits 20 minutes on 2 CPU cores. ``stop``:
+    when set, the stage running saves its progress and the demo returns None (run it again to continue).
     """
+    stop = stop if stop is not None else StopRequest()  # an unset request is falsy
     from nmflowgan.api import evaluate_to_report
     from nmflowgan.denoising import evaluate_denoiser
     from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
@@ -90,7 +92,9 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
         resume = (noise_run / "last").exists()  # else a run stopped before its first checkpoint starts again
         timed("train noise model", lambda: train_noise_model(config, NoiseTrainingOptions(
             data=data, out=noise_run, steps=noise_steps, resume=resume, overwrite=not resume, device="cpu",
-            seed=seed, quiet=not progress)))
+            seed=seed, quiet=not progress), stop))
+    if stop:
+        return None
 
     _stage("3/6 evaluate against gaussian, nlf, flow-only and the oracle", progress)
     evaluation = out / "evaluation"
@@ -120,7 +124,10 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
                 config, DenoiserTrainingOptions(data=data, out=run, noise=noise, flow_only=source == "flow-only",
                                                 steps=denoiser_steps, resume=(run / "last").exists(),
                                                 overwrite=not (run / "last").exists(), device="cpu", seed=seed,
-                                                val_every=max(10, denoiser_steps // 4), quiet=not progress)))
+                                                val_every=max(10, denoiser_steps // 4), quiet=not progress),
+                stop))
+        if stop:
+            return None
         result = timed(f"denoiser {source}", lambda run=run: evaluate_denoiser(run, data, max_images=40,
                                                                                 progress=progress))
         scores[source] = result.overall  # type: ignore[attr-defined]

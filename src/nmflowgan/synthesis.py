@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from nmflowgan.atomic import write_text
 from nmflowgan.conditions import check_iso
-from nmflowgan.data.io import read_rgb, write_png
+from nmflowgan.data.io import open_image, read_rgb, write_png
 from nmflowgan.errors import BadInputError, DataError
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, resolve_model_dir
 from nmflowgan.models.sampler import SamplingOptions
@@ -84,7 +83,7 @@ def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: flo
 def exif_iso(path: Path) -> float:
     """The ISO an image's EXIF records (tag ISOSpeedRatings); raises naming the file when there is none."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             exif = image.getexif()
             value = exif.get_ifd(EXIF_IFD).get(EXIF_ISO, exif.get(EXIF_ISO))
     except OSError as error:

@@ -7,6 +7,9 @@ TIFF files are reduced to 8-bit units by keeping the high byte, ``v // 256`` (Pi
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +19,42 @@ from nmflowgan.atomic import atomic_path
 from nmflowgan.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-# Pillow's bound on decompressed pixels guards against decompression bombs; a 200 MP photo is plenty.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# The project's own bound on the pixels of one image, checked from the header before anything is decoded:
+# it guards against decompression bombs (a tiny file that decodes to gigabytes) without changing Pillow's
+# process-wide setting. It sits below Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS, about 179 MP).
+MAX_PIXELS = 150_000_000
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+@contextmanager
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
+    """Opens an image lazily (header only) and refuses it, naming the file and the limit, when it has more
+    than ``max_pixels`` pixels; Pillow's decompression-bomb warning is silenced here only, as this check
+    replaces it."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError as error:
+            raise DataError(f"{path}: image too large ({error}); the limit is {max_pixels:,} pixels") from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise DataError(f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                            f"{max_pixels:,} pixels per image")
+        yield image
+
+
+def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Reads an RGB image as ``uint8 (H, W, 3)`` (0-255).
 
     Raises:
-        DataError: naming the file when it is missing, unreadable, truncated, or not RGB (grey, RGBA,
-            palette and CMYK images are refused rather than silently converted).
+        DataError: naming the file when it is missing, unreadable, truncated, larger than ``max_pixels``, or
+            not RGB (grey, RGBA, palette and CMYK images are refused rather than silently converted).
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with open_image(path, max_pixels) as image:
             image.load()
             if image.mode != "RGB":
                 raise DataError(f"{path}: image mode {image.mode} is not RGB (need a 3-channel colour image)")
@@ -38,8 +63,6 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
-    except Image.DecompressionBombError as error:
-        raise DataError(f"{path}: image too large ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{path}: unreadable or truncated image ({error})") from None
 

@@ -7,8 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from nmflowgan.data.io import open_image
 from nmflowgan.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,9 +35,11 @@ class PairRecord:
 def image_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image from its header, without decoding the pixels."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = image.size
             mode = image.mode
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -39,7 +39,7 @@ from nmflowgan.noise_sources import baseline_noise, fit_baselines, model_noise
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import setup, teardown
-from nmflowgan.training.run import MetricsLog, RunOptions, start_run, stop_on_signals, training_patches
+from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, start_run, training_patches
 
 log = logging.getLogger(__name__)
 # (clean patches (B, 3, P, P) in [0, 1], their batch, a generator) -> noisy patches in [0, 1]
@@ -92,8 +92,13 @@ def noise_source(options: DenoiserTrainingOptions, records: list, patch_px: int,
     return lambda clean, batch, g: clean + noise(clean, batch, g) / 255.0
 
 
-def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> DenoiserTrainResult:
-    """Trains (or resumes) a DnCNN of ``config.denoiser`` into ``options.out``."""
+def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopRequest | None = None
+                   ) -> DenoiserTrainResult:
+    """Trains (or resumes) a DnCNN of ``config.denoiser`` into ``options.out``.
+
+    ``stop``: when set (e.g. by the command line's signal handler), the loop saves a checkpoint and returns.
+    """
+    stop = stop if stop is not None else StopRequest()  # an unset request is falsy
     device = resolve_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     context = setup(device)
     try:
@@ -103,8 +108,9 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
         source = noise_source(options, dataset.records, train_config.patch_px, device)
         validation = _validation_patches(options, val_split, train_config.patch_px)
 
-        torch.manual_seed(options.seed)
-        model = DnCNN(config.denoiser).to(device)
+        with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the global RNG
+            torch.manual_seed(options.seed)
+            model = DnCNN(config.denoiser).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
         probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                    options.seed, 0, 1)
@@ -126,7 +132,8 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
         trained = DistributedDataParallel(model) if context.enabled else model
         sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                      options.seed, start, total_steps)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
+                            generator=torch.Generator().manual_seed(options.seed))  # not the global RNG
         metrics = MetricsLog(run_dir, start if resuming else None) if context.is_main else None
         autocast = options.autocast(device)
 
@@ -149,8 +156,8 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
                 best = score
                 save(at, best_too=True)
 
-        with stop_on_signals() as stop, tqdm(total=total_steps, initial=start, desc=f"denoiser ({options.noise})",
-                                             unit="step", disable=options.quiet or not context.is_main) as bar:
+        with tqdm(total=total_steps, initial=start, desc=f"denoiser ({options.noise})", unit="step",
+                  disable=options.quiet or not context.is_main) as bar:
             tick, patches_since = time.perf_counter(), 0
             for batch in loader:
                 clean = batch.clean.to(device).float() / 255.0
@@ -185,7 +192,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions) -> Denoiser
         if metrics is not None:
             metrics.close()
         context.barrier()
-        return DenoiserTrainResult(run_dir, step, total_steps, stop.signal_name, history)
+        return DenoiserTrainResult(run_dir, step, total_steps, stop.reason, history)
     finally:
         teardown(context)
 

@@ -45,7 +45,7 @@ from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, setup, teardown
 from nmflowgan.training.losses import critic_loss, generator_adversarial_loss
-from nmflowgan.training.run import MetricsLog, RunOptions, start_run, stop_on_signals, training_patches
+from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, start_run, training_patches
 
 log = logging.getLogger(__name__)
 STAGES = ("joint", "flow")
@@ -98,20 +98,23 @@ class GeneratorObjective(nn.Module):
         return nll, quantize(clean, self.model.refiner(pixelwise, clean, cond.features))
 
 
-def train_noise_model(config: Config, options: NoiseTrainingOptions) -> TrainResult:
-    """Trains (or resumes) a noise model into ``options.out``; see :class:`NoiseTrainingOptions`."""
+def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopRequest | None = None) -> TrainResult:
+    """Trains (or resumes) a noise model into ``options.out``; see :class:`NoiseTrainingOptions`.
+
+    ``stop``: when set (e.g. by the command line's signal handler), the loop saves a checkpoint and returns.
+    """
     if options.stage not in STAGES:
         raise DataError(f"unknown stage {options.stage!r}; use one of {', '.join(STAGES)}")
     device = resolve_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     context = setup(device)
     try:
-        return _train(config, options, device, context)
+        return _train(config, options, device, context, stop if stop is not None else StopRequest())
     finally:
         teardown(context)
 
 
-def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, context: DistributedContext
-           ) -> TrainResult:
+def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, context: DistributedContext,
+           stop: StopRequest) -> TrainResult:
     train_config = config.train
     run_dir, resuming = start_run(options, context)
     dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px)
@@ -119,9 +122,10 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
     isos = sorted({float(r.iso) for r in dataset.records})
 
     # ---- model and optimizers ----------------------------------------------------------------------
-    torch.manual_seed(options.seed)
-    model = NoiseModel(config.model, cameras, isos).to(device)
-    critic = Critic(config.critic, model.space.feature_dim).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's global RNG
+        torch.manual_seed(options.seed)
+        model = NoiseModel(config.model, cameras, isos).to(device)
+        critic = Critic(config.critic, model.space.feature_dim).to(device)
     if options.channels_last:
         model.refiner.to(memory_format=torch.channels_last)
         critic.to(memory_format=torch.channels_last)
@@ -157,7 +161,8 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
         first = [dataset[(index, 0)] for index in sampler_probe.global_indices(0).tolist()]
         batch = collate(first)
         clean, real = _as_float(batch, device)
-        model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(first)))
+        model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(first)),
+                              generator=torch.Generator().manual_seed(options.seed))  # the same on every rank
         if context.is_main:
             _write_config(run_dir, config, options, cameras, isos)
     start = state.step
@@ -179,7 +184,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
     sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                  options.seed, start, total_steps)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
-                        persistent_workers=False)
+                        persistent_workers=False, generator=torch.Generator().manual_seed(options.seed))
     metrics = MetricsLog(run_dir, start if resuming else None) if context.is_main else None
     autocast = options.autocast(device)
     local = sampler.local_slice()
@@ -205,8 +210,8 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
     if start == 0:
         validate(0)
     step = start
-    with stop_on_signals() as stop, tqdm(total=total_steps, initial=start, desc=f"train {options.stage}",
-                                         unit="step", disable=options.quiet or not context.is_main) as bar:
+    with tqdm(total=total_steps, initial=start, desc=f"train {options.stage}", unit="step",
+              disable=options.quiet or not context.is_main) as bar:
         tick, patches_since = time.perf_counter(), 0
         for batch in loader:
             clean, real = _as_float(batch, device)
@@ -266,7 +271,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
                 checkpoint(step)
             if stop:
                 checkpoint(step)
-                result.interrupted = stop.signal_name
+                result.interrupted = stop.reason
                 break
     result.step = step
     if metrics is not None:

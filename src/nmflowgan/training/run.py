@@ -1,13 +1,9 @@
-"""A run folder: refuses to clobber another run, logs metrics as JSON lines, stops cleanly on signals."""
+"""A run folder: refuses to clobber another run, logs metrics as JSON lines, stops cleanly when asked."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import signal
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,28 +167,19 @@ def _tensorboard(run_dir: Path) -> object | None:
 
 
 class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop checks it between steps, saves and exits cleanly."""
+    """A flag the training loops check between steps: once set, the loop saves a checkpoint and returns.
+
+    The library never installs signal handlers (that works only in the main thread and is the
+    application's business): the command line sets this flag from SIGINT/SIGTERM, and a Python caller may
+    set it from another thread or a callback.
+    """
 
     def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self.time = 0.0
+        self.reason: str | None = None
 
     def __bool__(self) -> bool:
-        return self.signal_name is not None
+        return self.reason is not None
 
-    def _handle(self, number: int, frame: object) -> None:
-        self.signal_name, self.time = signal.Signals(number).name, time.time()
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
-    """Within the block, SIGINT and SIGTERM set the returned :class:`StopRequest` instead of killing."""
-    request = StopRequest()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for number in previous:
-            signal.signal(number, request._handle)
-        yield request
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    def request(self, reason: str) -> None:
+        """Asks the loop to stop after the current step; ``reason`` is reported (e.g. ``SIGINT``)."""
+        self.reason = reason
