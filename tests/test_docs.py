@@ -51,6 +51,16 @@ def test_cli_reference_is_current():
     assert (ROOT / "docs" / "cli.md").read_text() == cli_reference()
 
 
+def test_every_command_that_computes_defaults_to_device_auto():
+    import argparse
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    computing = ("train", "evaluate", "synthesize", "train-denoiser", "eval-denoiser", "denoise")
+    for name in computing:
+        device = next(a for a in commands[name]._actions if a.dest == "device")
+        assert device.default == "auto" and "cuda" in device.choices, name
+
+
 @pytest.mark.parametrize(("document", "command"), documented_commands())
 def test_documented_command_parses(document, command):
     build_parser().parse_args(_arguments(command))
