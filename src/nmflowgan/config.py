@@ -138,15 +138,26 @@ class DenoiserConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a :class:`~nmflowgan.models.noise_model.NoiseModel`."""
+    """Everything needed to rebuild a :class:`~nmflowgan.models.noise_model.NoiseModel`.
+
+    Attributes:
+        flow, refiner: the pixel-wise flow and the UNet refiner.
+        iso_mode: ``onehot`` (the paper) or ``continuous`` (normalized log-ISO, interpolates).
+        correlation_px: side of the latent correlation filter (:mod:`nmflowgan.models.correlation`), which
+            gives the flow's sample the real noise's spatial and cross-channel correlation without changing
+            its per-pixel distribution; 0: none (the paper's model).
+    """
 
     flow: FlowConfig = field(default_factory=FlowConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     iso_mode: str = "continuous"
+    correlation_px: int = 0
 
     def __post_init__(self) -> None:
         if self.iso_mode not in ISO_MODES:
             raise BadInputError(f"iso_mode {self.iso_mode!r} is not one of {ISO_MODES}")
+        if self.correlation_px < 0 or (self.correlation_px and self.correlation_px % 2 == 0):
+            raise BadInputError(f"correlation_px must be 0 or odd, got {self.correlation_px}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,7 @@ class TrainConfig:
             short high-rate CPU run needs a lower rate there than for the flow.
         lr_decay_every: learning rate is multiplied by ``lr_gamma`` every this many ``lr_decay_unit``.
         weight_nll, weight_gan: loss weights; gp_lambda: gradient-penalty weight.
+        weight_correlation: weight of the latent-correlation loss (models with ``correlation_px``).
         generator_every: the flow and refiner are updated every this many critic steps.
         epochs: default length when neither ``--steps`` nor ``--epochs`` is given.
         val_every: steps between validation passes; val_patches: patches per validation.
@@ -180,6 +192,7 @@ class TrainConfig:
     lr_gamma: float = 0.5
     weight_nll: float = 1.0
     weight_gan: float = 1.0
+    weight_correlation: float = 1.0
     gp_lambda: float = 10.0
     generator_every: int = 5
     epochs: int = 40

@@ -22,11 +22,12 @@ CAMERAS, ISOS = ("IP", "S6"), (100, 800, 3200)
 FP32 = SamplingOptions(precision="fp32")
 
 
-def _config(iso_mode: str, ud: bool = False, sees_clean: bool = True, preserve: bool = True) -> ModelConfig:
+def _config(iso_mode: str, ud: bool = False, sees_clean: bool = True, preserve: bool = True,
+            correlation_px: int = 0) -> ModelConfig:
     spec = ("UD|" if ud else "") + "NE|SAL|SDL|CL2|SAL|SDL|CL2"
     return ModelConfig(FlowConfig(spec=spec, conv_features=6, receptive_field_px=5, meta_hidden=6, meta_blocks=1),
                        RefinerConfig(depth=3, width=4, sees_clean=sees_clean, preserve_variance=preserve,
-                                     noise_scale=16.0), iso_mode)
+                                     noise_scale=16.0), iso_mode, correlation_px)
 
 
 def _busy(model: NoiseModel) -> NoiseModel:
@@ -41,11 +42,13 @@ def _busy(model: NoiseModel) -> NoiseModel:
 @settings(max_examples=15, deadline=None)
 @given(batch=st.integers(1, 3), height=st.integers(1, 37), width=st.integers(1, 37),
        iso_mode=st.sampled_from(["onehot", "continuous"]), sees_clean=st.booleans(), preserve=st.booleans(),
-       channels_last=st.booleans(), fold=st.booleans(), seed=st.integers(0, 2**16))
+       channels_last=st.booleans(), fold=st.booleans(), seed=st.integers(0, 2**16),
+       correlation_px=st.sampled_from([0, 3]))
 def test_fp32_optimized_path_equals_plain(batch, height, width, iso_mode, sees_clean, preserve, channels_last, fold,
-                                          seed):
+                                          seed, correlation_px):
     torch.manual_seed(seed)
-    model = _busy(NoiseModel(_config(iso_mode, sees_clean=sees_clean, preserve=preserve), CAMERAS, ISOS))
+    model = _busy(NoiseModel(_config(iso_mode, sees_clean=sees_clean, preserve=preserve,
+                                     correlation_px=correlation_px), CAMERAS, ISOS))
     generator = torch.Generator().manual_seed(seed)
     clean = torch.rand(batch, 3, height, width, generator=generator)
     cond = model.encode([CAMERAS[i % 2] for i in range(batch)], [ISOS[i % 3] for i in range(batch)], batch)
@@ -56,6 +59,9 @@ def test_fp32_optimized_path_equals_plain(batch, height, width, iso_mode, sees_c
         refined = model.refiner(pixelwise, clean, cond.features)
     torch.testing.assert_close(sampler.pixelwise(clean, cond, latent), pixelwise, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(sampler.refine(pixelwise, clean, cond), refined, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        full = model.noise(clean, cond, latent=latent)
+    torch.testing.assert_close(sampler.noise(clean, cond, latent), full, rtol=1e-5, atol=1e-3)
 
 
 def test_folded_sdl_is_the_same_function(space):

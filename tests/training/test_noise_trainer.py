@@ -50,6 +50,22 @@ def test_training_writes_a_complete_run(tmp_path, simcam_tree):
     assert model.cameras == ("V1", "V2") and model.isos == (100, 1600)
 
 
+def test_latent_correlation_trains_saves_and_loads(tmp_path, simcam_tree):
+    import dataclasses
+
+    config = tiny_config()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, correlation_px=3))
+    options = NoiseTrainingOptions(data=simcam_tree, out=tmp_path / "run", steps=6, device="cpu", quiet=True,
+                                   log_every=1)
+    train_noise_model(config, options)
+    losses = [m["correlation"] for m in read_metrics(tmp_path / "run") if "correlation" in m]
+    assert len(losses) >= 3 and all(0 < v < 1 for v in losses)
+    model = NoiseModel.load(tmp_path / "run" / "last")
+    assert model.correlation is not None and model.config.correlation_px == 3
+    untrained = NoiseModel(config.model, model.cameras, model.isos)
+    assert not torch.equal(model.correlation.net[-1].bias, untrained.correlation.net[-1].bias)
+
+
 def test_resumed_training_equals_uninterrupted_training(tmp_path, simcam_tree):
     _train(simcam_tree, tmp_path / "straight", 12)
     _train(simcam_tree, tmp_path / "resumed", 5)
@@ -109,7 +125,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_p
     def poisoned(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         if type(self).__name__ == "GeneratorObjective":
-            return out[0] * float("nan"), out[1]
+            return (out[0] * float("nan"), *out[1:])
         return out
 
     monkeypatch.setattr(torch.nn.Module, "__call__", poisoned)

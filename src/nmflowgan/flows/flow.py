@@ -97,10 +97,16 @@ class NoiseFlow(nn.Module):
             ``(B,)`` log-likelihood in nats, summed over C, H and W (a lower bound of the discrete
             log-probability when the flow dequantizes).
         """
+        return self.latent_and_log_prob(noise, clean, cond, generator, uniform)[1]
+
+    def latent_and_log_prob(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
+                            generator: torch.Generator | None = None, uniform: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log_prob)``: the latent ``(B, C, H, W)`` that ``noise`` maps to, and :meth:`log_prob`."""
         context = FlowContext(clean, cond, generator, uniform)
         z, logdet = self.forward_and_logdet(clean * 255.0 + noise, context)
         log_base = -0.5 * (z.square() + LOG_2PI).flatten(1).sum(1)
-        return log_base + logdet
+        return z, log_base + logdet
 
     def nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
                     generator: torch.Generator | None = None, uniform: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""NoiseModel = pixel-wise flow + UNet refiner: the public face of a trained noise model."""
+"""NoiseModel = pixel-wise flow (on latents correlated by :class:`LatentCorrelation`, when configured) + UNet
+refiner: the public face of a trained noise model."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nmflowgan.config import ModelConfig, from_dict, preset, to_dict
 from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.flows import NoiseFlow
 from nmflowgan.flows.flow import latent_like
+from nmflowgan.models.correlation import LatentCorrelation
 from nmflowgan.models.files import load_weights, read_meta, resolve_checkpoint_dir, save_module
 from nmflowgan.models.sampler import Sampler, SamplingOptions
 from nmflowgan.models.unet import UNetRefiner
@@ -43,6 +45,8 @@ class NoiseModel(nn.Module):
         self.config = config
         self.space = ConditionSpace(tuple(cameras), tuple(isos), config.iso_mode)
         self.flow = NoiseFlow(config.flow, self.space)
+        self.correlation = (LatentCorrelation(config.correlation_px, self.space.feature_dim)
+                            if config.correlation_px else None)
         self.refiner = UNetRefiner(config.refiner, self.space.feature_dim)
 
     @classmethod
@@ -74,13 +78,19 @@ class NoiseModel(nn.Module):
         Args:
             latent: a pre-drawn ``(B, 3, H, W)`` standard-normal latent (then ``generator`` and
                 ``temperature`` are unused); differentiable with respect to every parameter.
-            refine: False gives the flow alone (the ``flow-only`` ablation).
+            refine: False gives the flow alone on white latents (the ``flow-only`` ablation); True correlates
+                the latents (when the model has a :class:`LatentCorrelation`) and refines the flow's sample.
         """
         if latent is None:
-            noise = self.flow.sample(clean, cond, temperature, generator)
-        else:
-            noise = self.flow.noise_from_latent(latent, clean, cond)
-        return self.refiner(noise, clean, cond.features.to(noise.dtype)) if refine else noise
+            latent = latent_like(clean, generator) * temperature
+        if not refine:
+            return self.flow.noise_from_latent(latent, clean, cond)
+        noise = self.flow.noise_from_latent(self.correlated(latent, cond), clean, cond)
+        return self.refiner(noise, clean, cond.features.to(noise.dtype))
+
+    def correlated(self, latent: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The latent with the learned spatial and cross-channel correlation (unchanged without one)."""
+        return latent if self.correlation is None else self.correlation(latent, cond.features)
 
     @torch.no_grad()
     def draw(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,

@@ -184,6 +184,8 @@ class Sampler(nn.Module):
                 self.steps.append(copy.deepcopy(layer))
             elif not isinstance(layer, NoiseExtraction | UniformDequantization):
                 raise TypeError(f"the sampler does not know flow layer {type(layer).__name__}")
+        # The latent filter stays float32: its taps are normalized to unit energy, which bf16 would spoil.
+        self.correlation = copy.deepcopy(model.correlation)
         self.refiner = _network_of(model.refiner, self.options.fold).to(self.dtype, memory_format=self.memory_format)
         self.requires_grad_(False)
         self._network = torch.compile(self.refiner.network) if self.options.compile else self.refiner.network
@@ -199,8 +201,11 @@ class Sampler(nn.Module):
         """
         images = max(1, CPU_CHUNK_PX // (clean.shape[-2] * clean.shape[-1])) if clean.device.type == "cpu" else None
         if images is None or images >= clean.shape[0]:
-            pixelwise = self.pixelwise(clean, cond, latent)
-            return self.refine(pixelwise, clean, cond) if refine else pixelwise
+            if not refine:
+                return self.pixelwise(clean, cond, latent)
+            if self.correlation is not None:
+                latent = self.correlation(latent.float(), cond.features.float())
+            return self.refine(self.pixelwise(clean, cond, latent), clean, cond)
         return torch.cat([self.noise(clean[i : i + images], cond[i : i + images], latent[i : i + images], refine)
                           for i in range(0, clean.shape[0], images)])
 

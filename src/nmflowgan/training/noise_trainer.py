@@ -80,22 +80,27 @@ class TrainResult:
 
 
 class GeneratorObjective(nn.Module):
-    """The generator's forward pass as one module, so DistributedDataParallel can wrap it: the NLL of
-    the real noise and, when a latent is given, the quantized refined noise it maps to (the flow's
-    pixel-wise sample is not differentiated: the adversarial loss trains the refiner only)."""
+    """The generator's forward pass as one module, so DistributedDataParallel can wrap it: the NLL of the
+    real noise, the latent-correlation loss on the real noise's latents (models with a
+    :class:`~nmflowgan.models.correlation.LatentCorrelation`; else None) and, when a latent is given, the
+    quantized refined noise it maps to (the flow's pixel-wise sample is not differentiated: the adversarial
+    loss trains the refiner only)."""
 
     def __init__(self, model: NoiseModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, real_255: torch.Tensor, clean: torch.Tensor, cond: Condition, uniform: torch.Tensor,
-                latent: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        nll = self.model.flow.nll_per_dim(real_255, clean, cond, uniform=uniform)
+                latent: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        z_real, log_prob = self.model.flow.latent_and_log_prob(real_255, clean, cond, uniform=uniform)
+        nll = -log_prob.mean() / real_255[0].numel()
+        correlation = self.model.correlation
+        correlation_loss = correlation.loss(z_real, cond.features) if correlation is not None else None
         if latent is None:
-            return nll, None
+            return nll, correlation_loss, None
         with torch.no_grad():
-            pixelwise = self.model.noise(clean, cond, latent=latent, refine=False)
-        return nll, quantize(clean, self.model.refiner(pixelwise, clean, cond.features))
+            pixelwise = self.model.flow.noise_from_latent(self.model.correlated(latent, cond), clean, cond)
+        return nll, correlation_loss, quantize(clean, self.model.refiner(pixelwise, clean, cond.features))
 
 
 def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopRequest | None = None) -> TrainResult:
@@ -130,7 +135,8 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
         model.refiner.to(memory_format=torch.channels_last)
         critic.to(memory_format=torch.channels_last)
     optimizer_g = torch.optim.Adam(
-        [{"params": model.flow.parameters(), "lr": train_config.lr},
+        [{"params": [*model.flow.parameters(), *(model.correlation.parameters() if model.correlation else [])],
+          "lr": train_config.lr},
          {"params": model.refiner.parameters(), "lr": train_config.refiner_lr or train_config.lr}],
         betas=train_config.betas)
     optimizer_c = torch.optim.Adam(critic.parameters(), lr=train_config.critic_lr or train_config.lr,
@@ -237,8 +243,11 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
                 latent = torch.randn(patch_shape, generator=rng)[local].to(device) if adversarial else None
                 critic.requires_grad_(False)
                 with autocast:
-                    nll, fake = generator_objective(real, clean, cond, uniform, latent)
+                    nll, correlation_loss, fake = generator_objective(real, clean, cond, uniform, latent)
                     loss_g = train_config.weight_nll * nll.float()
+                    if correlation_loss is not None:
+                        loss_g = loss_g + train_config.weight_correlation * correlation_loss.float()
+                        losses["correlation"] = correlation_loss.item()
                     if fake is not None:
                         adversarial_loss = generator_adversarial_loss(critic, fake, clean, cond.features).float()
                         loss_g = loss_g + train_config.weight_gan * adversarial_loss
