@@ -27,7 +27,8 @@ def simcam_tree(tmp_path_factory):
 
 
 def tiny_config():
-    """The ``small`` preset shrunk further so that a training step takes milliseconds."""
+    """The ``small`` preset shrunk further so that a training step takes milliseconds, with the adversarial
+    game on (``small`` turns it off) so that every training path is exercised."""
     import dataclasses
 
     from nmflowgan.config import CriticConfig, DenoiserConfig, FlowConfig, ModelConfig, RefinerConfig, small
@@ -39,7 +40,8 @@ def tiny_config():
                           RefinerConfig(depth=2, width=4, sees_clean=True), "continuous"),
         critic=CriticConfig(variant="any", width=4),
         train=dataclasses.replace(config.train, patch_px=32, stride_px=32, batch_size=4, val_every=4,
-                                  val_patches=8, flow_warmup_steps=2, generator_every=2, lr_decay_every=6),
+                                  val_patches=8, flow_warmup_steps=2, generator_every=2, lr_decay_every=6,
+                                  weight_gan=1.0),
         denoiser=DenoiserConfig(depth=3, width=8),
         denoiser_train=dataclasses.replace(config.denoiser_train, patch_px=32, stride_px=32, batch_size=4,
                                            lr_decay_every=6),

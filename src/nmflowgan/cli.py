@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-split", default=None, help="test | sidd-test (default: the data set's)")
     _preset_arguments(train)
     train.add_argument("--stage", choices=["joint", "flow"], default="joint",
-                       help="joint: NLL + GAN (the paper); flow: the flow alone (ablation)")
+                       help="joint: NLL (+ latent correlation) + GAN (the paper; presets with weight_gan 0 "
+                            "skip the GAN); flow: no GAN whatever the preset (ablation)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None)
     length.add_argument("--epochs", type=int, default=None)

@@ -5,8 +5,10 @@ trains the critic on (noise, clean) pairs; every ``generator_every``-th step als
 ``w_nll * NLL + w_gan * (-D(fake))``. As in the official NM-FlowGAN code, the flow learns from the NLL
 alone and the refiner from the adversarial loss alone: the refiner's input, the flow's sample, is drawn
 without a graph. Each update computes only what it changes: the critic step draws fake noise without a
-graph, and the generator step freezes the critic. With ``stage="flow"`` only the flow's NLL is trained
-(the ablation that shows what the GAN adds).
+graph, and the generator step freezes the critic. A model with a latent-correlation filter also learns it,
+on every generator step, from the correlation of the real noise's latents (a loss of its own, weighted by
+``weight_correlation``; it trains the filter alone). With ``stage="flow"`` or ``weight_gan=0`` there is no
+adversarial game: the flow (and the filter) train every step and the refiner stays the identity.
 
 Every random number of a step (dequantization, latents, interpolation weights) is drawn for the whole
 global batch from one CPU generator, and each rank keeps its slice: N ranks take exactly the steps one
@@ -56,7 +58,7 @@ class NoiseTrainingOptions(RunOptions):
     """How to run a noise-model training (see :class:`RunOptions` for the common fields).
 
     Attributes:
-        stage: ``joint`` (NLL + GAN) or ``flow`` (NLL only).
+        stage: ``joint`` (NLL + GAN, unless the preset's ``weight_gan`` is 0) or ``flow`` (no GAN).
         channels_last: channels-last memory format for refiner and critic.
     """
 
@@ -172,12 +174,13 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
         if context.is_main:
             _write_config(run_dir, config, options, cameras, isos)
     start = state.step
+    adversarial_game = options.stage == "joint" and train_config.weight_gan > 0
 
     def eligible(step: int) -> bool:
-        """In the joint stage "best" is the best model with a trained refiner: the flow warm-up's scores
-        are logged but never chosen."""
+        """With an adversarial game, "best" is the best model with a trained refiner: the flow warm-up's
+        scores are logged but never chosen."""
         warmup = train_config.flow_warmup_steps
-        return options.stage == "flow" or warmup == 0 or step > warmup
+        return not adversarial_game or warmup == 0 or step > warmup
 
     best = min((v["val_kld"] for v in result.validation if eligible(v["step"])), default=math.inf)
 
@@ -223,7 +226,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
             clean, real = _as_float(batch, device)
             cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
             uniform = torch.rand(patch_shape, generator=rng)[local].to(device)
-            adversarial = options.stage == "joint" and step >= train_config.flow_warmup_steps
+            adversarial = adversarial_game and step >= train_config.flow_warmup_steps
             losses: dict[str, float] = {}
             if adversarial:
                 latent = torch.randn(patch_shape, generator=rng)[local].to(device)
