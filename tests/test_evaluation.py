@@ -42,8 +42,14 @@ def test_evaluate_writes_results_and_report(tmp_path, tiny_run, simcam_tree):
     assert models["oracle"]["corr_error"] < 0.05 < models["gaussian"]["corr_error"]
     conditions = {(row["camera"], row["iso"]) for row in results["per_condition"]}
     assert conditions <= {(c, i) for c in ("V1", "V2") for i in (100.0, 1600.0)} and conditions
-    assert all(set(row["models"]["nmflowgan"]) == {"kld", "akld", "corr_error", "std", "kurtosis"}
+    assert all(set(row["models"]["nmflowgan"]) == {"kld", "akld", "corr_error", "neighbour_kld", "std", "kurtosis"}
                for row in results["per_condition"])
+    row = results["per_condition"][0]
+    assert set(row["correlation"]) == {"real", "gaussian", "nlf", "flow-only", "nmflowgan", "oracle"}
+    assert len(row["correlation"]["real"]["spatial"]) == 3 and len(row["correlation"]["real"]["cross"]) == 3
+    assert row["correlation"]["real"]["spatial"][0][0] == pytest.approx(1.0)
+    # Simcam noise is spatially correlated: its neighbour differences are narrower than white noise's.
+    assert models["oracle"]["neighbour_kld"] < models["gaussian"]["neighbour_kld"]
     # The oracle is real noise too: its level and shape match the real noise's (simcam noise has heavy tails).
     real = results["real"]
     assert models["oracle"]["std"] == pytest.approx(real["std"], rel=0.1)
@@ -51,7 +57,7 @@ def test_evaluate_writes_results_and_report(tmp_path, tiny_run, simcam_tree):
     assert all(k > 3 for k in real["kurtosis"])
     text = (tmp_path / "eval" / "report.md").read_text()
     assert "| oracle |" in text and "AKLD" in text and "samples.png" in text and "kurtosis R / G / B" in text
-    assert "Protocol `default`" in text
+    assert "Protocol `default`" in text and "R-G / G-B / R-B" in text
     assert report.table in text
     html = (tmp_path / "eval" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html

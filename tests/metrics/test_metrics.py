@@ -134,3 +134,15 @@ def test_baselines_recover_their_parameters():
     assert kld(noise, drawn) < kld(noise, gaussian.noise(clean, cameras, isos, torch.Generator().manual_seed(0)))
     with pytest.raises(BadInputError, match="'GP' at ISO 800.*S6@800"):
         nlf.noise(clean[:1], ["GP"], [800.0])
+
+
+def test_neighbour_kld_sees_correlation_that_the_pixel_kld_cannot():
+    from nmflowgan.metrics.realism import neighbour_kld_per_patch
+
+    generator = torch.Generator().manual_seed(0)
+    white = torch.randn(8, 3, 64, 64, generator=generator, dtype=torch.float64) * 10
+    smooth = (white + white.roll(1, -1) + white.roll(1, -2) + white.roll((1, 1), (-2, -1))) / 2  # same std
+    other = torch.randn(8, 3, 64, 64, generator=generator, dtype=torch.float64) * 10
+    assert torch.equal(neighbour_kld_per_patch(white, white), torch.zeros(8, dtype=torch.float64))
+    assert kld_per_patch(white, smooth).mean() < 0.05  # the same histogram, nearly
+    assert neighbour_kld_per_patch(white, smooth).mean() > 5 * neighbour_kld_per_patch(white, other).mean()

@@ -7,6 +7,9 @@
 * ``akld``: the per-patch AKLD (:mod:`.akld`), averaged over all patches;
 * ``corr_error``: the correlation error (:mod:`.noise_stats`) of the statistics pooled per (camera, ISO),
   averaged over conditions;
+* ``neighbour_kld``: the KLD of the histograms of neighbour differences ``x(p + 1) - x(p)`` (horizontal and
+  vertical averaged), per patch, averaged over patches: it sees spatial correlation where the per-pixel KLD
+  cannot (correlated noise has smaller neighbour differences than white noise of the same level);
 * the shape of the noise: per channel, the standard deviation pooled over all pixels (8-bit units) and the
   kurtosis ``E[x^4] / E[x^2]^2`` of each patch's mean-removed noise, averaged over patches (3 for Gaussian
   noise, more for heavier tails).
@@ -44,39 +47,65 @@ class NoiseShape:
 
 @dataclass(frozen=True)
 class RealismScores:
-    """How close one noise source comes to the real noise (lower is better for the first three)."""
+    """How close one noise source comes to the real noise (lower is better for the first four)."""
 
     kld: float
     akld: float
     corr_error: float
+    neighbour_kld: float
     shape: NoiseShape
 
     def to_dict(self) -> dict:
-        return {"kld": self.kld, "akld": self.akld, "corr_error": self.corr_error, **self.shape.to_dict()}
+        return {"kld": self.kld, "akld": self.akld, "corr_error": self.corr_error,
+                "neighbour_kld": self.neighbour_kld, **self.shape.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> RealismScores:
-        return cls(data["kld"], data["akld"], data["corr_error"], NoiseShape.from_dict(data))
+        return cls(data["kld"], data["akld"], data["corr_error"], data["neighbour_kld"], NoiseShape.from_dict(data))
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Pooled correlations of one noise: ``spatial`` ``[channel][distance 0..6]`` (horizontal and vertical
+    averaged) and ``cross`` R-G, G-B, R-B."""
+
+    spatial: tuple[tuple[float, ...], ...]
+    cross: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {"spatial": [list(row) for row in self.spatial], "cross": list(self.cross)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Correlation:
+        return cls(tuple(tuple(row) for row in data["spatial"]), tuple(data["cross"]))  # type: ignore[arg-type]
+
+    @classmethod
+    def of(cls, stats: NoiseStats) -> Correlation:
+        return cls(tuple(tuple(row) for row in stats.corr.tolist()), tuple(stats.cross.tolist()))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class ConditionRealism:
-    """The scores of every source at one (camera, ISO), and the real noise's shape there."""
+    """The scores of every source at one (camera, ISO), the real noise's shape there, and the correlations of
+    the real noise and of every source (``correlation``, keyed ``real`` and by source)."""
 
     camera: str
     iso: float
     n_patches: int
     real: NoiseShape
     models: dict[str, RealismScores]
+    correlation: dict[str, Correlation]
 
     def to_dict(self) -> dict:
         return {"camera": self.camera, "iso": self.iso, "n_patches": self.n_patches, "real": self.real.to_dict(),
-                "models": {name: scores.to_dict() for name, scores in self.models.items()}}
+                "models": {name: scores.to_dict() for name, scores in self.models.items()},
+                "correlation": {name: c.to_dict() for name, c in self.correlation.items()}}
 
     @classmethod
     def from_dict(cls, data: dict) -> ConditionRealism:
         return cls(data["camera"], float(data["iso"]), int(data["n_patches"]), NoiseShape.from_dict(data["real"]),
-                   {name: RealismScores.from_dict(s) for name, s in data["models"].items()})
+                   {name: RealismScores.from_dict(s) for name, s in data["models"].items()},
+                   {name: Correlation.from_dict(c) for name, c in data["correlation"].items()})
 
 
 @dataclass(frozen=True)
@@ -144,6 +173,7 @@ class _ShapeAccumulator:
 class _ConditionState:
     kld: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     akld: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    neighbour_kld: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     stats: dict[str, NoiseStatsAccumulator] = field(default_factory=dict)
     shape: dict[str, _ShapeAccumulator] = field(default_factory=dict)
     histogram: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -181,6 +211,7 @@ class RealismScorer:
         noises = {REAL: real} | {name: generated[name].detach().double().cpu() for name in self.names}
         klds = {n: kld_per_patch(real, noises[n]) for n in self.names}
         aklds = {n: akld_per_patch(real / 255.0, noises[n] / 255.0) for n in self.names}
+        neighbours = {n: neighbour_kld_per_patch(real, noises[n]) for n in self.names}
         keys = [(str(camera), float(iso)) for camera, iso in conditions]
         for key in dict.fromkeys(keys):
             rows = torch.tensor([k == key for k in keys])
@@ -195,10 +226,12 @@ class RealismScorer:
                 if name != REAL:
                     state.kld.setdefault(name, []).append(klds[name][rows])
                     state.akld.setdefault(name, []).append(aklds[name][rows])
+                    state.neighbour_kld.setdefault(name, []).append(neighbours[name][rows])
 
     def result(self) -> Realism:
         """The scores so far (see :class:`Realism`)."""
-        rows, totals = [], {n: {"kld": [], "akld": [], "corr_error": []} for n in self.names}
+        metrics = ("kld", "akld", "corr_error", "neighbour_kld")
+        rows, totals = [], {n: {m: [] for m in metrics} for n in self.names}
         overall_shape = {n: _ShapeAccumulator() for n in [REAL, *self.names]}
         for key in sorted(self.conditions):
             state = self.conditions[key]
@@ -206,17 +239,20 @@ class RealismScorer:
             models = {}
             for name in self.names:
                 kld, akld = torch.cat(state.kld[name]), torch.cat(state.akld[name])
+                neighbour = torch.cat(state.neighbour_kld[name])
                 error = corr_error(stats[REAL], stats[name])
-                models[name] = RealismScores(float(kld.mean()), float(akld.mean()), error,
+                models[name] = RealismScores(float(kld.mean()), float(akld.mean()), error, float(neighbour.mean()),
                                              state.shape[name].result())
                 totals[name]["kld"].append(kld)
                 totals[name]["akld"].append(akld)
                 totals[name]["corr_error"].append(torch.tensor([error], dtype=torch.float64))
+                totals[name]["neighbour_kld"].append(neighbour)
             for name, accumulator in state.shape.items():
                 overall_shape[name].merge(accumulator)
-            rows.append(ConditionRealism(key[0], key[1], state.n_patches, state.shape[REAL].result(), models))
-        models = {name: RealismScores(*(_mean(totals[name][m]) for m in ("kld", "akld", "corr_error")),
-                                      overall_shape[name].result()) for name in self.names}
+            rows.append(ConditionRealism(key[0], key[1], state.n_patches, state.shape[REAL].result(), models,
+                                         {name: Correlation.of(value) for name, value in stats.items()}))
+        models = {name: RealismScores(*(_mean(totals[name][m]) for m in metrics), overall_shape[name].result())
+                  for name in self.names}
         return Realism(models, overall_shape[REAL].result(), rows, sum(s.n_patches for s in self.conditions.values()))
 
     def stats(self) -> dict[Condition, dict[str, NoiseStats]]:
@@ -227,6 +263,14 @@ class RealismScorer:
     def histograms(self) -> dict[Condition, dict[str, torch.Tensor]]:
         """``{(camera, iso): {"real" or source: (130,) counts}}`` of the KLD bins, pooled over patches."""
         return {key: dict(self.conditions[key].histogram) for key in sorted(self.conditions)}
+
+
+def neighbour_kld_per_patch(real_255: torch.Tensor, generated_255: torch.Tensor) -> torch.Tensor:
+    """Per-sample KLD of the histograms of horizontal and of vertical neighbour differences (8-bit units,
+    the KLD bins), averaged: ``(B, C, H, W)`` twice -> ``(B,)``; needs H, W >= 2."""
+    horizontal = kld_per_patch(real_255.diff(dim=-1), generated_255.diff(dim=-1))
+    vertical = kld_per_patch(real_255.diff(dim=-2), generated_255.diff(dim=-2))
+    return (horizontal + vertical) / 2
 
 
 def _mean(parts: list[torch.Tensor]) -> float:

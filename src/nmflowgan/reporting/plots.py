@@ -66,15 +66,21 @@ def std_vs_intensity(stats: dict, path: Path) -> Path:
 
 
 def correlation_vs_distance(stats: dict, path: Path) -> Path:
-    """One panel per camera/ISO: correlation of the noise at pixel distance d, channels averaged (Fig. 3)."""
-    figure, panels = _condition_panels(list(stats), sharey=True)
-    for key, by_model in stats.items():
-        for name, value in by_model.items():
-            curve = value.corr.mean(0).numpy()
-            panels[key].plot(range(len(curve)), curve, marker="o", ms=3, color=COLOURS.get(name),
-                             lw=2.2 if name == "real" else 1.2, label=name)
-        panels[key].axhline(0, color="lightgray", lw=0.8)
-    next(iter(panels.values())).legend(fontsize=7)
+    """Rows: camera/ISO conditions; columns: R, G, B; lines: the correlation of the noise at pixel distance
+    d for real noise and each model (Fig. 3 of the paper, per channel)."""
+    keys = sorted(stats)
+    figure, axes = _subplots(len(keys), 3, (10, 2.2 * len(keys)), sharex=True, sharey=True)
+    for row, key in enumerate(keys):
+        for channel in range(3):
+            axis = axes[row][channel]
+            for name, value in stats[key].items():
+                curve = value.corr[channel].numpy()
+                axis.plot(range(len(curve)), curve, marker="o", ms=3, color=COLOURS.get(name),
+                          lw=2.2 if name == "real" else 1.2, label=name)
+            axis.axhline(0, color="lightgray", lw=0.8)
+            axis.set_title(f"{key[0]} ISO {key[1]:g} - {CHANNELS[channel]}", fontsize=8)
+            axis.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
     figure.supxlabel("pixel distance")
     figure.supylabel("noise correlation")
     return _save(figure, path)

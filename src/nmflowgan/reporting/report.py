@@ -24,6 +24,12 @@ CORR_NOTE = (
     "`corr_error` is the mean absolute difference between real and synthesized noise correlations at pixel "
     "distances 1-3 (per channel) and across channels (R-G, G-B, R-B), averaged over camera/ISO conditions."
 )
+NEIGHBOUR_NOTE = (
+    "Correlations are pooled per camera/ISO and averaged over conditions; the curves per channel are in the "
+    "figure below and every value is in results.json. `neighbour KLD` scores the histograms of the differences "
+    "between horizontal and vertical neighbours: correlated noise has smaller differences than white noise of "
+    "the same level, so it sees spatial correlation that the per-pixel KLD cannot."
+)
 SHAPE_NOTE = (
     "std: the noise standard deviation over all scored pixels (8-bit units); kurtosis: that of each patch's "
     "mean-removed noise, averaged over patches (3 for Gaussian noise; heavier tails score higher)."
@@ -33,10 +39,12 @@ SHAPE_NOTE = (
 def results_table(realism: Realism) -> str:
     """The overall table in Markdown, with each source's KLD above the oracle's when there is one."""
     oracle = realism.models["oracle"].kld if "oracle" in realism.models else None
-    header = "| model | KLD | AKLD | corr_error |" + (" KLD above oracle |" if oracle is not None else "")
+    header = ("| model | KLD | AKLD | corr_error | neighbour KLD |"
+              + (" KLD above oracle |" if oracle is not None else ""))
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, scores in realism.models.items():
-        line = f"| {name} | {scores.kld:.4f} | {scores.akld:.4f} | {scores.corr_error:.4f} |"
+        line = (f"| {name} | {scores.kld:.4f} | {scores.akld:.4f} | {scores.corr_error:.4f} | "
+                f"{scores.neighbour_kld:.4f} |")
         if oracle is not None:
             line += f" {scores.kld - oracle:+.4f} |"
         lines.append(line)
@@ -50,6 +58,22 @@ def shape_table(realism: Realism) -> str:
     for name, shape in rows:
         lines.append(f"| {name} | {' / '.join(f'{v:.2f}' for v in shape.std)} | "
                      f"{' / '.join(f'{v:.2f}' for v in shape.kurtosis)} |")
+    return "\n".join(lines)
+
+
+def correlation_table(realism: Realism) -> str:
+    """Per channel the correlation at distance 1 and 2, and the cross-channel correlations, of the real noise
+    and of each source, averaged over camera/ISO conditions."""
+    names = ["real", *realism.models]
+    lines = ["| noise | distance 1, R / G / B | distance 2, R / G / B | R-G / G-B / R-B |", "|---|---|---|---|"]
+    for name in names:
+        rows = [row.correlation[name] for row in realism.per_condition if name in row.correlation]
+        if not rows:
+            continue
+        spatial = [[sum(r.spatial[c][d] for r in rows) / len(rows) for c in range(3)] for d in (1, 2)]
+        cross = [sum(r.cross[k] for r in rows) / len(rows) for k in range(3)]
+        cells = [" / ".join(f"{v:.2f}" for v in values) for values in (*spatial, cross)]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -87,6 +111,7 @@ def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluati
     markdown = [f"# {title}", "", intro, "", protocol_line(result), "Lower is better in every column.", "",
                 results_table(realism), "", CORR_NOTE, "", AKLD_NOTE, "",
                 "## Noise level and shape", "", shape_table(realism), "", SHAPE_NOTE, "",
+                "## Spatial and cross-channel correlation", "", correlation_table(realism), "", NEIGHBOUR_NOTE, "",
                 "## KLD per camera and ISO", "", condition_table(realism, "kld"), "",
                 "## Correlation error per camera and ISO", "", condition_table(realism, "corr_error"), ""]
     for caption, path in figures.items():
