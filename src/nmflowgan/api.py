@@ -71,7 +71,6 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
     ``protocol`` is ``default`` (``patch_px`` and ``max_patches`` may change it) or ``official``; ``options``
     defaults to the plain float32 path; ``device`` is ``auto``, ``cpu``, ``cuda`` or ``mps``.
     """
-    from nmflowgan.devices import resolve_device
     from nmflowgan.evaluation import evaluate
     from nmflowgan.evaluation import protocol as make_protocol
     from nmflowgan.reporting.report import results_table, write_report
@@ -81,6 +80,6 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
         raise OutputExistsError(f"{out}: holds an evaluation already (pass --overwrite to replace it)")
     chosen = make_protocol(protocol, patch_px, max_patches)
     result = evaluate(checkpoint, data, split, train_split, chosen, fit_patches, seed, progress=progress,
-                      options=options, device=resolve_device(device))
+                      options=options, device=device)
     path = write_report(result, out, title=title, intro=f"Checkpoint `{checkpoint}`, data `{data}`.")
     return Report(path, results_table(result.realism))

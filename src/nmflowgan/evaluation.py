@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
+from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, DataError
 from nmflowgan.metrics.noise_stats import NoiseStats
 from nmflowgan.metrics.realism import Condition, Realism, RealismScorer
@@ -114,7 +115,7 @@ class EvalResult:
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, train_split: str | None = None,
              protocol: Protocol = PROTOCOLS["default"], fit_patches: int = 2000, seed: int = 0,
              batch_size: int = 32, progress: bool = True, options: SamplingOptions | None = None,
-             device: str | torch.device = "cpu") -> EvalResult:
+             device: str = "cpu") -> EvalResult:
     """Scores a trained noise model and the baselines on the test patches of ``data``.
 
     Args:
@@ -125,7 +126,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         protocol: which patches, how noise is recorded (see :data:`PROTOCOLS`).
         fit_patches: training patches the baselines are fitted on. seed: every draw derives from it.
         options: how the model's noise is computed (default: the plain float32 path).
-        device: where the model runs; scores are computed in float64 on the CPU.
+        device: where the model runs (``auto``, ``cpu``, ``cuda`` or ``mps``); scores are computed in float64 on
+            the CPU.
 
     Returns:
         An :class:`EvalResult`.
@@ -138,7 +140,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     if split is None or split == train_split:
         raise DataError(f"{data}: no test split apart from the training pairs; evaluate needs held-out pairs (a "
                         "folder with train/ and test/, each a metadata.csv folder or a SIDD-layout tree)")
-    model = NoiseModel.load(checkpoint, map_location=device).eval()
+    model = NoiseModel.load(checkpoint, map_location=resolve_device(device)).eval()
     train_records, test_records = find_pairs(data, train_split), find_pairs(data, split)
     usable = [r for r in test_records if model.space.knows(r.camera, r.iso)]
     if not usable:

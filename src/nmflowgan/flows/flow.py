@@ -111,7 +111,14 @@ class NoiseFlow(nn.Module):
     def nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
                     generator: torch.Generator | None = None, uniform: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per dimension (nats), the training loss."""
-        return -self.log_prob(noise, clean, cond, generator, uniform).mean() / noise[0].numel()
+        return self.latent_and_nll_per_dim(noise, clean, cond, generator, uniform)[1]
+
+    def latent_and_nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
+                               generator: torch.Generator | None = None, uniform: torch.Tensor | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, nll)``: the latent ``noise`` maps to, and :meth:`nll_per_dim`."""
+        z, log_prob = self.latent_and_log_prob(noise, clean, cond, generator, uniform)
+        return z, -log_prob.mean() / noise[0].numel()
 
     def sample(self, clean: torch.Tensor, cond: Condition, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> torch.Tensor:

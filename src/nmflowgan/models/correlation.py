@@ -90,10 +90,8 @@ class LatentCorrelation(nn.Module):
         pad = self.kernel_px // 2
         flat = z.reshape(1, batch * CHANNELS, height, width)
         out = F.conv2d(flat, weights, padding=pad, groups=batch)
-        if min(height, width) > 0:  # the energy of the taps inside the image, per output pixel
-            inside = F.conv2d(torch.ones_like(flat), weights.square(), padding=pad, groups=batch)
-            out = out / inside.clamp_min(1e-12).sqrt()
-        return out.view(batch, CHANNELS, height, width)
+        inside = F.conv2d(torch.ones_like(flat), weights.square(), padding=pad, groups=batch)  # taps' energy in
+        return (out / inside.clamp_min(1e-12).sqrt()).view(batch, CHANNELS, height, width)
 
     def covariance(self, features: torch.Tensor, max_lag: int) -> torch.Tensor:
         """The covariance of the correlated latent away from borders, ``E[z'_c(p) z'_c'(p + d)]``, as

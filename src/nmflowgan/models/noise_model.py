@@ -85,12 +85,15 @@ class NoiseModel(nn.Module):
             latent = latent_like(clean, generator) * temperature
         if not refine:
             return self.flow.noise_from_latent(latent, clean, cond)
-        noise = self.flow.noise_from_latent(self.correlated(latent, cond), clean, cond)
+        noise = self.pixelwise(clean, cond, latent)
         return self.refiner(noise, clean, cond.features.to(noise.dtype))
 
-    def correlated(self, latent: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """The latent with the learned spatial and cross-channel correlation (unchanged without one)."""
-        return latent if self.correlation is None else self.correlation(latent, cond.features)
+    def pixelwise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor) -> torch.Tensor:
+        """What the refiner refines: the flow's noise (8-bit units) for ``latent`` after the learned spatial and
+        cross-channel correlation (the flow's noise for ``latent`` itself in a model without one)."""
+        if self.correlation is not None:
+            latent = self.correlation(latent, cond.features)
+        return self.flow.noise_from_latent(latent, clean, cond)
 
     @torch.no_grad()
     def draw(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,

@@ -94,14 +94,13 @@ class GeneratorObjective(nn.Module):
 
     def forward(self, real_255: torch.Tensor, clean: torch.Tensor, cond: Condition, uniform: torch.Tensor,
                 latent: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        z_real, log_prob = self.model.flow.latent_and_log_prob(real_255, clean, cond, uniform=uniform)
-        nll = -log_prob.mean() / real_255[0].numel()
+        z_real, nll = self.model.flow.latent_and_nll_per_dim(real_255, clean, cond, uniform=uniform)
         correlation = self.model.correlation
         correlation_loss = correlation.loss(z_real, cond.features) if correlation is not None else None
         if latent is None:
             return nll, correlation_loss, None
         with torch.no_grad():
-            pixelwise = self.model.flow.noise_from_latent(self.model.correlated(latent, cond), clean, cond)
+            pixelwise = self.model.pixelwise(clean, cond, latent)
         return nll, correlation_loss, quantize(clean, self.model.refiner(pixelwise, clean, cond.features))
 
 
