@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nmflowgan.config import preset
+from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.errors import OutputExistsError
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.dncnn import DnCNN
@@ -65,11 +66,13 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
                        train_split: str | None = None, protocol: str = "default", patch_px: int | None = None,
                        max_patches: int | None = None, fit_patches: int = 2000, seed: int = 0,
                        overwrite: bool = False, progress: bool = True, title: str = "nmflowgan evaluation",
-                       options: SamplingOptions | None = None, device: str = "auto") -> Report:
+                       options: SamplingOptions | None = None, device: str = "auto",
+                       max_pixels: int = MAX_PIXELS) -> Report:
     """Runs :func:`nmflowgan.evaluation.evaluate` and writes ``results.json``, ``report.md``, ``report.html``.
 
     ``protocol`` is ``default`` (``patch_px`` and ``max_patches`` may change it) or ``official``; ``options``
-    defaults to the plain float32 path; ``device`` is ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    defaults to the plain float32 path; ``device`` is ``auto``, ``cpu``, ``cuda`` or ``mps``; ``max_pixels``
+    is the largest image accepted.
     """
     from nmflowgan.evaluation import evaluate
     from nmflowgan.evaluation import protocol as make_protocol
@@ -80,6 +83,6 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
         raise OutputExistsError(f"{out}: holds an evaluation already (pass --overwrite to replace it)")
     chosen = make_protocol(protocol, patch_px, max_patches)
     result = evaluate(checkpoint, data, split, train_split, chosen, fit_patches, seed, progress=progress,
-                      options=options, device=device)
+                      options=options, device=device, max_pixels=max_pixels)
     path = write_report(result, out, title=title, intro=f"Checkpoint `{checkpoint}`, data `{data}`.")
     return Report(path, results_table(result.realism))

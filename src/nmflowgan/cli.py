@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nmflowgan import __version__
 from nmflowgan.config import PRESETS, Config, load_config, preset
+from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", required=True, help="folder to create")
     simulate.add_argument("--cameras", nargs="+", default=None, help="built-in camera codes (default: all)")
     simulate.add_argument("--isos", nargs="+", type=float, default=[100, 400, 1600, 3200])
-    simulate.add_argument("--scenes", type=int, default=20, help="scenes (about a quarter go to test/)")
-    simulate.add_argument("--size", type=int, default=512, help="side of each square scene in pixels")
+    simulate.add_argument("--scenes", type=_positive_int, default=20, help="scenes (about a quarter go to test/)")
+    simulate.add_argument("--size", type=_positive_int, default=512, help="side of each square scene in pixels")
     simulate.add_argument("--seed", type=int, default=0)
     _common_output(simulate)
     simulate.set_defaults(handler=_simulate)
@@ -51,18 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="joint: NLL (+ latent correlation) + GAN (the paper; presets with weight_gan 0 "
                             "skip the GAN); flow: no GAN whatever the preset (ablation)")
     length = train.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None)
-    length.add_argument("--epochs", type=int, default=None)
+    length.add_argument("--steps", type=_positive_int, default=None)
+    length.add_argument("--epochs", type=_positive_int, default=None)
     train.add_argument("--out", required=True, type=Path, help="run folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _device_argument(train)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes")
     _precision_argument(train)
     train.add_argument("--channels-last", action="store_true", help="NHWC memory for refiner and critic")
-    train.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
-    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--log-every", type=_positive_int, default=10, help="steps between metrics.jsonl lines")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
     train.add_argument("--skip-bad", action="store_true", help="log and skip unusable image pairs")
+    _max_pixels_argument(train)
     _common_output(train)
     train.set_defaults(handler=_train)
 
@@ -75,11 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protocol", choices=["default", "official"], default="default",
                           help="default: 64x64 patches (at most 512), noise rounded to 8 bits; official: every 96x96 "
                                "patch at stride 48, noise clipped but not rounded (the paper's code)")
-    evaluate.add_argument("--patch-px", type=int, default=None, help="default protocol: patch side (64)")
-    evaluate.add_argument("--max-patches", type=int, default=None, help="default protocol: at most this many (512)")
+    evaluate.add_argument("--patch-px", type=_positive_int, default=None, help="default protocol: patch side (64)")
+    evaluate.add_argument("--max-patches", type=_positive_int, default=None,
+                          help="default protocol: at most this many (512)")
     evaluate.add_argument("--seed", type=int, default=0)
     _device_argument(evaluate)
     _sampling_argument(evaluate, default="plain")
+    _max_pixels_argument(evaluate)
     _common_output(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -92,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  "read each image's ISO")
     synthesize.add_argument("--extrapolate", action="store_true", help="allow ISOs outside the trained range")
     synthesize.add_argument("--seed", type=int, default=0)
-    synthesize.add_argument("--tile", type=int, default=512, help="tile side in pixels (bounds the memory)")
+    synthesize.add_argument("--tile", type=_positive_int, default=512, help="tile side in pixels (bounds the memory)")
     _device_argument(synthesize)
     _sampling_argument(synthesize)
     synthesize.add_argument("--compile", action="store_true",
                             help="torch.compile the refiner (pays back its compile time on long jobs only)")
+    _max_pixels_argument(synthesize)
     synthesize.add_argument("input", type=Path, metavar="IN", help="an image or a folder (searched recursively)")
     synthesize.add_argument("output", type=Path, metavar="OUT", help="a PNG file or a folder mirroring IN")
     _common_output(synthesize)
@@ -111,17 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     denoiser.add_argument("--val-split", default=None)
     _preset_arguments(denoiser)
     length = denoiser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None)
-    length.add_argument("--epochs", type=int, default=None)
+    length.add_argument("--steps", type=_positive_int, default=None)
+    length.add_argument("--epochs", type=_positive_int, default=None)
     denoiser.add_argument("--out", required=True, type=Path)
     denoiser.add_argument("--resume", action="store_true")
     _device_argument(denoiser)
     denoiser.add_argument("--seed", type=int, default=0)
-    denoiser.add_argument("--workers", type=int, default=0)
-    denoiser.add_argument("--val-every", type=int, default=100)
+    denoiser.add_argument("--workers", type=_non_negative_int, default=0)
+    denoiser.add_argument("--val-every", type=_positive_int, default=100)
     _precision_argument(denoiser)
     _sampling_argument(denoiser)
     denoiser.add_argument("--skip-bad", action="store_true")
+    _max_pixels_argument(denoiser)
     _common_output(denoiser)
     denoiser.set_defaults(handler=_train_denoiser)
 
@@ -129,16 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--checkpoint", required=True, type=Path)
     score.add_argument("--data", required=True, type=Path, help="data set folder, or SIDD's noisy blocks .mat")
     score.add_argument("--split", default=None)
-    score.add_argument("--max-images", type=int, default=None,
+    score.add_argument("--max-images", type=_positive_int, default=None,
                        help="score at most this many images, evenly spaced (default: all)")
     _device_argument(score)
     score.add_argument("--json", action="store_true", help="machine-readable output")
+    _max_pixels_argument(score)
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(handler=_eval_denoiser)
 
     denoise = sub.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
     denoise.add_argument("--checkpoint", required=True, type=Path)
     _device_argument(denoise)
+    _max_pixels_argument(denoise)
     denoise.add_argument("input", type=Path, metavar="IN")
     denoise.add_argument("output", type=Path, metavar="OUT")
     _common_output(denoise)
@@ -156,6 +164,32 @@ def build_parser() -> argparse.ArgumentParser:
 def _common_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                        help="refuse images with more pixels than this, from the header, before decoding "
+                             f"(default {MAX_PIXELS:,}; Pillow's own limit of about 179 million still applies)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
 
 
 def _precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +219,10 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected at least one value, got {text!r}")
+    return parts
 
 
 def _iso_list(text: str) -> list[float | str]:
@@ -218,7 +255,7 @@ def _simulate(args: argparse.Namespace) -> None:
     print(f"simcam data set written to {out} (train/, test/, simcam.json)")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 
     options = NoiseTrainingOptions(
@@ -226,18 +263,26 @@ def _train(args: argparse.Namespace) -> None:
         steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite, device=args.device,
         seed=args.seed, workers=args.workers, precision=args.precision, channels_last=args.channels_last,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, quiet=args.quiet, skip_bad=args.skip_bad,
+        max_pixels=args.max_pixels,
     )
     with stop_on_signals() as stop:
         result = train_noise_model(_config(args), options, stop)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
     if result.interrupted:
-        print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; the checkpoint is "
-              f"{result.run_dir / 'last'}. Continue with the same command plus --resume.")
-        return
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; the checkpoint is "
+                  f"{result.run_dir / 'last'}. Continue with the same command plus --resume.")
+        return _signal_exit_code(result.interrupted)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     scores = ", ".join(f"step {v['step']}: {v['val_kld']:.4f}" for v in result.validation[:1] + result.validation[-1:])
-    print(f"trained to step {result.step}; validation KLD {scores}; best {result.best_kld:.4f}")
-    print(f"checkpoints: {result.run_dir / 'last'} and {result.run_dir / 'best'}")
+    if scores:
+        print(f"trained to step {result.step}; validation KLD {scores}; best {result.best_kld:.4f}")
+    else:
+        print(f"trained to step {result.step} (no validation split, so no validation KLD)")
+    best = result.run_dir / "best"
+    print(f"checkpoints: {result.run_dir / 'last'}" + (f" and {best}" if best.exists() else
+          " (no 'best': no validation step was eligible, e.g. training ended within the flow warm-up)"))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -246,7 +291,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     report = evaluate_to_report(args.checkpoint, args.data, args.out, split=args.split, train_split=args.train_split,
                                 protocol=args.protocol, patch_px=args.patch_px, max_patches=args.max_patches,
                                 seed=args.seed, overwrite=args.overwrite, progress=not args.quiet,
-                                options=SamplingOptions.named(args.sampling), device=args.device)
+                                options=SamplingOptions.named(args.sampling), device=args.device,
+                                max_pixels=args.max_pixels)
     print(report.table)
     print(f"report: {report.path} (and report.html, results.json)")
 
@@ -258,11 +304,11 @@ def _synthesize(args: argparse.Namespace) -> None:
     written = synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
                          overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
                          device=str(resolve_device(args.device)), progress=not args.quiet,
-                         options=SamplingOptions.named(args.sampling, args.compile))
+                         options=SamplingOptions.named(args.sampling, args.compile), max_pixels=args.max_pixels)
     print(f"wrote {len(written)} noisy image(s) with JSON sidecars under {args.output}")
 
 
-def _train_denoiser(args: argparse.Namespace) -> None:
+def _train_denoiser(args: argparse.Namespace) -> int | None:
     from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
 
     options = DenoiserTrainingOptions(
@@ -270,15 +316,17 @@ def _train_denoiser(args: argparse.Namespace) -> None:
         val_split=args.val_split, steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite,
         device=args.device, seed=args.seed, workers=args.workers, val_every=args.val_every, quiet=args.quiet,
         skip_bad=args.skip_bad, sampling=SamplingOptions.named(args.sampling), precision=args.precision,
+        max_pixels=args.max_pixels,
     )
     with stop_on_signals() as stop:
         result = train_denoiser(_config(args), options, stop)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
     if result.interrupted:
-        print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; continue with the same "
-              "command plus --resume")
-        return
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; continue with the "
+                  "same command plus --resume")
+        return _signal_exit_code(result.interrupted)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     best = max((v["val_psnr"] for v in result.validation), default=float("nan"))
     print(f"trained to step {result.step}; best validation PSNR {best:.2f} dB; checkpoints in {result.run_dir}")
 
@@ -287,7 +335,7 @@ def _eval_denoiser(args: argparse.Namespace) -> None:
     from nmflowgan.denoising import evaluate_denoiser
 
     scores = evaluate_denoiser(args.checkpoint, args.data, args.split, args.max_images, progress=not args.quiet,
-                               device=args.device)
+                               device=args.device, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps({"overall": scores.overall, "per_condition": scores.per_condition,
                           "available": scores.available, "scored": scores.subset}, indent=2))
@@ -305,19 +353,27 @@ def _denoise(args: argparse.Namespace) -> None:
     from nmflowgan.devices import resolve_device
 
     written = denoise_files(args.checkpoint, args.input, args.output, args.overwrite,
-                            str(resolve_device(args.device)), progress=not args.quiet)
+                            str(resolve_device(args.device)), progress=not args.quiet, max_pixels=args.max_pixels)
     print(f"wrote {len(written)} denoised image(s) under {args.output}")
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace) -> int | None:
     from nmflowgan.demo import demo
 
     with stop_on_signals() as stop:
         report = demo(args.out, args.budget_minutes, args.seed, progress=not args.quiet, stop=stop)
     if report is None:
         print(f"demo stopped by {stop.reason}; run the same command again to continue where it stopped")
-        return
+        return _signal_exit_code(stop.reason or "SIGINT")
     print(f"demo finished; open {report.with_suffix('.html')} (or {report})")
+
+
+def _signal_exit_code(reason: str) -> int:
+    """The shell's status for a process ended by a signal: 128 + its number (130 SIGINT, 143 SIGTERM)."""
+    try:
+        return 128 + signal.Signals[reason].value
+    except KeyError:
+        return 1
 
 
 @contextmanager
@@ -364,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        args.handler(args)
+        code = args.handler(args)
     except NmflowganError as error:
         print(f"nmflowgan {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -374,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nmflowgan {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -326,13 +327,32 @@ def from_dict(cls: type, data: dict, where: str = "") -> object:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = from_dict(hint, value, f"{where}.{name}")
-        elif typing.get_origin(hint) is tuple or (
-            isinstance(hint, types.GenericAlias) and hint.__origin__ is tuple
-        ):
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(value, hint, f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _typed(value: object, hint: object, where: str) -> object:
+    """``value`` checked against a field's type (``int``, ``float``, ``bool``, ``str``, ``X | None``,
+    ``tuple[...]``) before any network is built from it: ``depth=2.5`` or ``width="64"`` is refused, naming
+    the key, instead of failing (or allocating) somewhere inside PyTorch. Floats must be finite."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    kind = next(o for o in options if o is not type(None))
+    if typing.get_origin(kind) is tuple:
+        items = typing.get_args(kind)
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise BadInputError(f"{where} must be a list of {len(items)} values, got {value!r}")
+        return tuple(_typed(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
+    accepted = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}[kind]
+    if isinstance(value, bool) is not (kind is bool) or not isinstance(value, accepted):
+        raise BadInputError(f"{where} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise BadInputError(f"{where} must be a finite number, got {value!r}")
+    return value
 
 
 def save_config(config: Config, path: str | Path) -> None:
@@ -344,9 +364,11 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadInputError(f"{path}: cannot read config JSON ({error})") from None
+    except RecursionError:
+        raise BadInputError(f"{path}: cannot read config JSON (nested too deeply)") from None
     try:
         return from_dict(Config, data)  # type: ignore[return-value]
-    except (BadInputError, TypeError) as error:
+    except BadInputError as error:
         raise BadInputError(f"{path}: {error}") from None

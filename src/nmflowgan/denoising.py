@@ -10,14 +10,14 @@ import torch
 from tqdm import tqdm
 
 from nmflowgan.data.folders import default_splits, find_pairs
-from nmflowgan.data.io import read_rgb, write_png
+from nmflowgan.data.io import MAX_PIXELS, image_size, read_rgb, write_png
 from nmflowgan.data.patches import evenly_spaced
 from nmflowgan.data.sidd import load_sidd_blocks
 from nmflowgan.devices import resolve_device
-from nmflowgan.errors import BadInputError
+from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.metrics.image_quality import psnr, ssim
 from nmflowgan.models.dncnn import DnCNN
-from nmflowgan.outputs import input_images, output_path, refuse_existing
+from nmflowgan.outputs import input_images, make_parent, numbered, output_path, refuse_existing, refuse_outside
 from nmflowgan.tiling import process_in_tiles
 
 
@@ -26,7 +26,14 @@ def denoise_image(model: DnCNN, noisy: np.ndarray, tile_px: int = 512) -> np.nda
     """``uint8 (H, W, 3)`` noisy -> ``uint8 (H, W, 3)`` denoised; tiles with a margin of the receptive field."""
     device = next(model.parameters()).device
     margin = model.config.depth + 1  # each 3x3 layer sees one more pixel
-    return process_in_tiles(noisy, lambda tile, top, left: model(tile).clamp(0, 1) * 255.0, tile_px, margin, device)
+
+    def run(tile: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        denoised = model(tile)
+        if not bool(torch.isfinite(denoised).all()):
+            raise CheckpointError("the denoiser produced non-finite values; its weights are unusable")
+        return denoised.clamp(0, 1) * 255.0
+
+    return process_in_tiles(noisy, run, tile_px, margin, device)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,8 @@ def _scores(rows: list[tuple[str, float, float, float, float, float]], available
 
 
 def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | None = None,
-                      max_images: int | None = None, progress: bool = True, device: str = "auto") -> DenoiserScores:
+                      max_images: int | None = None, progress: bool = True, device: str = "auto",
+                      max_pixels: int = MAX_PIXELS) -> DenoiserScores:
     """Scores a denoiser on real noisy/clean pairs: a paired folder, a simcam test tree, a SIDD tree, or
     SIDD validation blocks (``data`` = the noisy ``.mat`` file; the ground truth is the file beside it with
     ``Noisy`` replaced by ``Gt``).
@@ -73,6 +81,7 @@ def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | Non
     Args:
         max_images: score at most this many images, evenly spaced over the data set (None: all of them).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        max_pixels: the largest image accepted (SIDD blocks: all blocks of the file together).
     """
     if max_images is not None and max_images < 1:
         raise BadInputError(f"--max-images must be at least 1, got {max_images}")
@@ -82,13 +91,14 @@ def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | Non
         ground_truth = data.with_name(data.name.replace("Noisy", "Gt"))
         if ground_truth == data:
             raise BadInputError(f"{data}: cannot tell the ground-truth .mat file ('Noisy' is not in the name)")
-        blocks = load_sidd_blocks(data, ground_truth)
+        blocks = load_sidd_blocks(data, ground_truth, max_pixels=max_pixels)
         noisy_images = blocks.noisy.reshape(-1, *blocks.noisy.shape[2:])
         clean_images = blocks.clean.reshape(-1, *blocks.clean.shape[2:])
         pairs = [("SIDD", 0.0, lambda i=i: (clean_images[i], noisy_images[i])) for i in range(len(noisy_images))]
     else:
         records = find_pairs(data, split or default_splits(data, None, None)[1])
-        pairs = [(r.camera, float(r.iso), lambda r=r: (read_rgb(r.clean), read_rgb(r.noisy))) for r in records]
+        pairs = [(r.camera, float(r.iso), lambda r=r: (read_rgb(r.clean, max_pixels), read_rgb(r.noisy, max_pixels)))
+                 for r in records]
     chosen = pairs if max_images is None else [pairs[i] for i in evenly_spaced(len(pairs), max_images)]
     rows = []
     for camera, iso, load in tqdm(chosen, desc="evaluate denoiser", disable=not progress):
@@ -99,15 +109,21 @@ def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | Non
 
 
 def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, overwrite: bool = False,
-                  device: str = "cpu", progress: bool = True) -> list[Path]:
-    """Denoises an image or a folder of images into PNGs that mirror the input names."""
+                  device: str = "cpu", progress: bool = True, max_pixels: int = MAX_PIXELS) -> list[Path]:
+    """Denoises an image or a folder of images into PNGs that mirror the input names (numbered where two
+    inputs would share one, as ``synthesize``). Every input header and every output is checked before the
+    first image is written; ``max_pixels`` is the largest input accepted."""
     source, out = Path(source), Path(out)
     inputs = input_images(source, out)
     images = [image for image, _ in inputs]
-    targets = [output_path(source, out, relative) for _, relative in inputs]
+    for image in images:
+        image_size(image, max_pixels)
+    targets = numbered([output_path(source, out, relative) for _, relative in inputs])
     refuse_existing(targets, overwrite)
+    refuse_outside(out, targets)
     model = DnCNN.load(checkpoint, map_location=device)
     for image, target in tqdm(list(zip(images, targets)), desc="denoise", disable=not progress):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_png(target, denoise_image(model, read_rgb(image)))
+        denoised = denoise_image(model, read_rgb(image, max_pixels))
+        make_parent(out, target)
+        write_png(target, denoised)
     return targets

@@ -29,3 +29,7 @@ class OutputExistsError(NmflowganError, FileExistsError):
 
 class TrainingError(NmflowganError, RuntimeError):
     """Training cannot go on (a non-finite loss, a resume that does not fit its checkpoint, ...)."""
+
+
+class RunLockedError(NmflowganError, RuntimeError):
+    """A run folder that another process is writing (its lock file names the holder)."""

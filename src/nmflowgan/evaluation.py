@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, DataError
@@ -115,7 +116,7 @@ class EvalResult:
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, train_split: str | None = None,
              protocol: Protocol = PROTOCOLS["default"], fit_patches: int = 2000, seed: int = 0,
              batch_size: int = 32, progress: bool = True, options: SamplingOptions | None = None,
-             device: str = "cpu") -> EvalResult:
+             device: str = "cpu", max_pixels: int = MAX_PIXELS) -> EvalResult:
     """Scores a trained noise model and the baselines on the test patches of ``data``.
 
     Args:
@@ -128,6 +129,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         options: how the model's noise is computed (default: the plain float32 path).
         device: where the model runs (``auto``, ``cpu``, ``cuda`` or ``mps``); scores are computed in float64 on
             the CPU.
+        max_pixels: the largest image accepted (checked from each header before decoding).
 
     Returns:
         An :class:`EvalResult`.
@@ -145,8 +147,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     usable = [r for r in test_records if model.space.knows(r.camera, r.iso)]
     if not usable:
         raise DataError(f"{data}: no test pair has a camera/ISO this model knows ({', '.join(model.cameras)})")
-    gaussian, nlf = fit_baselines(train_records, protocol.patch_px, fit_patches, seed, progress)
-    test = PatchDataset(usable, protocol.patch_px, protocol.stride_px, with_oracle=True)
+    gaussian, nlf = fit_baselines(train_records, protocol.patch_px, fit_patches, seed, progress, max_pixels)
+    test = PatchDataset(usable, protocol.patch_px, protocol.stride_px, with_oracle=True, max_pixels=max_pixels)
     indices = list(range(len(test))) if protocol.max_patches is None else test.evenly_spaced(protocol.max_patches)
 
     sources: dict[str, NoiseSource] = {

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from nmflowgan.baselines import GaussianNoise, HeteroscedasticNoise
+from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.models.noise_model import NoiseModel, clip_to_8bit, quantize
 from nmflowgan.models.sampler import SamplingOptions
@@ -59,10 +60,10 @@ def oracle_noise(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> 
     return (batch.oracle.double() - batch.clean.double()).to(clean.device, clean.dtype)
 
 
-def fit_baselines(records: list, patch_px: int, max_patches: int, seed: int, progress: bool
-                  ) -> tuple[GaussianNoise, HeteroscedasticNoise]:
+def fit_baselines(records: list, patch_px: int, max_patches: int, seed: int, progress: bool,
+                  max_pixels: int = MAX_PIXELS) -> tuple[GaussianNoise, HeteroscedasticNoise]:
     """Fits ``gaussian`` and ``nlf`` on up to ``max_patches`` training patches (a fixed random subset)."""
-    dataset = PatchDataset(records, patch_px, patch_px)
+    dataset = PatchDataset(records, patch_px, patch_px, max_pixels=max_pixels)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_patches].tolist()
     gaussian, nlf = GaussianNoise(), HeteroscedasticNoise()
     for start in tqdm(range(0, len(order), 64), desc="fit baselines", disable=not progress):

@@ -34,8 +34,44 @@ def output_path(source: Path, out: Path, relative: Path, suffix: str = "") -> Pa
     return out / relative.parent / f"{relative.stem}{suffix}.png"
 
 
+def numbered(targets: Sequence[Path]) -> list[Path]:
+    """``targets`` with every repeat numbered: inputs ``a.jpg`` and ``a.png`` both map to ``a.png``, so the
+    second is written as ``a_2.png`` (never a name another output already has). Order is kept, so the
+    numbering follows the sorted inputs and is the same on every run."""
+    taken, unique = set(targets), []
+    seen: set[Path] = set()
+    for target in targets:
+        candidate, number = target, 1
+        while candidate in seen or (number > 1 and candidate in taken):
+            number += 1
+            candidate = target.with_name(f"{target.stem}_{number}{target.suffix}")
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
 def refuse_existing(targets: Sequence[Path], overwrite: bool) -> None:
-    """Raises before any work when an output exists and ``overwrite`` is off."""
-    existing = [t for t in targets if t.exists()]
+    """Raises before any work when an output (image or sidecar) exists and ``overwrite`` is off."""
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]}: exists ({len(existing)} outputs do); pass --overwrite to replace")
+
+
+def refuse_outside(out: Path, targets: Sequence[Path]) -> None:
+    """Raises when a target would land outside ``out`` (a folder), e.g. through a symbolic link to a folder
+    elsewhere that sits inside ``out``. When ``out`` is itself an output file, its folder is the bound. Call
+    it before any work and again after creating a target's folders."""
+    root = out.parent if out in targets else out  # OUT is itself the output file
+    for target in targets:
+        folder = target.parent  # the deepest folder of the target's path that exists below OUT, if any
+        while folder != root and not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder != root and not folder.resolve().is_relative_to(root.resolve()):
+            raise BadInputError(f"{target}: would be written outside the output folder {out} (through "
+                                f"{folder} -> {folder.resolve()})")
+
+
+def make_parent(out: Path, target: Path) -> None:
+    """Creates ``target``'s folder inside ``out`` and checks that it really is inside."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    refuse_outside(out, [target])

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from nmflowgan.atomic import write_text
 from nmflowgan.conditions import check_iso
-from nmflowgan.data.io import open_image, read_rgb, write_png
-from nmflowgan.errors import BadInputError, DataError
+from nmflowgan.data.io import MAX_PIXELS, image_size, open_image, read_rgb, write_png
+from nmflowgan.errors import BadInputError, CheckpointError, DataError
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, resolve_model_dir
 from nmflowgan.models.sampler import SamplingOptions
-from nmflowgan.outputs import input_images, output_path, refuse_existing
+from nmflowgan.outputs import input_images, make_parent, numbered, output_path, refuse_existing, refuse_outside
 from nmflowgan.tiling import process_in_tiles
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,19 @@ def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: flo
 
     def draw(tile: torch.Tensor, top: int, left: int) -> torch.Tensor:
         latent = latent_window(seed, top, left, *tile.shape[-2:]).to(device) * temperature
-        return tile * 255.0 + model.quantized_noise(tile, cond, latent=latent, refine=refine, options=options)
+        noise = model.quantized_noise(tile, cond, latent=latent, refine=refine, options=options)
+        if not bool(torch.isfinite(noise).all()):
+            raise CheckpointError(f"the noise model drew non-finite noise for {camera} ISO {iso:g}; its weights "
+                                  "are unusable")
+        return tile * 255.0 + noise
 
     return process_in_tiles(clean, draw, tile_px, margin_px, device)
 
 
-def exif_iso(path: Path) -> float:
+def exif_iso(path: Path, max_pixels: int = MAX_PIXELS) -> float:
     """The ISO an image's EXIF records (tag ISOSpeedRatings); raises naming the file when there is none."""
     try:
-        with open_image(path) as image:
+        with open_image(path, max_pixels) as image:
             exif = image.getexif()
             value = exif.get_ifd(EXIF_IFD).get(EXIF_ISO, exif.get(EXIF_ISO))
     except OSError as error:
@@ -111,64 +115,92 @@ class SynthesisJob:
     source: Path
     target: Path
     camera: str
-    iso: float | str
+    iso: float
     seed: int
 
+    @property
+    def sidecar(self) -> Path:
+        return self.target.with_suffix(".json")
 
-def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float | str], seed: int) -> list[SynthesisJob]:
-    """Every (image, camera, ISO) output. OUT mirrors IN's relative names as PNG; with several cameras
-    or ISOs each name gets ``_CAMERA_isoN``. Per-output seeds derive from the seed and the output name."""
+
+def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float | str], seed: int,
+         max_pixels: int = MAX_PIXELS) -> list[SynthesisJob]:
+    """Every (image, camera, ISO) output, with every input checked first: its header (RGB, at most
+    ``max_pixels``) and, for ``"exif"``, its ISO, so that a bad input stops the job before anything is written.
+
+    OUT mirrors IN's relative names as PNG; with several cameras or ISOs each name gets ``_CAMERA_isoN``;
+    inputs that would share an output name (``a.jpg`` and ``a.png``) are numbered (``a_2.png``). Per-output
+    seeds derive from the seed and the output name.
+    """
     source, out = Path(source), Path(out)
     several = len(cameras) * len(isos) > 1
-    jobs = []
+    planned = []
     for image, relative in input_images(source, out):
+        image_size(image, max_pixels)
         for camera in cameras:
             for iso in isos:
                 suffix = f"_{camera}_iso{iso if isinstance(iso, str) else f'{iso:g}'}" if several else ""
-                target = output_path(source, out, relative, suffix)
-                name_seed = int.from_bytes(hashlib.sha256(f"{seed}/{target.relative_to(out) if target != out else ''}"
-                                                          f"/{relative}".encode()).digest()[:4], "little")
-                jobs.append(SynthesisJob(image, target, camera, iso, name_seed))
+                value = exif_iso(image, max_pixels) if iso == "exif" else float(iso)
+                planned.append((image, relative, camera, value, output_path(source, out, relative, suffix)))
+    jobs = []
+    for (image, relative, camera, iso, _), target in zip(planned, numbered([p[-1] for p in planned])):
+        name_seed = int.from_bytes(hashlib.sha256(f"{seed}/{target.relative_to(out) if target != out else ''}"
+                                                  f"/{relative}".encode()).digest()[:4], "little")
+        jobs.append(SynthesisJob(image, target, camera, iso, name_seed))
     return jobs
 
 
 def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, cameras: Sequence[str],
                isos: Sequence[float | str], seed: int = 0, overwrite: bool = False, extrapolate: bool = False,
                tile_px: int = 512, device: str = "cpu", progress: bool = True,
-               options: SamplingOptions | None = None) -> list[Path]:
+               options: SamplingOptions | None = None, max_pixels: int = MAX_PIXELS) -> list[Path]:
     """Writes noisy versions of every image of ``source`` (a file or a folder) into ``out``.
+
+    Everything is checked before the first image is written: the options, the model, every input's header and
+    EXIF ISO, and every output (none may exist without ``overwrite``, sidecars included, and none may land
+    outside ``out`` through a symbolic link).
 
     Args:
         cameras, isos: every combination is drawn; an ISO may be ``"exif"`` (read from each image).
         overwrite: replace existing outputs (refused otherwise, before any work starts).
+        tile_px: side of the tiles the image is drawn in (>= 1; bounds the memory).
         options: the sampling path (default: the optimized one).
+        max_pixels: the largest input accepted (checked from each header before decoding).
 
     Returns:
         The written images; each has a JSON sidecar (camera, ISO, seed, checkpoint hash, source file, and
         the sampling path: ``plain`` or the optimized path's number format).
     """
+    if not cameras or not isos:
+        raise BadInputError(f"no {'camera' if not cameras else 'ISO'} given; name at least one")
+    if tile_px < 1:
+        raise BadInputError(f"the tile side must be at least 1 pixel, got {tile_px}")
     model = NoiseModel.load(checkpoint, map_location=device)
     for camera in cameras:
         model.space.camera_index(camera)
     for iso in isos:
         if iso != "exif":
             model.space.iso_feature(iso, extrapolate)
-    jobs = plan(Path(source), Path(out), cameras, isos, seed)
-    refuse_existing([j.target for j in jobs], overwrite)
+    out = Path(out)
+    jobs = plan(Path(source), out, cameras, isos, seed, max_pixels)
+    for job in jobs:
+        model.space.iso_feature(job.iso, extrapolate)
+    outputs = [path for job in jobs for path in (job.target, job.sidecar)]
+    refuse_existing(outputs, overwrite)
+    refuse_outside(out, outputs)
     digest = checkpoint_hash(checkpoint)
     # The same seed gives the same image only on the same path: the sidecar says which one drew it.
     options = options or SamplingOptions()
     path = "plain" if options.is_plain else str(model.sampler(options).dtype).removeprefix("torch.")
     written = []
     for job in tqdm(jobs, desc="synthesize", unit="img", disable=not progress):
-        iso = exif_iso(job.source) if job.iso == "exif" else float(job.iso)
-        noisy = synthesize_image(model, read_rgb(job.source), job.camera, iso, job.seed, tile_px,
+        noisy = synthesize_image(model, read_rgb(job.source, max_pixels), job.camera, job.iso, job.seed, tile_px,
                                  extrapolate=extrapolate, options=options)
-        job.target.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(out, job.target)
         write_png(job.target, noisy)
-        sidecar = {"camera": job.camera, "iso": iso, "seed": job.seed, "checkpoint": str(checkpoint),
+        sidecar = {"camera": job.camera, "iso": job.iso, "seed": job.seed, "checkpoint": str(checkpoint),
                    "checkpoint_sha256": digest, "source": str(job.source), "sampling": path}
-        write_text(job.target.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+        write_text(job.sidecar, json.dumps(sidecar, indent=2) + "\n")
         written.append(job.target)
     return written
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from nmflowgan.errors import BadInputError
+
 TileFunction = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
@@ -18,6 +20,9 @@ def process_in_tiles(image: np.ndarray, function: TileFunction, tile_px: int = 5
     border); ``function(tile, top, left)`` receives that grown tile as ``(1, 3, h, w)`` floats in [0, 1]
     with its position in the image, returns ``(1, 3, h, w)`` in 8-bit units, and only the core is kept.
     """
+    if tile_px < 1 or margin_px < 0:
+        raise BadInputError(f"tiles need a side of at least 1 pixel and a margin of at least 0, got {tile_px} and "
+                            f"{margin_px}")
     height, width = image.shape[:2]
     out = np.empty_like(image)
     for top in range(0, height, tile_px):

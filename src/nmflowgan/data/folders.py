@@ -23,23 +23,28 @@ def read_metadata(path: str | Path) -> list[PairRecord]:
     """Reads a ``metadata.csv``; every error names the file and the line."""
     path = Path(path)
     root = path.parent.resolve()
-    try:
-        handle = open(path, newline="", encoding="utf-8")
+    try:  # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which is not a column name
+        handle = open(path, newline="", encoding="utf-8-sig")
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error})") from None
     records = []
     with handle:
         reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
+        try:
+            columns = reader.fieldnames or []
+            rows = list(enumerate(reader, start=2))
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text ({error}); save it as UTF-8") from None
+        except csv.Error as error:
+            raise DataError(f"{path}: malformed CSV ({error})") from None
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise DataError(f"{path}: the header names {', '.join(repeated)} more than once")
         unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if unknown or missing:
             raise DataError(f"{path}: unknown columns {unknown} / missing columns {missing}; expected "
                             f"{','.join(REQUIRED_COLUMNS)} (and optionally {','.join(OPTIONAL_COLUMNS)})")
-        try:
-            rows = list(enumerate(reader, start=2))
-        except (csv.Error, UnicodeDecodeError) as error:
-            raise DataError(f"{path}: malformed CSV ({error})") from None
         for line, row in rows:
             if None in row or any(row[c] is None for c in REQUIRED_COLUMNS):
                 raise DataError(f"{path}:{line}: expected {len(columns)} fields, got a different number")
@@ -60,6 +65,8 @@ def read_metadata(path: str | Path) -> list[PairRecord]:
 
 
 def _inside(root: Path, relative: str, path: Path, line: int) -> Path:
+    if "\0" in relative:
+        raise DataError(f"{path}:{line}: the path {relative!r} contains a NUL byte")
     candidate = (root / relative).resolve()
     if Path(relative).is_absolute() or not candidate.is_relative_to(root):
         raise DataError(f"{path}:{line}: {relative!r} points outside the data set folder {root}")

@@ -37,12 +37,33 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image
             image = Image.open(path)
         except Image.DecompressionBombError as error:
             raise DataError(f"{path}: image too large ({error}); the limit is {max_pixels:,} pixels") from None
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such image file") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
             raise DataError(f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-                            f"{max_pixels:,} pixels per image")
+                            f"{max_pixels:,} pixels per image (--max-pixels raises it)")
         yield image
+
+
+def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """``(H, W)`` of an RGB image from its header, without decoding the pixels; raises :class:`DataError` naming
+    the file when it is missing, unreadable, not RGB or larger than ``max_pixels``."""
+    path = Path(path)
+    try:
+        with open_image(path, max_pixels) as image:
+            width, height = image.size
+            mode = image.mode
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: unreadable or truncated image ({error})") from None
+    if mode != "RGB":
+        raise DataError(f"{path}: image mode {mode} is not RGB (need a 3-channel colour image)")
+    return height, width
 
 
 def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmflowgan.data.io import open_image
+from nmflowgan.data.io import MAX_PIXELS, image_size
 from nmflowgan.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -32,41 +32,25 @@ class PairRecord:
     oracle: Path | None = None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(H, W)`` of an image from its header, without decoding the pixels."""
-    try:
-        with open_image(path) as image:
-            width, height = image.size
-            mode = image.mode
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{path}: unreadable or truncated image ({error})") from None
-    if mode != "RGB":
-        raise DataError(f"{path}: image mode {mode} is not RGB (need a 3-channel colour image)")
-    return height, width
-
-
-def check_pair(record: PairRecord) -> tuple[int, int]:
+def check_pair(record: PairRecord, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """Checks that both files exist, are RGB and have the same size; returns ``(H, W)``."""
     for path in (record.clean, record.noisy):
         if not path.is_file():
             raise DataError(f"{path}: missing file (partner of {_partner(record, path)})")
-    clean_size, noisy_size = image_size(record.clean), image_size(record.noisy)
+    clean_size, noisy_size = image_size(record.clean, max_pixels), image_size(record.noisy, max_pixels)
     if clean_size != noisy_size:
         raise DataError(f"{record.noisy}: size {noisy_size[1]}x{noisy_size[0]} does not match its clean "
                         f"image {record.clean} ({clean_size[1]}x{clean_size[0]})")
     return clean_size
 
 
-def checked(records: Iterable[PairRecord], skip_bad: bool) -> list[tuple[PairRecord, tuple[int, int]]]:
+def checked(records: Iterable[PairRecord], skip_bad: bool, max_pixels: int = MAX_PIXELS
+            ) -> list[tuple[PairRecord, tuple[int, int]]]:
     """Each record with its ``(H, W)``; a bad pair raises, or is logged and dropped with ``skip_bad``."""
     good = []
     for record in records:
         try:
-            good.append((record, check_pair(record)))
+            good.append((record, check_pair(record, max_pixels)))
         except DataError as error:
             if not skip_bad:
                 raise

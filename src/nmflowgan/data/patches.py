@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nmflowgan.data.io import read_rgb
+from nmflowgan.data.io import MAX_PIXELS, read_rgb
 from nmflowgan.data.pairs import PairRecord, checked
 from nmflowgan.errors import DataError
 
@@ -52,17 +52,19 @@ class PatchDataset(Dataset):
         skip_bad: drop unusable pairs (logged) instead of raising.
         with_oracle: also read each pair's oracle image (evaluation); training does not need it.
         cache_mb: decoded images kept per process, in megabytes (least recently used are dropped).
+        max_pixels: the largest image accepted (checked from each header before decoding).
     """
 
     def __init__(self, records: Sequence[PairRecord], patch_px: int = 96, stride_px: int = 48,
                  augment: bool = False, seed: int = 0, skip_bad: bool = False, with_oracle: bool = False,
-                 cache_mb: float = 1024) -> None:
+                 cache_mb: float = 1024, max_pixels: int = MAX_PIXELS) -> None:
         self.patch_px, self.stride_px, self.augment, self.seed = patch_px, stride_px, augment, seed
+        self.max_pixels = max_pixels
         self.epoch = 0
         self.records: list[PairRecord] = []
         self.grids: list[tuple[int, int]] = []  # patches per column and per row of each pair
         self.starts = [0]
-        for record, (height, width) in checked(records, skip_bad):
+        for record, (height, width) in checked(records, skip_bad, max_pixels):
             if height < patch_px or width < patch_px:
                 raise DataError(f"{record.clean}: {width}x{height} is smaller than the {patch_px}px patch")
             rows, cols = (height - patch_px) // stride_px + 1, (width - patch_px) // stride_px + 1
@@ -99,7 +101,7 @@ class PatchDataset(Dataset):
         if path in self._cache:
             self._cache.move_to_end(path)
             return self._cache[path]
-        image = read_rgb(path)
+        image = read_rgb(path, self.max_pixels)
         self._cache[path] = image
         self._cached_bytes += image.nbytes
         while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.pairs import PairRecord
 from nmflowgan.errors import DataError
 
@@ -128,11 +130,12 @@ def _scene_parent(root: Path) -> Path:
 # ---- validation / benchmark blocks in .mat files -------------------------------------------------
 
 
-def read_mat_array(path: str | Path, key: str | None = None) -> np.ndarray:
+def read_mat_array(path: str | Path, key: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Reads the one image array of a MATLAB file: v5 through scipy, v7.3 (HDF5) through h5py.
 
     h5py returns MATLAB arrays with their axes reversed; they are transposed back, so a
-    ``40x32x256x256x3`` block array comes out with that shape either way.
+    ``40x32x256x256x3`` block array comes out with that shape either way. A file whose arrays hold more than
+    ``max_pixels`` RGB pixels in all is refused from its header, before anything is read.
     """
     path = Path(path)
     if not path.is_file():
@@ -142,6 +145,8 @@ def read_mat_array(path: str | Path, key: str | None = None) -> np.ndarray:
     if h5py.is_hdf5(path):  # MATLAB v7.3 files are HDF5 (scipy raises NotImplementedError on them)
         try:
             with h5py.File(path, "r") as handle:
+                _refuse_large(path, [handle[k].shape for k in handle if isinstance(handle[k], h5py.Dataset)],
+                              max_pixels)
                 arrays = {k: np.asarray(handle[k]).transpose() for k in handle if isinstance(handle[k], h5py.Dataset)}
         except OSError as error:
             raise DataError(f"{path}: unreadable MATLAB v7.3 file ({error})") from None
@@ -149,6 +154,7 @@ def read_mat_array(path: str | Path, key: str | None = None) -> np.ndarray:
         import scipy.io
 
         try:
+            _refuse_large(path, [shape for _, shape, _ in scipy.io.whosmat(str(path))], max_pixels)
             contents = scipy.io.loadmat(str(path))
         except Exception as error:  # noqa: BLE001 - scipy's parser raises many kinds on a corrupt file
             raise DataError(f"{path}: unreadable .mat file ({type(error).__name__}: {error})") from None
@@ -160,6 +166,13 @@ def read_mat_array(path: str | Path, key: str | None = None) -> np.ndarray:
     if len(arrays) != 1:
         raise DataError(f"{path}: expected one array variable, found {sorted(arrays)}; name one")
     return next(iter(arrays.values()))
+
+
+def _refuse_large(path: Path, shapes: list[tuple[int, ...]], max_pixels: int) -> None:
+    pixels = sum(math.prod(shape) for shape in shapes) // 3
+    if pixels > max_pixels:
+        raise DataError(f"{path}: holds {pixels:,} pixels, more than the limit of {max_pixels:,} (--max-pixels "
+                        "raises it)")
 
 
 @dataclass(frozen=True)
@@ -177,15 +190,16 @@ class SiddBlocks:
     isos: tuple[float, ...] | None = None
 
 
-def load_sidd_blocks(noisy_mat: str | Path, clean_mat: str | Path, metadata_csv: str | Path | None = None
-                     ) -> SiddBlocks:
+def load_sidd_blocks(noisy_mat: str | Path, clean_mat: str | Path, metadata_csv: str | Path | None = None,
+                     max_pixels: int = MAX_PIXELS) -> SiddBlocks:
     """Loads ``ValidationNoisyBlocksSrgb.mat`` / ``ValidationGtBlocksSrgb.mat`` (or the benchmark's).
 
     Args:
         metadata_csv: optional CSV with columns ``image,camera,iso`` (``image`` is the 0-based row of the
             block array), giving each image's camera and ISO.
+        max_pixels: the most pixels each file may hold (all blocks together).
     """
-    noisy, clean = read_mat_array(noisy_mat), read_mat_array(clean_mat)
+    noisy, clean = read_mat_array(noisy_mat, max_pixels=max_pixels), read_mat_array(clean_mat, max_pixels=max_pixels)
     for path, array in ((noisy_mat, noisy), (clean_mat, clean)):
         if array.dtype != np.uint8 or array.ndim != 5 or array.shape[-1] != 3:
             raise DataError(f"{path}: expected uint8 blocks (images, blocks, H, W, 3), got {array.dtype}{array.shape}")

@@ -9,7 +9,7 @@ from torch import nn
 
 from nmflowgan.config import DenoiserConfig, from_dict, to_dict
 from nmflowgan.errors import BadInputError, CheckpointError
-from nmflowgan.models.files import load_weights, read_meta, resolve_checkpoint_dir, save_module
+from nmflowgan.models.files import built_within_budget, load_weights, read_meta, resolve_checkpoint_dir, save_module
 
 WEIGHTS_FILE = "denoiser.safetensors"
 META_FILE = "denoiser.json"
@@ -54,8 +54,8 @@ class DnCNN(nn.Module):
         meta = read_meta(directory / META_FILE, FORMAT)
         try:
             config = from_dict(DenoiserConfig, meta["config"])
+            model = built_within_budget(lambda: cls(config), str(directory / META_FILE))  # type: ignore[arg-type]
         except (KeyError, TypeError, BadInputError) as error:
             raise CheckpointError(f"{directory / META_FILE}: invalid denoiser description ({error})") from None
-        model = cls(config)  # type: ignore[arg-type]
         load_weights(model, directory / WEIGHTS_FILE)
         return model.to(map_location).eval()

@@ -8,15 +8,22 @@ strictly, with every failure naming the file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nmflowgan import __version__
 from nmflowgan.atomic import atomic_path, write_text
-from nmflowgan.errors import CheckpointError
+from nmflowgan.errors import BadInputError, CheckpointError
+
+# The most parameters a network described by a config or a checkpoint may have: 2 GB of float32 weights. The
+# paper's noise model has 31 million, its critic 14 million; a description above this is refused before any
+# memory is allocated for it.
+MAX_PARAMETERS = 500_000_000
 
 
 def save_module(module: nn.Module, directory: str | Path, weights_name: str, meta_name: str, meta: dict) -> Path:
@@ -47,10 +54,23 @@ def read_meta(path: Path, expected_format: str) -> dict:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: unreadable checkpoint description ({error})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: unreadable checkpoint description (nested too deeply)") from None
     if not isinstance(meta, dict) or meta.get("format") != expected_format:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path}: expected a {expected_format} checkpoint, found {found!r}")
     return meta
+
+
+def built_within_budget(build: Callable[[], nn.Module], what: str) -> nn.Module:
+    """``build()``, after building it once on PyTorch's ``meta`` device (no memory) to count its parameters:
+    a network over :data:`MAX_PARAMETERS` is refused, naming ``what`` described it, instead of allocating."""
+    with torch.device("meta"):
+        count = sum(p.numel() for p in build().parameters())
+    if count > MAX_PARAMETERS:
+        raise BadInputError(f"{what}: describes a network of {count:,} parameters, more than the limit of "
+                            f"{MAX_PARAMETERS:,}")
+    return build()
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
@@ -74,4 +94,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
                 f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}; "
                 "was it saved with another preset?"
             )
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: {name} holds non-finite values (NaN or infinity); the model is unusable")
     module.load_state_dict(tensors)

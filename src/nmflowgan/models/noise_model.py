@@ -16,7 +16,7 @@ from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.flows import NoiseFlow
 from nmflowgan.flows.flow import latent_like
 from nmflowgan.models.correlation import LatentCorrelation
-from nmflowgan.models.files import load_weights, read_meta, resolve_checkpoint_dir, save_module
+from nmflowgan.models.files import built_within_budget, load_weights, read_meta, resolve_checkpoint_dir, save_module
 from nmflowgan.models.sampler import Sampler, SamplingOptions
 from nmflowgan.models.unet import UNetRefiner
 
@@ -199,9 +199,9 @@ class NoiseModel(nn.Module):
         try:
             config = from_dict(ModelConfig, meta["config"])
             space = ConditionSpace.from_dict(meta["space"])
+            model = built_within_budget(lambda: cls(config, space.cameras, space.isos), str(directory / META_FILE))
         except (KeyError, TypeError, BadInputError) as error:
             raise CheckpointError(f"{directory / META_FILE}: invalid model description ({error})") from None
-        model = cls(config, space.cameras, space.isos)  # type: ignore[arg-type]
         load_weights(model, directory / WEIGHTS_FILE)
         return model.to(map_location).eval()
 

@@ -99,6 +99,20 @@ def save_checkpoint(run_dir: Path, model: object, state: TrainingState) -> Path:
         return folder
     temporary = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        _write_checkpoint(temporary, model, state)
+        temporary.rename(folder)
+    except (OSError, SafetensorError) as error:  # a full disk, a quota, a vanished folder: keep `last` as it was
+        shutil.rmtree(temporary, ignore_errors=True)
+        last = run_dir / "last"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written before"
+        raise TrainingError(f"{folder}: cannot write the checkpoint of step {state.step} ({error}); {kept}") from None
+    point(run_dir, "last", folder)
+    return folder
+
+
+def _write_checkpoint(temporary: Path, model: object, state: TrainingState) -> None:
+    """Writes every file of a checkpoint into the folder ``temporary`` and flushes them to disk."""
     temporary.mkdir(parents=True)
     model.save(temporary)  # type: ignore[attr-defined]
     tensors: dict[str, torch.Tensor] = {}
@@ -118,9 +132,6 @@ def save_checkpoint(run_dir: Path, model: object, state: TrainingState) -> Path:
     for path in temporary.iterdir():  # data on disk before the rename makes it visible
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-    temporary.rename(folder)
-    point(run_dir, "last", folder)
-    return folder
 
 
 def point(run_dir: Path, link: str, folder: Path) -> None:

@@ -40,14 +40,14 @@ from nmflowgan.devices import resolve_device
 from nmflowgan.errors import DataError, TrainingError
 from nmflowgan.metrics.realism import RealismScorer
 from nmflowgan.models.critic import Critic
-from nmflowgan.models.files import load_weights
+from nmflowgan.models.files import built_within_budget, load_weights
 from nmflowgan.models.noise_model import NoiseModel, quantize
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, setup, teardown
 from nmflowgan.training.losses import critic_loss, generator_adversarial_loss
-from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, start_run, training_patches
+from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, run_lock, start_run, training_patches
 
 log = logging.getLogger(__name__)
 STAGES = ("joint", "flow")
@@ -114,7 +114,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
     device = resolve_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     context = setup(device)
     try:
-        return _train(config, options, device, context, stop if stop is not None else StopRequest())
+        with run_lock(Path(options.out), context.is_main):
+            return _train(config, options, device, context, stop if stop is not None else StopRequest())
     finally:
         teardown(context)
 
@@ -130,8 +131,9 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
     # ---- model and optimizers ----------------------------------------------------------------------
     with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's global RNG
         torch.manual_seed(options.seed)
-        model = NoiseModel(config.model, cameras, isos).to(device)
-        critic = Critic(config.critic, model.space.feature_dim).to(device)
+        model = built_within_budget(lambda: NoiseModel(config.model, cameras, isos), f"config {config.name!r}")
+        critic = built_within_budget(lambda: Critic(config.critic, model.space.feature_dim), f"config {config.name!r}")
+        model, critic = model.to(device), critic.to(device)
     if options.channels_last:
         model.refiner.to(memory_format=torch.channels_last)
         critic.to(memory_format=torch.channels_last)
@@ -352,7 +354,7 @@ def _validation_set(options: NoiseTrainingOptions, split: str | None, model: Noi
         log.warning("no validation pairs with a known camera/ISO in split %s; validation is skipped", split)
         return None
     patch = config.patch_px  # type: ignore[attr-defined]
-    dataset = PatchDataset(records, patch, patch, skip_bad=options.skip_bad)
+    dataset = PatchDataset(records, patch, patch, skip_bad=options.skip_bad, max_pixels=options.max_pixels)
     batch = collate([dataset[i] for i in dataset.evenly_spaced(config.val_patches)])  # type: ignore[attr-defined]
     clean = batch.clean.float()
     return ValidationSet(clean / 255.0, batch.noisy.float() - clean, batch.cameras, batch.isos.tolist())

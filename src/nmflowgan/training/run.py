@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.patches import PatchDataset
-from nmflowgan.errors import BadInputError, OutputExistsError, TrainingError
+from nmflowgan.errors import BadInputError, OutputExistsError, RunLockedError, TrainingError
 from nmflowgan.training.distributed import DistributedContext
 
+log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
 TRAINING_PRECISIONS = ("fp32", "bf16")
 
 
@@ -30,7 +39,7 @@ class RunOptions:
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``. seed: every random draw derives from it.
         workers: DataLoader worker processes. log_every: steps between metric lines.
         checkpoint_every: steps between checkpoints (default: the validation interval).
-        quiet: no progress bar. skip_bad: skip unusable pairs.
+        quiet: no progress bar. skip_bad: skip unusable pairs. max_pixels: the largest image accepted.
         precision: ``fp32``, or ``bf16`` autocast (faster on GPUs and on CPUs with native bf16; see
             BENCHMARKS.md).
     """
@@ -51,8 +60,15 @@ class RunOptions:
     quiet: bool = False
     skip_bad: bool = False
     precision: str = "fp32"
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
+        for name in ("steps", "epochs", "log_every", "checkpoint_every", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise BadInputError(f"{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+        if self.workers < 0:
+            raise BadInputError(f"workers must be >= 0, got {self.workers}")
         if self.precision not in TRAINING_PRECISIONS:
             raise BadInputError(f"training precision {self.precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}")
 
@@ -107,6 +123,71 @@ def start_run(options: RunOptions, context: DistributedContext) -> tuple[Path, b
     return run_dir, options.resume and (run_dir / "last").exists()
 
 
+@contextmanager
+def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Holds ``run_dir/.lock`` (naming this process's PID and host) for the block, so that one process at a
+    time writes a run folder: a second ``train --out`` on the same folder is refused, naming the holder.
+
+    A lock left by a process that no longer runs on this host (a ``kill -9``, a power cut) is reported and
+    taken over; one held by another host cannot be checked and is refused with its details. ``enabled=False``
+    (ranks other than 0 of a distributed run) does nothing.
+    """
+    if not enabled:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is None or not _is_stale(holder):
+                raise RunLockedError(f"{run_dir}: in use by {_describe(holder)} (lock file {path}); wait for it to "
+                                     "finish, or delete the lock file if no such process runs") from None
+            log.warning("%s: taking over a stale lock left by PID %s, which no longer runs", run_dir, holder["pid"])
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(mine + "\n")
+        break
+    else:
+        raise RunLockedError(f"{run_dir}: another process took the lock file {path} at the same moment")
+    try:
+        yield
+    finally:
+        if path.is_file() and path.read_text().strip() == mine:
+            path.unlink()
+
+
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+
+
+def _is_stale(holder: dict) -> bool:
+    """Whether the lock's process is known to be gone: same host, and no process with its PID."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
+
+
+def _describe(holder: dict | None) -> str:
+    if holder is None:
+        return "another process (unreadable lock file)"
+    return f"PID {holder['pid']} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+
+
 def _holds_progress(run_dir: Path) -> bool:
     """Whether ``run_dir`` records training progress: metric lines, checkpoint folders or a ``last`` link."""
     metrics = run_dir / METRICS_FILE
@@ -118,7 +199,7 @@ def training_patches(options: RunOptions, patch_px: int, stride_px: int) -> tupl
     """The augmented training patches of the run's data set and the name of its validation split."""
     split, val_split = default_splits(options.data, options.split, options.val_split)
     dataset = PatchDataset(find_pairs(options.data, split, options.skip_bad), patch_px, stride_px, augment=True,
-                           seed=options.seed, skip_bad=options.skip_bad)
+                           seed=options.seed, skip_bad=options.skip_bad, max_pixels=options.max_pixels)
     return dataset, val_split
 
 
