@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +23,21 @@ def test_quick_benchmark(tmp_path, name):
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"ratio: \d+\.\d\d", last), last
     record = json.loads((tmp_path / "out.json").read_text())
-    assert record["quick"] and record["ratio"] > 0 and record["machine"]["torch"]
+    assert record["quick"] and record["machine"]["torch"]
+    assert f"ratio: {record['ratio']:.2f}" == last  # the headline is the number the JSON carries
     if name == "sampling":
         assert {r["network"] for r in record["sampling"]} == {"flow", "flow + refiner"}
-        assert all(r["plain"]["gflop_per_mp"] > 0 for r in record["sampling"])
+        for r in record["sampling"]:  # each ratio is the two measured throughputs' quotient
+            assert r["ratio"] == pytest.approx(r["default"]["mp_per_s"] / r["plain"]["mp_per_s"])
+        headline = [r["ratio"] for r in record["sampling"]
+                    if r["network"] == "flow + refiner" and r["preset"] == "paper"]
+        assert record["ratio"] == pytest.approx(statistics.geometric_mean(headline))
+        # the refiner costs work: flow + refiner needs more FLOPs per megapixel than the flow alone
+        flops = {r["network"]: r["plain"]["gflop_per_mp"] for r in record["sampling"] if r["preset"] == "paper"}
+        assert flops["flow + refiner"] > flops["flow"]
     if name == "memory":
         assert all(job["peak_mb"] < 4096 for job in record["jobs"])
     if name == "training":
-        assert all(job["plain"] > 0 and job["gflop_per_patch"] > 0 for job in record["training"])
+        for job in record["training"]:
+            assert job["ratio"] == pytest.approx(job["fast"] / job["plain"])
+        assert record["ratio"] == pytest.approx(statistics.geometric_mean([j["ratio"] for j in record["training"]]))

@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -49,13 +48,25 @@ def test_mismatched_batch_lengths_raise(space):
         space.encode(["IP", "S6"], [100, 800, 3200])
 
 
-@given(st.floats(min_value=100, max_value=3200))
-def test_continuous_feature_is_monotone_and_in_range(iso):
+@given(st.floats(min_value=100, max_value=3200), st.floats(min_value=100, max_value=3200))
+def test_continuous_feature_is_monotone_and_in_range(iso, other):
     space = ConditionSpace(("S6",), (100, 3200), "continuous")
-    value = space.encode("S6", iso, 1).features[0, -1].item()
-    assert -1 - 1e-6 <= value <= 1 + 1e-6
-    expected = 2 * (math.log(iso) - math.log(100)) / (math.log(3200) - math.log(100)) - 1
-    assert value == pytest.approx(expected, abs=1e-5)
+
+    def feature(value):
+        return space.encode("S6", value, 1).features[0, -1].item()
+
+    assert -1 - 1e-6 <= feature(iso) <= 1 + 1e-6
+    if iso < other * (1 - 1e-6):
+        assert feature(iso) < feature(other)
+
+
+def test_continuous_feature_spans_the_trained_range_on_a_log_scale():
+    space = ConditionSpace(("S6",), (100, 400, 3200), "continuous")
+    feature = {iso: space.encode("S6", iso, 1).features[0, -1].item() for iso in (100, 400, 1600, 3200)}
+    assert feature[100] == pytest.approx(-1) and feature[3200] == pytest.approx(1)
+    # equal ISO ratios are equal steps: 100 -> 400 and 400 -> 1600 are both a factor of 4
+    assert feature[400] - feature[100] == pytest.approx(feature[1600] - feature[400])
+    assert feature[1600] - feature[400] == pytest.approx(2 * (feature[3200] - feature[1600]))
 
 
 def test_round_trip_dict(space):

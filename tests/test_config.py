@@ -17,16 +17,33 @@ def test_presets_round_trip_through_json(make, tmp_path):
     assert load_config(tmp_path / "c.json") == config
 
 
-def test_paper_preset_matches_the_official_configuration():
+def test_paper_preset_builds_the_official_networks():
+    """What the networks built from ``paper`` are, not the literals typed in config.py: the flow's layers in
+    the official order, one-hot ISO tables in CL2, no latent filter, a 5-level UNet from 64 to 1024 channels
+    that starts as the identity, a critic that takes the official 96x96 patches only."""
+    import torch
+
+    from nmflowgan.flows.affine import ConditionalLinear, SignalAwareAffine, SignalDependentAffine
+    from nmflowgan.flows.dequantize import NoiseExtraction, UniformDequantization
+    from nmflowgan.models.critic import Critic
+    from nmflowgan.models.noise_model import NoiseModel
+
     config = paper()
-    assert config.model.flow.spec == "UD|NE|SAL|SDL|CL2|SAL|SDL|CL2"
-    assert config.model.flow.conv_features == 16
-    assert (config.model.refiner.depth, config.model.refiner.width) == (5, 64)
-    assert (config.train.patch_px, config.train.batch_size, config.train.lr) == (96, 128, 1e-4)
-    assert (config.train.weight_nll, config.train.weight_gan, config.train.gp_lambda) == (1.0, 1.0, 10.0)
-    assert config.train.generator_every == 5
-    assert config.model.iso_mode == "onehot" and config.critic.variant == "paper"
-    assert (config.denoiser.depth, config.denoiser.width) == (18, 64)
+    model = NoiseModel(config.model)
+    expected = [UniformDequantization, NoiseExtraction] + [SignalAwareAffine, SignalDependentAffine,
+                                                           ConditionalLinear] * 2
+    assert [type(layer) for layer in model.flow.layers] == expected
+    tables = [layer.log_scale for layer in model.flow.layers if isinstance(layer, ConditionalLinear)]
+    assert all(t.shape == (len(model.cameras) * len(model.isos), 3) for t in tables)  # a row per camera/ISO
+    assert model.correlation is None
+    widths = [block[0].out_channels for block in model.refiner.down]
+    assert widths == [64, 128, 256, 512, 1024]
+    noise, clean = torch.randn(1, 3, 40, 40) * 9, torch.rand(1, 3, 40, 40)
+    assert torch.equal(model.refiner(noise, clean, None), noise)
+    critic = Critic(config.critic, model.space.feature_dim)
+    assert critic(torch.randn(2, 3, 96, 96), torch.rand(2, 3, 96, 96)).shape == (2,)
+    with pytest.raises(BadInputError, match="96x96"):
+        critic(torch.randn(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
 
 
 def test_unknown_keys_and_bad_values_are_refused(tmp_path):

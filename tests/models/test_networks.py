@@ -44,12 +44,15 @@ def test_critic_refuses_small_patches_and_paper_critic_needs_96():
 
 
 def test_dncnn_is_residual_and_keeps_size():
+    """The body predicts the noise and the network subtracts it: a body that outputs a constant c everywhere
+    gives ``noisy - c`` (``noisy + c`` or the body's output alone would fail)."""
     net = DnCNN(DenoiserConfig(depth=5, width=8)).eval()
     x = torch.rand(2, 3, 37, 53)
     assert net(x).shape == x.shape
-    torch.nn.init.zeros_(net.body[-1].weight)
-    torch.nn.init.zeros_(net.body[-1].bias)
-    assert torch.equal(net(x), x)
+    with torch.no_grad():
+        net.body[-1].weight.zero_()
+        net.body[-1].bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    torch.testing.assert_close(net(x), x - torch.tensor([0.1, -0.2, 0.3])[:, None, None])
 
 
 def test_paper_dncnn_has_18_convolutions_of_64():

@@ -123,18 +123,19 @@ class NoiseModel(nn.Module):
         return quantize(clean, self.draw(clean, cond, generator, temperature, refine, latent, options))
 
     def sampler(self, options: SamplingOptions | None = None) -> Sampler:
-        """The model's :class:`Sampler` for ``options``, kept until a parameter changes.
+        """The model's :class:`Sampler` for ``options``, kept while the weights stay the same.
 
-        A sampler is a folded copy of the weights; it is rebuilt when the options, the device, or any
-        parameter (an optimizer step or ``load_state_dict`` bumps a tensor's version) changed since.
+        A sampler is a folded copy of the weights; it is rebuilt when the options, the device or any weight
+        changed since (an optimizer step, ``load_state_dict``, an edit in place), which
+        :func:`weight_fingerprint` sees.
         """
-        options = options or SamplingOptions()
-        key = (options, tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        key = (options or SamplingOptions(), self._device())
+        fingerprint = weight_fingerprint(self)
         cached = self.__dict__.get("_sampler_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, Sampler(self, options))
+        if cached is None or cached[0] != key or not torch.equal(cached[1], fingerprint):
+            cached = (key, fingerprint, Sampler(self, key[0]))
             self.__dict__["_sampler_cache"] = cached  # a plain attribute: not a submodule, not saved
-        return cached[1]
+        return cached[2]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -204,6 +205,15 @@ class NoiseModel(nn.Module):
             raise CheckpointError(f"{directory / META_FILE}: invalid model description ({error})") from None
         load_weights(model, directory / WEIGHTS_FILE)
         return model.to(map_location).eval()
+
+
+def weight_fingerprint(module: nn.Module) -> torch.Tensor:
+    """``(P, 2)`` float64 on the CPU: each parameter's sum and sum of squares, numbers that change whenever a
+    weight does (an edit that keeps both sums of a tensor is not a realistic one). Two reductions per
+    parameter: cheap next to drawing an image."""
+    sums = [torch.stack((p.detach().sum(dtype=torch.float64), p.detach().square().sum(dtype=torch.float64)))
+            for p in module.parameters()]
+    return torch.stack(sums).cpu() if sums else torch.zeros(0, 2, dtype=torch.float64)
 
 
 def clip_to_8bit(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:
