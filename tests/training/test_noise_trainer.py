@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nmflowgan.config import save_config
+from nmflowgan.config import save_config, to_dict
 from nmflowgan.errors import BadInputError, CheckpointError, OutputExistsError, TrainingError
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, _validate, _validation_set, train_noise_model
@@ -37,9 +37,9 @@ def test_training_writes_a_complete_run(tmp_path, simcam_tree):
     result = _train(simcam_tree, tmp_path / "run", 8)
     run = tmp_path / "run"
     assert result.step == 8 and result.interrupted is None
-    assert (run / "config.json").is_file() and (run / "last").is_symlink() and (run / "best").is_symlink()
-    config = json.loads((run / "config.json").read_text())
-    assert config["config"]["name"] == "tiny" and config["cameras"] == ["V1", "V2"]
+    assert (run / "last").is_symlink() and (run / "best").is_symlink() and not (run / "config.json").exists()
+    info = json.loads(((run / "last").resolve() / "training.json").read_text())["info"]
+    assert info["config"] == to_dict(tiny_config()) and info["options"]["steps"] == 8  # the one record of the run
     lines = read_metrics(run)
     steps = [m["step"] for m in lines if "lr" in m]
     assert steps == list(range(1, 9))
@@ -221,3 +221,26 @@ def test_unknown_precision_is_refused_before_any_work(tmp_path, simcam_tree):
 def test_bf16_autocast_trains_on_cpu(tmp_path, simcam_tree):
     result = _train(simcam_tree, tmp_path / "bf16", 4, precision="bf16")
     assert result.step == 4 and all(math.isfinite(v["val_kld"]) for v in result.validation)
+
+
+def test_resuming_with_another_config_is_refused_naming_what_differs(tmp_path, simcam_tree):
+    import dataclasses
+
+    _train(simcam_tree, tmp_path / "run", 4)
+    config = tiny_config()
+    changed = dataclasses.replace(config, train=dataclasses.replace(config.train, val_every=5))
+    options = NoiseTrainingOptions(data=simcam_tree, out=tmp_path / "run", steps=8, device="cpu", quiet=True,
+                                   resume=True)
+    with pytest.raises(TrainingError, match=r"cannot resume, the checkpoint's config differs in "
+                                            r"config.train.val_every \(4 there, 5 here\)"):
+        train_noise_model(changed, options)
+
+
+def test_loading_a_run_folder_says_which_checkpoint_it_took(tmp_path, simcam_tree, caplog):
+    import logging
+
+    _train(simcam_tree, tmp_path / "run", 4)
+    with caplog.at_level(logging.INFO):
+        NoiseModel.load(tmp_path / "run")
+    best = (tmp_path / "run" / "best").resolve().name
+    assert f"{tmp_path / 'run'}: loading its best checkpoint, checkpoints/{best}" in caplog.text

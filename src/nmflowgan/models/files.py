@@ -8,6 +8,7 @@ strictly, with every failure naming the file.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from nmflowgan import __version__
 from nmflowgan.atomic import atomic_path, write_text
 from nmflowgan.errors import BadInputError, CheckpointError
 
+log = logging.getLogger(__name__)
 # The most parameters a network described by a config or a checkpoint may have: 2 GB of float32 weights. The
 # paper's noise model has 31 million, its critic 14 million; a description above this is refused before any
 # memory is allocated for it.
@@ -38,10 +40,14 @@ def save_module(module: nn.Module, directory: str | Path, weights_name: str, met
 
 
 def resolve_checkpoint_dir(path: str | Path, meta_name: str, kind: str) -> Path:
-    """``path`` itself if it holds ``meta_name``, else its ``best/`` or ``last/`` sub-folder."""
+    """``path`` itself if it holds ``meta_name``, else its ``best/`` or ``last/`` sub-folder; a run folder's
+    choice is logged (which link and the checkpoint it points at), as ``last`` is a fallback."""
     path = Path(path)
     for candidate in (path, path / "best", path / "last"):
         if (candidate / meta_name).is_file():
+            if candidate != path:
+                why = "its best checkpoint" if candidate.name == "best" else "its last checkpoint (no 'best' yet)"
+                log.info("%s: loading %s, %s", path, why, candidate.resolve().relative_to(path.resolve()))
             return candidate
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or folder")

@@ -162,6 +162,18 @@ def read_checkpoint_meta(folder: Path) -> dict:
     return meta
 
 
+def _differences(theirs: dict, ours: dict, where: str) -> list[str]:
+    """The dotted paths at which two JSON objects differ, each with both values."""
+    found = []
+    for key in sorted(set(theirs) | set(ours)):
+        a, b = theirs.get(key), ours.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{where}.{key}")
+        elif a != b:
+            found.append(f"{where}.{key} ({a!r} there, {b!r} here)")
+    return found
+
+
 def load_checkpoint(folder: Path, state: TrainingState, must_match: Sequence[str] = ()) -> TrainingState:
     """Restores modules, optimizers and generators of ``state`` in place from ``folder``; returns the
     state with the checkpoint's step and info.
@@ -172,9 +184,12 @@ def load_checkpoint(folder: Path, state: TrainingState, must_match: Sequence[str
     """
     meta = read_checkpoint_meta(folder)
     for key in must_match:
-        if meta["info"].get(key) != state.info.get(key):
-            raise TrainingError(f"{folder}: cannot resume, the checkpoint's {key} is {meta['info'].get(key)!r} but "
-                                f"this run's is {state.info.get(key)!r} (same data, preset, stage and seed needed)")
+        theirs, ours = meta["info"].get(key), state.info.get(key)
+        if theirs != ours:
+            what = (f"the checkpoint's {key} differs in {', '.join(_differences(theirs, ours, key))}"
+                    if isinstance(theirs, dict) and isinstance(ours, dict)
+                    else f"the checkpoint's {key} is {theirs!r} but this run's is {ours!r}")
+            raise TrainingError(f"{folder}: cannot resume, {what} (same data, config, stage and seed needed)")
     path = folder / TENSOR_FILE
     try:
         tensors = load_file(str(path))

@@ -17,37 +17,30 @@ process takes with the same global batch, and a resumed run takes exactly the st
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from nmflowgan.atomic import write_text
 from nmflowgan.conditions import Condition
 from nmflowgan.config import Config, to_dict
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
-from nmflowgan.devices import resolve_device
-from nmflowgan.errors import DataError, TrainingError
+from nmflowgan.errors import DataError
 from nmflowgan.metrics.realism import RealismScorer
 from nmflowgan.models.critic import Critic
-from nmflowgan.models.files import built_within_budget, load_weights
-from nmflowgan.models.noise_model import NoiseModel, quantize
+from nmflowgan.models.files import built_within_budget
+from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, quantize
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
-from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
-from nmflowgan.training.distributed import DistributedContext, setup, teardown
+from nmflowgan.training.checkpoint import TrainingState
+from nmflowgan.training.distributed import DistributedContext
+from nmflowgan.training.loop import Schedule, TrainingRun, TrainResult, session
 from nmflowgan.training.losses import critic_loss, generator_adversarial_loss
-from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, run_lock, start_run, training_patches
+from nmflowgan.training.run import RunOptions, StopRequest, training_patches
 
 log = logging.getLogger(__name__)
 STAGES = ("joint", "flow")
@@ -64,21 +57,6 @@ class NoiseTrainingOptions(RunOptions):
 
     stage: str = "joint"
     channels_last: bool = False
-
-
-@dataclass
-class TrainResult:
-    """What a training run did: the step it reached, whether a signal stopped it, validation KLDs."""
-
-    run_dir: Path
-    step: int
-    total_steps: int
-    interrupted: str | None = None
-    validation: list[dict] = field(default_factory=list)
-
-    @property
-    def best_kld(self) -> float:
-        return min((v["val_kld"] for v in self.validation), default=math.nan)
 
 
 class GeneratorObjective(nn.Module):
@@ -111,125 +89,84 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
     """
     if options.stage not in STAGES:
         raise DataError(f"unknown stage {options.stage!r}; use one of {', '.join(STAGES)}")
-    device = resolve_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
-    context = setup(device)
-    try:
-        with run_lock(Path(options.out), context.is_main):
-            return _train(config, options, device, context, stop if stop is not None else StopRequest())
-    finally:
-        teardown(context)
-
-
-def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, context: DistributedContext,
-           stop: StopRequest) -> TrainResult:
+    stop = stop if stop is not None else StopRequest()  # an unset request is falsy
     train_config = config.train
-    run_dir, resuming = start_run(options, context)
-    dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px)
-    cameras = sorted({r.camera for r in dataset.records})
-    isos = sorted({float(r.iso) for r in dataset.records})
+    with session(options) as (device, context):
+        # ---- data, networks, optimizers ------------------------------------------------------------------
+        dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px)
+        cameras = sorted({r.camera for r in dataset.records})
+        isos = sorted({float(r.iso) for r in dataset.records})
+        with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's global RNG
+            torch.manual_seed(options.seed)
+            what = f"config {config.name!r}"
+            model = built_within_budget(lambda: NoiseModel(config.model, cameras, isos), what).to(device)
+            critic = built_within_budget(lambda: Critic(config.critic, model.space.feature_dim), what).to(device)
+        if options.channels_last:
+            model.refiner.to(memory_format=torch.channels_last)
+            critic.to(memory_format=torch.channels_last)
+        optimizer_g = torch.optim.Adam(
+            [{"params": [*model.flow.parameters(), *(model.correlation.parameters() if model.correlation else [])],
+              "lr": train_config.lr},
+             {"params": model.refiner.parameters(), "lr": train_config.refiner_lr or train_config.lr}],
+            betas=train_config.betas)
+        optimizer_c = torch.optim.Adam(critic.parameters(), lr=train_config.critic_lr or train_config.lr,
+                                       betas=train_config.betas)
+        rng = torch.Generator().manual_seed(options.seed)
+        validation_set = _validation_set(options, val_split, model, train_config)
+        probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
+                                   options.seed, 0, 1)
+        steps_per_epoch = probe.steps_per_epoch
+        total_steps = options.steps or (options.epochs or train_config.epochs) * steps_per_epoch
+        decay_unit = steps_per_epoch if train_config.lr_decay_unit == "epoch" else 1
+        schedule = Schedule(total_steps, steps_per_epoch, options.log_every, train_config.val_every,
+                            options.checkpoint_every or train_config.val_every, train_config.lr_gamma,
+                            train_config.lr_decay_every * decay_unit)
+        adversarial_game = options.stage == "joint" and train_config.weight_gan > 0
 
-    # ---- model and optimizers ----------------------------------------------------------------------
-    with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's global RNG
-        torch.manual_seed(options.seed)
-        model = built_within_budget(lambda: NoiseModel(config.model, cameras, isos), f"config {config.name!r}")
-        critic = built_within_budget(lambda: Critic(config.critic, model.space.feature_dim), f"config {config.name!r}")
-        model, critic = model.to(device), critic.to(device)
-    if options.channels_last:
-        model.refiner.to(memory_format=torch.channels_last)
-        critic.to(memory_format=torch.channels_last)
-    optimizer_g = torch.optim.Adam(
-        [{"params": [*model.flow.parameters(), *(model.correlation.parameters() if model.correlation else [])],
-          "lr": train_config.lr},
-         {"params": model.refiner.parameters(), "lr": train_config.refiner_lr or train_config.lr}],
-        betas=train_config.betas)
-    optimizer_c = torch.optim.Adam(critic.parameters(), lr=train_config.critic_lr or train_config.lr,
-                                   betas=train_config.betas)
-    rng = torch.Generator().manual_seed(options.seed)
-    validation_set = _validation_set(options, val_split, model, train_config)
+        def eligible(step: int) -> bool:
+            """With an adversarial game, "best" is the best model with a trained refiner: the flow warm-up's
+            scores are logged but never chosen."""
+            warmup = train_config.flow_warmup_steps
+            return not adversarial_game or warmup == 0 or step > warmup
 
-    sampler_probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
-                                       options.seed, 0, 1)
-    steps_per_epoch = sampler_probe.steps_per_epoch
-    total_steps = options.steps or (options.epochs or train_config.epochs) * steps_per_epoch
-    decay_steps = train_config.lr_decay_every * (steps_per_epoch if train_config.lr_decay_unit == "epoch" else 1)
-    checkpoint_every = options.checkpoint_every or train_config.val_every
-    run_info = {"stage": options.stage, "seed": options.seed, "steps_per_epoch": steps_per_epoch,
-                "global_batch": train_config.batch_size, "total_steps": total_steps, "preset": config.name}
-    state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c},
-                          {"trainer": rng}, run_info)
-    result = TrainResult(run_dir, 0, total_steps)
+        # ---- the run: folder, resume, checkpoints ----------------------------------------------------------
+        info = {"stage": options.stage, "seed": options.seed, "steps_per_epoch": steps_per_epoch,
+                "global_batch": train_config.batch_size, "total_steps": total_steps, "preset": config.name,
+                "config": to_dict(config), "options": options.to_dict()}
+        state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c},
+                              {"trainer": rng}, info)
+        run = TrainingRun(options, context, model, WEIGHTS_FILE, state,
+                          ("config", "steps_per_epoch", "global_batch", "stage", "seed"), "val_kld", eligible=eligible)
+        if run.resumed:
+            log.info("resuming %s from step %d", run.run_dir, run.start)
+        else:
+            # The whole first global batch on every rank, so all ranks start from the same initialization.
+            batch = collate([dataset[(index, 0)] for index in probe.global_indices(0).tolist()])
+            clean, real = _as_float(batch, device)
+            model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(batch.cameras)),
+                                  generator=torch.Generator().manual_seed(options.seed))  # the same on every rank
 
-    if resuming:
-        folder = (run_dir / "last").resolve()
-        load_weights(model, folder / "model.safetensors")
-        state = load_checkpoint(folder, state, must_match=("steps_per_epoch", "global_batch", "stage", "seed"))
-        result.validation = list(state.info.get("validation", []))
-        log.info("resuming %s from step %d", run_dir, state.step)
-    else:
-        # The whole first global batch on every rank, so all ranks start from the same initialization.
-        first = [dataset[(index, 0)] for index in sampler_probe.global_indices(0).tolist()]
-        batch = collate(first)
-        clean, real = _as_float(batch, device)
-        model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(first)),
-                              generator=torch.Generator().manual_seed(options.seed))  # the same on every rank
-        if context.is_main:
-            _write_config(run_dir, config, options, cameras, isos)
-    start = state.step
-    adversarial_game = options.stage == "joint" and train_config.weight_gan > 0
+        generator_objective: nn.Module = GeneratorObjective(model)
+        critic_forward: nn.Module = critic
+        if context.enabled:
+            generator_objective = DistributedDataParallel(generator_objective, find_unused_parameters=True)
+            critic_forward = DistributedDataParallel(critic)
+        sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
+                                     options.seed, run.start, total_steps)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
+                            persistent_workers=False, generator=torch.Generator().manual_seed(options.seed))
+        autocast = options.autocast(device)
+        local = sampler.local_slice()
+        patch_shape = (train_config.batch_size, 3, train_config.patch_px, train_config.patch_px)
 
-    def eligible(step: int) -> bool:
-        """With an adversarial game, "best" is the best model with a trained refiner: the flow warm-up's
-        scores are logged but never chosen."""
-        warmup = train_config.flow_warmup_steps
-        return not adversarial_game or warmup == 0 or step > warmup
-
-    best = min((v["val_kld"] for v in result.validation if eligible(v["step"])), default=math.inf)
-
-    generator_objective: nn.Module = GeneratorObjective(model)
-    critic_forward: nn.Module = critic
-    if context.enabled:
-        generator_objective = DistributedDataParallel(generator_objective, find_unused_parameters=True)
-        critic_forward = DistributedDataParallel(critic)
-
-    sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
-                                 options.seed, start, total_steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
-                        persistent_workers=False, generator=torch.Generator().manual_seed(options.seed))
-    metrics = MetricsLog(run_dir, start if resuming else None) if context.is_main else None
-    autocast = options.autocast(device)
-    local = sampler.local_slice()
-    patch_shape = (train_config.batch_size, 3, train_config.patch_px, train_config.patch_px)
-
-    def validate(step: int) -> None:
-        nonlocal best
-        if not context.is_main or validation_set is None:
-            return
-        scores = _validate(model, validation_set, options.seed, train_config.batch_size)
-        record = {"step": step, **scores}
-        result.validation.append(record)
-        metrics.write(record)
-        if eligible(step) and scores["val_kld"] < best:
-            best = scores["val_kld"]
-            folder = save_checkpoint(run_dir, model, _with_info(state, step, run_info, result))
-            point(run_dir, "best", folder)
-
-    def checkpoint(step: int) -> None:
-        if context.is_main:
-            save_checkpoint(run_dir, model, _with_info(state, step, run_info, result))
-
-    if start == 0:
-        validate(0)
-    step = start
-    with tqdm(total=total_steps, initial=start, desc=f"train {options.stage}", unit="step",
-              disable=options.quiet or not context.is_main) as bar:
-        tick, patches_since = time.perf_counter(), 0
-        for batch in loader:
+        # ---- one step --------------------------------------------------------------------------------------
+        def train_step(batch: PatchBatch, step: int) -> dict[str, float]:
             clean, real = _as_float(batch, device)
             cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
             uniform = torch.rand(patch_shape, generator=rng)[local].to(device)
             adversarial = adversarial_game and step >= train_config.flow_warmup_steps
             losses: dict[str, float] = {}
-            if adversarial:
+            if adversarial:  # the critic, on fake noise drawn without a graph
                 latent = torch.randn(patch_shape, generator=rng)[local].to(device)
                 alpha = torch.rand((train_config.batch_size, 1, 1, 1), generator=rng)[local].to(device)
                 with torch.no_grad(), autocast:
@@ -242,8 +179,7 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
                 loss_c.float().backward()
                 optimizer_c.step()
                 losses.update(critic=loss_c.item(), wasserstein=distance.item(), gp=penalty.item())
-            generator_step = not adversarial or (step + 1) % train_config.generator_every == 0
-            if generator_step:
+            if not adversarial or (step + 1) % train_config.generator_every == 0:  # the generator, critic frozen
                 latent = torch.randn(patch_shape, generator=rng)[local].to(device) if adversarial else None
                 critic.requires_grad_(False)
                 with autocast:
@@ -261,36 +197,14 @@ def _train(config: Config, options: NoiseTrainingOptions, device: torch.device, 
                 optimizer_g.step()
                 critic.requires_grad_(True)
                 losses["nll"] = nll.item()
-            losses = _agreed(losses, context)
-            for name, value in losses.items():
-                if not math.isfinite(value):
-                    raise TrainingError(f"step {step + 1}: the {name} loss is {value}; training stopped. The last "
-                                        f"good checkpoint is {run_dir / 'last'} (resume with --resume)")
-            step += 1
-            _set_lr(optimizer_g, optimizer_c, train_config, step, decay_steps)
-            patches_since += train_config.batch_size
-            bar.update()
-            if step % options.log_every == 0 or step == total_steps:
-                elapsed = time.perf_counter() - tick
-                rate = patches_since / max(elapsed, 1e-9)
-                tick, patches_since = time.perf_counter(), 0
-                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()} | {"patch/s": f"{rate:.0f}"})
-                if metrics is not None:
-                    metrics.write({"step": step, "epoch": (step - 1) // steps_per_epoch, **losses,
-                                   "lr": optimizer_g.param_groups[0]["lr"], "patches_per_s": rate})
-            if step % train_config.val_every == 0 or step == total_steps:
-                validate(step)
-            if step % checkpoint_every == 0 or step == total_steps:
-                checkpoint(step)
-            if stop:
-                checkpoint(step)
-                result.interrupted = stop.reason
-                break
-    result.step = step
-    if metrics is not None:
-        metrics.close()
-    context.barrier()
-    return result
+            return _agreed(losses, context)
+
+        def validate(step: int) -> None:
+            if context.is_main and validation_set is not None:
+                run.validated(step, _validate(model, validation_set, options.seed, train_config.batch_size))
+
+        return run.loop(loader, schedule, train_step, validate, stop, f"train {options.stage}",
+                        train_config.batch_size)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -302,17 +216,6 @@ def _as_float(batch: PatchBatch, device: torch.device) -> tuple[torch.Tensor, to
     return clean / 255.0, batch.noisy.to(device).float() - clean
 
 
-def _set_lr(optimizer_g: torch.optim.Optimizer, optimizer_c: torch.optim.Optimizer, config: object, step: int,
-            decay_steps: int) -> None:
-    """Step decay derived from the step alone, so nothing but the step needs saving."""
-    decay = config.lr_gamma ** (step // decay_steps)  # type: ignore[attr-defined]
-    flow, refiner = optimizer_g.param_groups
-    flow["lr"] = config.lr * decay  # type: ignore[attr-defined]
-    refiner["lr"] = (config.refiner_lr or config.lr) * decay  # type: ignore[attr-defined]
-    for group in optimizer_c.param_groups:
-        group["lr"] = (config.critic_lr or config.lr) * decay  # type: ignore[attr-defined]
-
-
 def _agreed(losses: dict[str, float], context: DistributedContext) -> dict[str, float]:
     """The losses averaged over ranks, so every rank takes the same decisions (e.g. stopping)."""
     if not context.enabled or not losses:
@@ -320,18 +223,6 @@ def _agreed(losses: dict[str, float], context: DistributedContext) -> dict[str, 
     names = sorted(losses)
     values = context.mean(torch.tensor([losses[n] for n in names], dtype=torch.float64))
     return dict(zip(names, values.tolist()))
-
-
-def _with_info(state: TrainingState, step: int, run_info: dict, result: TrainResult) -> TrainingState:
-    return TrainingState(step, state.modules, state.optimizers, state.generators,
-                         run_info | {"validation": result.validation})
-
-
-def _write_config(run_dir: Path, config: Config, options: NoiseTrainingOptions, cameras: list[str],
-                  isos: list[float]) -> None:
-    record = {"config": to_dict(config), "cameras": cameras, "isos": isos,
-              "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()}}
-    write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

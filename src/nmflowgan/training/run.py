@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -72,12 +73,21 @@ class RunOptions:
         if self.precision not in TRAINING_PRECISIONS:
             raise BadInputError(f"training precision {self.precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}")
 
+    def to_dict(self) -> dict:
+        """The options as JSON (paths as strings; a nested options object as its fields), for the record a
+        checkpoint keeps of how its run was started."""
+        def plain(value: object) -> object:
+            if isinstance(value, Path):
+                return str(value)
+            return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
     def autocast(self, device: torch.device) -> torch.autocast:
         """The autocast context of ``precision`` on ``device`` (disabled for fp32)."""
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
-RUN_MARKERS = ("config.json", "checkpoints", METRICS_FILE)
+RUN_MARKERS = ("checkpoints", METRICS_FILE)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
@@ -91,7 +101,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
         raise OutputExistsError(f"{run_dir}: holds another run; pass --resume to continue it or --overwrite "
                                 "to replace it")
     if holds_run and overwrite and not resume:
-        for name in (*RUN_MARKERS, "last", "best", "tensorboard"):
+        for name in (*RUN_MARKERS, "config.json", "last", "best", "tensorboard"):  # config.json: older runs
             path = run_dir / name
             if path.is_symlink() or path.is_file():
                 path.unlink()
