@@ -1,4 +1,22 @@
-"""The functions the command line calls: each subcommand is a thin wrapper over one of these."""
+"""The application layer: one function per command, each taking plain arguments a Python user can pass.
+
+The command line (:mod:`nmflowgan.cli`) parses, calls exactly one of these, and keeps what is its own:
+progress-bar and overwrite flags from the command line, signal handlers, printing and exit codes.
+
+========================  ==================================================================
+command                   function
+========================  ==================================================================
+``info``                  :func:`model_summary`
+``simulate``              :func:`simulate`
+``train``                 :func:`train_noise_model` with :class:`NoiseTrainingOptions`
+``evaluate``              :func:`evaluate_to_report`
+``synthesize``            :func:`synthesize`
+``train-denoiser``        :func:`train_denoiser` with :class:`DenoiserTrainingOptions`
+``eval-denoiser``         :func:`evaluate_denoiser`
+``denoise``               :func:`denoise_files`
+``demo``                  :func:`demo`
+========================  ==================================================================
+"""
 
 from __future__ import annotations
 
@@ -8,12 +26,21 @@ from pathlib import Path
 
 from nmflowgan.config import preset
 from nmflowgan.data.io import MAX_PIXELS
+from nmflowgan.data.simcam import simulate
+from nmflowgan.demo import demo
+from nmflowgan.denoising import denoise_files, evaluate_denoiser
 from nmflowgan.errors import OutputExistsError
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
+from nmflowgan.synthesis import synthesize
+from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
+from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 
+__all__ = ["DenoiserTrainingOptions", "ModelSummary", "NoiseTrainingOptions", "Report", "demo", "denoise_files",
+           "evaluate_denoiser", "evaluate_to_report", "model_summary", "simulate", "synthesize", "train_denoiser",
+           "train_noise_model"]
 log = logging.getLogger(__name__)
 
 
@@ -86,3 +113,4 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
                       options=options, device=device, max_pixels=max_pixels)
     path = write_report(result, out, title=title, intro=f"Checkpoint `{checkpoint}`, data `{data}`.")
     return Report(path, results_table(result.realism))
+

@@ -1,8 +1,9 @@
-"""``nmflowgan <subcommand>``: parse, validate, call :mod:`nmflowgan.api`, set the exit code."""
+"""``nmflowgan <subcommand>``: parse, validate, call one function of :mod:`nmflowgan.api`, print, set the exit code."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -12,10 +13,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from nmflowgan import __version__
+from nmflowgan import __version__, api
 from nmflowgan.config import PRESETS, Config, load_config, preset
 from nmflowgan.data.io import MAX_PIXELS
-from nmflowgan.devices import DEVICE_CHOICES
+from nmflowgan.devices import DEVICE_CHOICES, resolve_device
 from nmflowgan.errors import NmflowganError
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
 from nmflowgan.training.run import TRAINING_PRECISIONS, StopRequest
@@ -235,10 +236,15 @@ def _iso_list(text: str) -> list[float | str]:
     return isos
 
 
-def _info(args: argparse.Namespace) -> None:
-    from nmflowgan.api import model_summary
+def _options(cls: type, args: argparse.Namespace, **given: object) -> object:
+    """An options dataclass from the parsed arguments of the same names (``given`` overrides), so that a new
+    option is declared once in the parser and once in the dataclass, never copied field by field."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in vars(args).items() if name in names} | given)
 
-    summary = model_summary(args.preset).to_dict()
+
+def _info(args: argparse.Namespace) -> None:
+    summary = api.model_summary(args.preset).to_dict()
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -248,32 +254,20 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from nmflowgan.data.simcam import simulate
-
-    out = simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
-                   overwrite=args.overwrite, progress=not args.quiet)
+    out = api.simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
+                       overwrite=args.overwrite, progress=not args.quiet)
     print(f"simcam data set written to {out} (train/, test/, simcam.json)")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
-
-    options = NoiseTrainingOptions(
-        data=args.data, out=args.out, split=args.split, val_split=args.val_split, stage=args.stage,
-        steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite, device=args.device,
-        seed=args.seed, workers=args.workers, precision=args.precision, channels_last=args.channels_last,
-        log_every=args.log_every, checkpoint_every=args.checkpoint_every, quiet=args.quiet, skip_bad=args.skip_bad,
-        max_pixels=args.max_pixels,
-    )
     with stop_on_signals() as stop:
-        result = train_noise_model(_config(args), options, stop)
+        result = api.train_noise_model(_config(args), _options(api.NoiseTrainingOptions, args), stop)
+    if not result.is_main:  # one rank of a distributed run speaks
+        return _signal_exit_code(result.interrupted) if result.interrupted else 0
     if result.interrupted:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; the checkpoint is "
-                  f"{result.run_dir / 'last'}. Continue with the same command plus --resume.")
+        print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; the checkpoint is "
+              f"{result.run_dir / 'last'}. Continue with the same command plus --resume.")
         return _signal_exit_code(result.interrupted)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
     scores = ", ".join(f"step {v['step']}: {v['val_kld']:.4f}" for v in result.validation[:1] + result.validation[-1:])
     if scores:
         print(f"trained to step {result.step}; validation KLD {scores}; best {result.best_kld:.4f}")
@@ -286,56 +280,41 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from nmflowgan.api import evaluate_to_report
-
-    report = evaluate_to_report(args.checkpoint, args.data, args.out, split=args.split, train_split=args.train_split,
-                                protocol=args.protocol, patch_px=args.patch_px, max_patches=args.max_patches,
-                                seed=args.seed, overwrite=args.overwrite, progress=not args.quiet,
-                                options=SamplingOptions.named(args.sampling), device=args.device,
-                                max_pixels=args.max_pixels)
+    report = api.evaluate_to_report(args.checkpoint, args.data, args.out, split=args.split,
+                                    train_split=args.train_split, protocol=args.protocol, patch_px=args.patch_px,
+                                    max_patches=args.max_patches, seed=args.seed, overwrite=args.overwrite,
+                                    progress=not args.quiet, options=SamplingOptions.named(args.sampling),
+                                    device=args.device, max_pixels=args.max_pixels)
     print(report.table)
     print(f"report: {report.path} (and report.html, results.json)")
 
 
 def _synthesize(args: argparse.Namespace) -> None:
-    from nmflowgan.devices import resolve_device
-    from nmflowgan.synthesis import synthesize
-
-    written = synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
-                         overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
-                         device=str(resolve_device(args.device)), progress=not args.quiet,
-                         options=SamplingOptions.named(args.sampling, args.compile), max_pixels=args.max_pixels)
+    written = api.synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
+                             overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
+                             device=str(resolve_device(args.device)), progress=not args.quiet,
+                             options=SamplingOptions.named(args.sampling, args.compile), max_pixels=args.max_pixels)
     print(f"wrote {len(written)} noisy image(s) with JSON sidecars under {args.output}")
 
 
-def _train_denoiser(args: argparse.Namespace) -> int | None:
-    from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
-
-    options = DenoiserTrainingOptions(
-        data=args.data, out=args.out, noise=args.noise, flow_only=args.flow_only, split=args.split,
-        val_split=args.val_split, steps=args.steps, epochs=args.epochs, resume=args.resume, overwrite=args.overwrite,
-        device=args.device, seed=args.seed, workers=args.workers, val_every=args.val_every, quiet=args.quiet,
-        skip_bad=args.skip_bad, sampling=SamplingOptions.named(args.sampling), precision=args.precision,
-        max_pixels=args.max_pixels,
-    )
+def _train_denoiser(args: argparse.Namespace) -> int:
+    options = _options(api.DenoiserTrainingOptions, args, sampling=SamplingOptions.named(args.sampling))
     with stop_on_signals() as stop:
-        result = train_denoiser(_config(args), options, stop)
+        result = api.train_denoiser(_config(args), options, stop)
+    if not result.is_main:
+        return _signal_exit_code(result.interrupted) if result.interrupted else 0
     if result.interrupted:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; continue with the "
-                  "same command plus --resume")
+        print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; continue with the "
+              "same command plus --resume")
         return _signal_exit_code(result.interrupted)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
     best = max((v["val_psnr"] for v in result.validation), default=float("nan"))
     print(f"trained to step {result.step}; best validation PSNR {best:.2f} dB; checkpoints in {result.run_dir}")
+    return 0
 
 
 def _eval_denoiser(args: argparse.Namespace) -> None:
-    from nmflowgan.denoising import evaluate_denoiser
-
-    scores = evaluate_denoiser(args.checkpoint, args.data, args.split, args.max_images, progress=not args.quiet,
-                               device=args.device, max_pixels=args.max_pixels)
+    scores = api.evaluate_denoiser(args.checkpoint, args.data, args.split, args.max_images, progress=not args.quiet,
+                                   device=args.device, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps({"overall": scores.overall, "per_condition": scores.per_condition,
                           "available": scores.available, "scored": scores.subset}, indent=2))
@@ -349,23 +328,19 @@ def _eval_denoiser(args: argparse.Namespace) -> None:
 
 
 def _denoise(args: argparse.Namespace) -> None:
-    from nmflowgan.denoising import denoise_files
-    from nmflowgan.devices import resolve_device
-
-    written = denoise_files(args.checkpoint, args.input, args.output, args.overwrite,
-                            str(resolve_device(args.device)), progress=not args.quiet, max_pixels=args.max_pixels)
+    written = api.denoise_files(args.checkpoint, args.input, args.output, args.overwrite,
+                                str(resolve_device(args.device)), progress=not args.quiet, max_pixels=args.max_pixels)
     print(f"wrote {len(written)} denoised image(s) under {args.output}")
 
 
-def _demo(args: argparse.Namespace) -> int | None:
-    from nmflowgan.demo import demo
-
+def _demo(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
-        report = demo(args.out, args.budget_minutes, args.seed, progress=not args.quiet, stop=stop)
+        report = api.demo(args.out, args.budget_minutes, args.seed, progress=not args.quiet, stop=stop)
     if report is None:
         print(f"demo stopped by {stop.reason}; run the same command again to continue where it stopped")
         return _signal_exit_code(stop.reason or "SIGINT")
     print(f"demo finished; open {report.with_suffix('.html')} (or {report})")
+    return 0
 
 
 def _signal_exit_code(reason: str) -> int:

@@ -7,6 +7,7 @@ import torch
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.config import FlowConfig
 from nmflowgan.flows import FlowContext, NoiseFlow
+from nmflowgan.flows.base import SamplingInputs
 from nmflowgan.flows.flow import build_layer
 
 AFFINE = ["SAL", "SDL", "CL2"]
@@ -182,3 +183,21 @@ def test_sample_is_reproducible_and_valid(space):
     noisy = clean * 255 + a
     assert noisy.min() >= -1e-4 and noisy.max() <= 255 + 1e-4
     assert torch.allclose(noisy, noisy.round(), atol=1e-3)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("name", AFFINE + ["NE", "UD"])
+def test_sampling_inverse_is_the_layers_inverse(name, space, fold):
+    """Each layer's own inference form (what the sampler composes) computes exactly its inverse."""
+    layer = build_layer(name, FlowConfig(meta_hidden=6, meta_blocks=2), space, 3)
+    _perturb(layer)
+    cond = space.encode([space.cameras[0], space.cameras[-1]], [space.isos[0], space.isos[-1]])
+    clean = torch.rand(2, 3, 9, 11)
+    z = torch.randn(2, 3, 9, 11) * 20 + 100
+    step = layer.sampling_inverse(torch.float32, torch.contiguous_format, fold)
+    with torch.no_grad():
+        expected, _ = layer.inverse(z, FlowContext(clean, cond))
+        got = step(z, SamplingInputs(clean, clean, cond))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    if name == "SDL" and fold:
+        assert len(step.rest) == len(layer.pointwise) - 2  # one convolution fewer per pixel

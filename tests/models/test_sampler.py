@@ -16,7 +16,7 @@ from nmflowgan.errors import BadInputError
 from nmflowgan.flows.base import FlowContext
 from nmflowgan.metrics.kld import kld_per_patch
 from nmflowgan.models.noise_model import NoiseModel
-from nmflowgan.models.sampler import Sampler, SamplingOptions, _FoldedSDL
+from nmflowgan.models.sampler import Sampler, SamplingOptions
 
 CAMERAS, ISOS = ("IP", "S6"), (100, 800, 3200)
 FP32 = SamplingOptions(precision="fp32")
@@ -62,20 +62,6 @@ def test_fp32_optimized_path_equals_plain(batch, height, width, iso_mode, sees_c
     with torch.no_grad():
         full = model.noise(clean, cond, latent=latent)
     torch.testing.assert_close(sampler.noise(clean, cond, latent), full, rtol=1e-5, atol=1e-3)
-
-
-def test_folded_sdl_is_the_same_function(space):
-    model = _busy(NoiseModel(_config(space.iso_mode), space.cameras, space.isos))
-    layer = model.flow.layers[2]
-    clean = torch.rand(2, 3, 9, 11)
-    cond = space.encode(["IP", "N6"], [100, 3200])
-    folded = _FoldedSDL(layer, torch.float32, torch.contiguous_format)
-    with torch.no_grad():
-        expected = layer._scale_bias(FlowContext(clean, cond), torch.float32)
-        got = folded.scale_bias(clean, cond.features)
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert len(folded.rest) == len(layer.pointwise) - 2  # one convolution fewer per pixel
 
 
 def test_dequantizing_flow_gives_integer_noise_like_plain():

@@ -8,11 +8,14 @@ and ``log|det J| = sum(s)``.
 
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmflowgan.conditions import ConditionSpace
-from nmflowgan.flows.base import FlowContext, FlowLayer
+from nmflowgan.flows.base import FlowContext, FlowLayer, SamplingInputs
 
 
 class ResidualMLP(nn.Module):
@@ -85,6 +88,9 @@ class SignalAwareAffine(FlowLayer):
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         return _affine(z, *self._scale_bias(context, z.dtype), inverse=True)
 
+    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
+        return _SignalAwareInverse(self, dtype, memory_format)
+
 
 class SignalDependentAffine(FlowLayer):
     """SDL: ``z = exp(s) * x + b`` with ``[s, b] = tanh(PointwiseConvs([Embed(camera, ISO), clean]))``.
@@ -119,6 +125,11 @@ class SignalDependentAffine(FlowLayer):
 
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         return _affine(z, *self._scale_bias(context, z.dtype), inverse=True)
+
+    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
+        if fold:
+            return _FoldedSignalDependentInverse(self, dtype, memory_format)
+        return _SignalDependentInverse(self, dtype, memory_format)
 
 
 class ConditionalLinear(FlowLayer):
@@ -173,3 +184,89 @@ class ConditionalLinear(FlowLayer):
 
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         return _affine(z, *self.parameters_for(context, z.dtype), inverse=True)
+
+    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
+        return _ConditionalLinearInverse(self)
+
+
+# ---- the sampling forms: each layer's inverse for drawing only (see FlowLayer.sampling_inverse) ---------------
+
+
+class _AffineInverse(nn.Module):
+    """``x = (z - b) * exp(-s)`` in float32, with ``s, b`` from :meth:`scale_bias`; no log-determinant."""
+
+    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, z: torch.Tensor, inputs: SamplingInputs) -> torch.Tensor:
+        scale, bias = self.scale_bias(inputs)
+        return (z - bias) * torch.exp(-scale)
+
+
+class _SignalAwareInverse(_AffineInverse):
+    """SAL's inverse: the spatial convolutions in the compute format, the product with the embedding in float32."""
+
+    def __init__(self, layer: SignalAwareAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+        super().__init__()
+        self.channels = layer.channels
+        self.structure = copy.deepcopy(layer.structure).to(dtype=dtype, memory_format=memory_format)
+        self.meta = copy.deepcopy(layer.meta).float()
+
+    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.structure(inputs.clean_compute).float() * self.meta(inputs.cond.features.float())[:, :, None, None]
+        return out[:, : self.channels], out[:, self.channels :]
+
+
+class _SignalDependentInverse(_AffineInverse):
+    """SDL's inverse as it is, its pointwise convolutions in the compute format."""
+
+    def __init__(self, layer: SignalDependentAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+        super().__init__()
+        self.channels = layer.channels
+        self.meta = copy.deepcopy(layer.meta).float()
+        self.pointwise = copy.deepcopy(layer.pointwise).to(dtype=dtype, memory_format=memory_format)
+
+    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = inputs.clean_compute
+        meta = self.meta(inputs.cond.features.float()).to(clean.dtype)[:, :, None, None]
+        out = self.pointwise(torch.cat([meta.expand(-1, -1, *clean.shape[2:]), clean], dim=1)).float()
+        return out[:, : self.channels], out[:, self.channels :]
+
+
+class _FoldedSignalDependentInverse(_AffineInverse):
+    """SDL's inverse with its first two 1x1 convolutions folded into one (exact, no activation between them).
+
+    ``W1 (W0 [meta; clean] + b0) + b1 = (W1 W0_clean) clean + (W1 (W0_meta meta + b0) + b1)``: the second term
+    is constant over the image, a ``(B, 2F)`` bias computed once per batch.
+    """
+
+    def __init__(self, layer: SignalDependentAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+        super().__init__()
+        first, second = layer.pointwise[0], layer.pointwise[1]
+        embedding = first.in_channels - 3
+        w0, w1 = first.weight[:, :, 0, 0].double(), second.weight[:, :, 0, 0].double()
+        self.channels = layer.channels
+        self.meta = copy.deepcopy(layer.meta).float()
+        self.register_buffer("meta_weight", (w1 @ w0[:, :embedding]).float())  # (2F, E)
+        self.register_buffer("meta_bias", (w1 @ first.bias.double() + second.bias.double()).float())  # (2F,)
+        weight = (w1 @ w0[:, embedding:])[:, :, None, None]  # (2F, 3, 1, 1)
+        self.register_buffer("clean_weight", weight.to(dtype).contiguous(memory_format=memory_format))
+        self.rest = copy.deepcopy(layer.pointwise[2:]).to(dtype=dtype, memory_format=memory_format)
+
+    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = inputs.clean_compute
+        bias = F.linear(self.meta(inputs.cond.features.float()), self.meta_weight, self.meta_bias)  # (B, 2F)
+        hidden = F.conv2d(clean, self.clean_weight) + bias.to(clean.dtype)[:, :, None, None]
+        out = self.rest(hidden).float()
+        return out[:, : self.channels], out[:, self.channels :]
+
+
+class _ConditionalLinearInverse(_AffineInverse):
+    """CL's inverse: one scale and bias per sample and channel, in float32."""
+
+    def __init__(self, layer: ConditionalLinear) -> None:
+        super().__init__()
+        self.layer = copy.deepcopy(layer).float()
+
+    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layer.parameters_for(FlowContext(inputs.clean, inputs.cond), torch.float32)

@@ -33,16 +33,38 @@ class FlowContext:
         return self.clean * 255.0
 
 
+@dataclass(frozen=True)
+class SamplingInputs:
+    """What a sampling step reads besides the tensor it maps.
+
+    Attributes:
+        clean: ``(B, 3, H, W)`` float32 clean image in [0, 1].
+        clean_compute: the same in the sampler's number format and memory layout (what its convolutions take).
+        cond: the encoded camera/ISO of each sample.
+    """
+
+    clean: torch.Tensor
+    clean_compute: torch.Tensor
+    cond: Condition
+
+
 class FlowLayer(nn.Module):
     """A conditional bijection on ``(B, C, H, W)`` tensors.
 
     ``forward`` maps data towards the latent z and ``inverse`` maps back; each returns
     ``(output, logdet)`` where ``logdet`` has shape ``(B,)`` and is log|det J| of the map it applied,
     summed over C, H and W, so that ``inverse``'s logdet is minus ``forward``'s at the matching point.
+    ``sampling_inverse`` gives the layer's inverse for drawing only.
     """
 
     def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
+        """The inverse as drawing needs it: a module ``(x (B, C, H, W) float32, SamplingInputs) -> x`` holding a
+        frozen copy of the weights, with no log-determinant, its convolutions in ``dtype`` and
+        ``memory_format``, and (``fold``) exact algebraic shortcuts. Same function as :meth:`inverse`."""
         raise NotImplementedError

@@ -17,6 +17,7 @@ from nmflowgan.flows import NoiseFlow
 from nmflowgan.flows.flow import latent_like
 from nmflowgan.models.correlation import LatentCorrelation
 from nmflowgan.models.files import built_within_budget, load_weights, read_meta, resolve_checkpoint_dir, save_module
+from nmflowgan.models.image_inputs import as_nchw, to_unit_float
 from nmflowgan.models.sampler import Sampler, SamplingOptions
 from nmflowgan.models.unet import UNetRefiner
 
@@ -163,12 +164,12 @@ class NoiseModel(nn.Module):
             The noisy image, same shape, dtype and range as ``clean``.
         """
         was_numpy = isinstance(clean, np.ndarray)
-        tensor = _as_nchw(clean)
+        tensor = as_nchw(clean)
         squeeze = tensor.dim() == 3
         if squeeze:
             tensor = tensor.unsqueeze(0)
         is_uint8 = tensor.dtype == torch.uint8
-        clean01 = _to_unit_float(tensor).to(self._device())
+        clean01 = to_unit_float(tensor).to(self._device())
         cond = self.encode(camera, iso, clean01.shape[0], extrapolate)
         noisy_255 = clean01 * 255.0 + self.quantized_noise(clean01, cond, generator, temperature, refine,
                                                                 options=options)
@@ -231,37 +232,6 @@ def quantize(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:
     noisy = clean * 255.0 + noise_255
     recorded = noisy.round().clamp(0, 255)
     return noise_255 + (recorded - noisy).detach()
-
-
-def _as_nchw(clean: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Validates an image batch and returns it as a channels-first tensor."""
-    if isinstance(clean, np.ndarray):
-        if clean.dtype != np.uint8:
-            raise BadInputError(f"image arrays must be uint8 (0-255), got {clean.dtype}")
-        if clean.ndim not in (3, 4) or clean.shape[-1] != 3:
-            raise BadInputError(f"image arrays must be (H, W, 3) or (B, H, W, 3), got {clean.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(clean))
-        return tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
-    if not isinstance(clean, torch.Tensor):
-        raise BadInputError(f"clean must be a torch tensor or a uint8 numpy array, got {type(clean).__name__}")
-    if clean.dim() not in (3, 4) or clean.shape[-3] != 3:
-        raise BadInputError(f"clean must be (3, H, W) or (B, 3, H, W) RGB, got shape {tuple(clean.shape)}")
-    if min(clean.shape[-2:]) < 1 or clean.numel() == 0:
-        raise BadInputError(f"clean image is empty: shape {tuple(clean.shape)}")
-    return clean
-
-
-def _to_unit_float(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.dtype == torch.uint8:
-        return tensor.float() / 255.0
-    if not tensor.is_floating_point():
-        raise BadInputError(f"clean must be uint8 or floating point, got {tensor.dtype}")
-    if not bool(torch.isfinite(tensor).all()):
-        raise BadInputError("clean image contains NaN or infinite values")
-    low, high = float(tensor.min()), float(tensor.max())
-    if low < -1e-6 or high > 1 + 1e-6:
-        raise BadInputError(f"float images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
-    return tensor.float().clamp(0, 1)
 
 
 def resolve_model_dir(path: str | Path) -> Path:

@@ -2,10 +2,11 @@
 
 A :class:`Sampler` is a frozen snapshot of a model's weights rearranged for inference only:
 
-* exact folding: SDL's first two 1x1 convolutions have no activation between them, so they become one
-  convolution on the clean image plus a per-sample bias that carries the camera/ISO embedding (which is
-  constant over the image); the refiner's input scale ``1 / noise_scale`` goes into its first
-  convolution and the output scale ``noise_scale`` into its last one;
+* each flow layer's own sampling inverse (:meth:`FlowLayer.sampling_inverse`), with exact folding: SDL's
+  first two 1x1 convolutions have no activation between them, so they become one convolution on the clean
+  image plus a per-sample bias that carries the camera/ISO embedding (constant over the image); the
+  refiner's input scale ``1 / noise_scale`` goes into its first convolution and the output scale
+  ``noise_scale`` into its last one;
 * skipped work: no log-determinants, condition networks run once per batch, no graph (inference mode);
 * on the CPU, large batches in chunks of a few hundred thousand pixels (the working set stays in cache);
 * channels-last memory and a cheaper number format for the convolutions: bf16 where the device has
@@ -24,14 +25,11 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nmflowgan.conditions import Condition
 from nmflowgan.errors import BadInputError
-from nmflowgan.flows.affine import ConditionalLinear, SignalAwareAffine, SignalDependentAffine
-from nmflowgan.flows.base import FlowContext
-from nmflowgan.flows.dequantize import NoiseExtraction, UniformDequantization
+from nmflowgan.flows.base import SamplingInputs
 from nmflowgan.models.unet import UNetRefiner
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -99,63 +97,6 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
-class _FoldedSDL(nn.Module):
-    """SDL's scale/bias network with its first two 1x1 convolutions folded into one (exact).
-
-    ``W1 (W0 [meta; clean] + b0) + b1 = (W1 W0_clean) clean + (W1 (W0_meta meta + b0) + b1)``: the
-    second term is constant over the image, a ``(B, 2F)`` bias computed once per batch.
-    """
-
-    def __init__(self, layer: SignalDependentAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
-        super().__init__()
-        first, second = layer.pointwise[0], layer.pointwise[1]
-        embedding = first.in_channels - 3
-        w0, w1 = first.weight[:, :, 0, 0].double(), second.weight[:, :, 0, 0].double()
-        self.channels = layer.channels
-        self.meta = copy.deepcopy(layer.meta)
-        self.register_buffer("meta_weight", (w1 @ w0[:, :embedding]).float())  # (2F, E)
-        self.register_buffer("meta_bias", (w1 @ first.bias.double() + second.bias.double()).float())  # (2F,)
-        weight = (w1 @ w0[:, embedding:])[:, :, None, None]  # (2F, 3, 1, 1)
-        self.register_buffer("clean_weight", weight.to(dtype).contiguous(memory_format=memory_format))
-        self.rest = copy.deepcopy(layer.pointwise[2:]).to(dtype=dtype, memory_format=memory_format)
-
-    def scale_bias(self, clean: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``clean (B, 3, H, W)`` in the compute format, ``features (B, D)`` -> float32 ``s, b (B, C, H, W)``."""
-        bias = F.linear(self.meta(features), self.meta_weight, self.meta_bias)  # (B, 2F)
-        hidden = F.conv2d(clean, self.clean_weight) + bias.to(clean.dtype)[:, :, None, None]
-        out = self.rest(hidden).float()
-        return out[:, : self.channels], out[:, self.channels :]
-
-
-class _SignalAware(nn.Module):
-    """SAL's scale/bias network: spatial convolutions in the compute format, the product in float32."""
-
-    def __init__(self, layer: SignalAwareAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
-        super().__init__()
-        self.channels = layer.channels
-        self.structure = copy.deepcopy(layer.structure).to(dtype=dtype, memory_format=memory_format)
-        self.meta = copy.deepcopy(layer.meta)
-
-    def scale_bias(self, clean: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.structure(clean).float() * self.meta(features)[:, :, None, None]
-        return out[:, : self.channels], out[:, self.channels :]
-
-
-class _SignalDependent(nn.Module):
-    """SDL's scale/bias network as it is (``fold=False``), in the compute format."""
-
-    def __init__(self, layer: SignalDependentAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
-        super().__init__()
-        self.channels = layer.channels
-        self.meta = copy.deepcopy(layer.meta)
-        self.pointwise = copy.deepcopy(layer.pointwise).to(dtype=dtype, memory_format=memory_format)
-
-    def scale_bias(self, clean: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        meta = self.meta(features).to(clean.dtype)[:, :, None, None].expand(-1, -1, *clean.shape[2:])
-        out = self.pointwise(torch.cat([meta, clean], dim=1)).float()
-        return out[:, : self.channels], out[:, self.channels :]
-
-
 class Sampler(nn.Module):
     """Draws noise from a snapshot of ``model`` the fast way; same function as ``model.noise``.
 
@@ -171,19 +112,9 @@ class Sampler(nn.Module):
         device = next(model.parameters()).device
         self.dtype = resolve_dtype(self.options.precision, device)
         self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
-        self.dequantizes = model.flow.dequantizes
-        self.steps = nn.ModuleList()  # in sampling order: latent -> noisy
-        for layer in reversed(model.flow.layers):
-            if isinstance(layer, SignalDependentAffine) and self.options.fold:
-                self.steps.append(_FoldedSDL(layer, self.dtype, self.memory_format))
-            elif isinstance(layer, SignalAwareAffine):
-                self.steps.append(_SignalAware(layer, self.dtype, self.memory_format))
-            elif isinstance(layer, SignalDependentAffine):
-                self.steps.append(_SignalDependent(layer, self.dtype, self.memory_format))
-            elif isinstance(layer, ConditionalLinear):
-                self.steps.append(copy.deepcopy(layer))
-            elif not isinstance(layer, NoiseExtraction | UniformDequantization):
-                raise TypeError(f"the sampler does not know flow layer {type(layer).__name__}")
+        # in sampling order, latent -> noisy: each flow layer's own inverse for drawing
+        self.steps = nn.ModuleList(layer.sampling_inverse(self.dtype, self.memory_format, self.options.fold)
+                                   for layer in reversed(model.flow.layers))
         # The latent filter stays float32: its taps are normalized to unit energy, which bf16 would spoil.
         self.correlation = copy.deepcopy(model.correlation)
         self.refiner = _network_of(model.refiner, self.options.fold).to(self.dtype, memory_format=self.memory_format)
@@ -211,21 +142,14 @@ class Sampler(nn.Module):
 
     @torch.inference_mode()
     def pixelwise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor) -> torch.Tensor:
-        """The flow's noise for ``latent``: the inverse of every affine layer, then ``NE`` and ``UD``."""
+        """The flow's noise for ``latent``: every layer's sampling inverse in turn (affine layers, then ``NE``
+        adds the clean image and ``UD`` rounds down), less the clean image."""
         clean = clean.float()
-        clean_c = clean.to(self.dtype).contiguous(memory_format=self.memory_format)
-        features = cond.features.float()
+        inputs = SamplingInputs(clean, clean.to(self.dtype).contiguous(memory_format=self.memory_format), cond)
         x = latent.float()
         for step in self.steps:
-            if isinstance(step, ConditionalLinear):
-                scale, bias = step.parameters_for(FlowContext(clean, cond), torch.float32)
-            else:
-                scale, bias = step.scale_bias(clean_c, features)
-            x = (x - bias) * torch.exp(-scale)
-        noisy = x + clean * 255.0
-        if self.dequantizes:
-            noisy = noisy.floor().clamp(0, 255)
-        return noisy - clean * 255.0
+            x = step(x, inputs)
+        return x - clean * 255.0
 
     @torch.inference_mode()
     def refine(self, noise_255: torch.Tensor, clean: torch.Tensor, cond: Condition) -> torch.Tensor:

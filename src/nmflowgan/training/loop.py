@@ -51,6 +51,7 @@ class TrainResult:
     total_steps: int
     interrupted: str | None = None
     validation: list[dict] = field(default_factory=list)
+    is_main: bool = True  # rank 0 (or the only process): the one that reports
 
     @property
     def best_kld(self) -> float:
@@ -170,4 +171,4 @@ class TrainingRun:
         if self.metrics is not None:
             self.metrics.close()
         self.context.barrier()
-        return TrainResult(self.run_dir, step, schedule.total_steps, stop.reason, self.history)
+        return TrainResult(self.run_dir, step, schedule.total_steps, stop.reason, self.history, self.context.is_main)
