@@ -6,6 +6,7 @@ import re
 import pytest
 
 from nmflowgan.cli import main
+from nmflowgan.training.checkpoint import read_checkpoint_meta
 
 
 @pytest.mark.slow
@@ -21,6 +22,14 @@ def test_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 6
     results = json.loads((out / "evaluation" / "results.json").read_text())
     assert results["models"]["oracle"]["kld"] < results["models"]["gaussian"]["kld"]
+    # Training lengths were sized from this machine's measured speed, within each stage's share of the budget.
+    plan = json.loads((out / "plan.json").read_text())
+    noise = plan["noise model"]
+    assert noise["steps_per_s"] > 0 and noise["steps"] <= noise["wanted"]
+    assert noise["steps"] <= max(20, int(noise["share_s"] * noise["steps_per_s"]))
+    assert read_checkpoint_meta((out / "noise-model" / "last").resolve())["step"] == noise["steps"]
+    assert "sized to the budget on this machine: noise model" in report
+    assert not list(out.glob("calibration*"))  # scratch runs are removed
     timings = json.loads((out / "timings.json").read_text())
     # A second run finds every stage done and only rewrites the report.
     assert main(["demo", "--out", str(out), "--budget-minutes", "0.5", "--quiet"]) == 0

@@ -8,12 +8,18 @@ Stages, each kept on disk so that an interrupted demo continues where it stopped
 4. synthesize example images for every camera at three ISOs, one of them never seen in training;
 5. train small denoisers on real and on synthesized pairs, and score them on real test pairs;
 6. write ``report.md`` and ``report.html`` with every table and figure, all measured in this run.
+
+Training lengths are sized to the budget from this machine's own speed: before the noise model and before
+the denoisers, a few steps are timed, and each stage gets at most its share of the budget (never more than
+the reference lengths, 3,000 and 800 steps, which fit 20 minutes on a 2-core CPU with native bf16). The plan
+is kept in ``plan.json``, so a continued demo trains to the same lengths, and the report says what it did.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from dataclasses import replace
@@ -46,6 +52,13 @@ TRAIN_ISOS = (100, 400, 1600, 3200)
 EXAMPLE_ISOS = (100, 800, 3200)  # 800 lies between trained ISOs: the continuous condition interpolates
 DENOISER_SOURCES = ("real", "nmflowgan", "flow-only", "nlf", "gaussian")
 BASE_MINUTES = 20
+REFERENCE_STEPS = {"noise model": 3000, "denoiser": 800}
+# The share of the budget one training may take. On the reference machine (2-core AMD EPYC with AVX512-BF16)
+# the noise model trained 3,000 steps in 340 s and each denoiser 800 steps in 100-130 s, 17 minutes in all
+# with simulation, evaluation and examples: these shares keep the reference lengths there and shrink them
+# where steps are slower.
+SHARES = {"noise model": 0.33, "denoiser": 0.11}
+CALIBRATION_STEPS = 30  # timed in a scratch run; the rate of its last 20 steps counts
 
 
 def _stage(name: str, progress: bool) -> None:
@@ -72,11 +85,22 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     timing_file = out / "timings.json"
     timings: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     config = small()
-    noise_steps = max(20, int(3000 * scale))
-    warmup = max(10, int(config.train.flow_warmup_steps * min(1.0, scale)))
-    config = replace(config, train=replace(config.train, val_every=max(10, noise_steps // 10),
-                                           flow_warmup_steps=warmup))
-    denoiser_steps = max(10, int(800 * scale))
+    plan_file = out / "plan.json"
+    plan: dict[str, dict] = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+
+    def sized(stage: str, floor: int, calibrate: object) -> int:
+        """The steps of ``stage``: the reference length scaled by the budget, cut to the stage's share of the
+        budget at the speed ``calibrate()`` measures (steps/s) on this machine; decided once, kept in plan.json."""
+        if stage not in plan:
+            wanted = max(floor, int(REFERENCE_STEPS[stage] * scale))
+            speed = calibrate() if wanted > 2 * CALIBRATION_STEPS else None  # type: ignore[operator]
+            if speed is not None and not math.isfinite(speed):  # stopped while timing: decide next time
+                return wanted
+            fits = int(SHARES[stage] * budget_minutes * 60 * speed) if speed else wanted
+            plan[stage] = {"steps": max(floor, min(wanted, fits)), "wanted": wanted, "steps_per_s": speed,
+                           "share_s": SHARES[stage] * budget_minutes * 60}
+            write_text(plan_file, json.dumps(plan, indent=2) + "\n")
+        return int(plan[stage]["steps"])
 
     def timed(name: str, function: object) -> object:
         start = time.perf_counter()
@@ -94,11 +118,23 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
 
     _stage("2/6 train the noise model (small preset)", progress)
     noise_run = out / "noise-model"
+
+    def train_noise(run: Path, steps: int, resume: bool = False, val_every: int | None = None,
+                    **more: object) -> object:
+        warmup = max(10, int(config.train.flow_warmup_steps * min(1.0, steps / REFERENCE_STEPS["noise model"])))
+        sized_config = replace(config, train=replace(config.train, val_every=val_every or max(10, steps // 10),
+                                                     flow_warmup_steps=warmup))
+        return train_noise_model(sized_config, NoiseTrainingOptions(
+            data=data, out=run, steps=steps, resume=resume, overwrite=not resume, device="cpu", seed=seed,
+            quiet=not progress, **more), stop)
+
+    noise_steps = sized("noise model", 20, lambda: timed("calibrate", lambda: _steps_per_s(
+        out / "calibration-noise-model",
+        lambda run: train_noise(run, CALIBRATION_STEPS, val_every=CALIBRATION_STEPS, log_every=10),
+        config.train.batch_size)))
     if not _finished(noise_run, noise_steps):
         resume = (noise_run / "last").exists()  # else a run stopped before its first checkpoint starts again
-        timed("train noise model", lambda: train_noise_model(config, NoiseTrainingOptions(
-            data=data, out=noise_run, steps=noise_steps, resume=resume, overwrite=not resume, device="cpu",
-            seed=seed, quiet=not progress), stop))
+        timed("train noise model", lambda: train_noise(noise_run, noise_steps, resume))
     if stop:
         return None
 
@@ -118,6 +154,21 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
         timed("synthesize examples", lambda: _examples(noise_run, data, examples, seed))
 
     _stage("5/6 train and score denoisers on real and synthesized pairs", progress)
+
+    def train_one_denoiser(run: Path, noise: str, steps: int, flow_only: bool = False, val_every: int | None = None,
+                           **more: object) -> object:
+        resume = (run / "last").exists()
+        return train_denoiser(config, DenoiserTrainingOptions(
+            data=data, out=run, noise=noise, flow_only=flow_only, steps=steps, resume=resume, overwrite=not resume,
+            device="cpu", seed=seed, val_every=val_every or max(10, steps // 4), quiet=not progress, **more), stop)
+
+    # timed on synthesized pairs, the dearest source (the noise model draws every batch)
+    denoiser_steps = sized("denoiser", 10, lambda: timed("calibrate", lambda: _steps_per_s(
+        out / "calibration-denoiser", lambda run: train_one_denoiser(run, str(noise_run), CALIBRATION_STEPS,
+                                                  val_every=CALIBRATION_STEPS, log_every=10),
+        config.denoiser_train.batch_size)))
+    if stop:
+        return None
     scores_path = out / "denoisers.json"
     scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
     for source in DENOISER_SOURCES:
@@ -126,12 +177,8 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
         run = out / f"denoiser-{source}"
         noise = str(noise_run) if source in ("nmflowgan", "flow-only") else source
         if not _finished(run, denoiser_steps):
-            timed(f"denoiser {source}", lambda run=run, noise=noise, source=source: train_denoiser(
-                config, DenoiserTrainingOptions(data=data, out=run, noise=noise, flow_only=source == "flow-only",
-                                                steps=denoiser_steps, resume=(run / "last").exists(),
-                                                overwrite=not (run / "last").exists(), device="cpu", seed=seed,
-                                                val_every=max(10, denoiser_steps // 4), quiet=not progress),
-                stop))
+            timed(f"denoiser {source}", lambda run=run, noise=noise, source=source: train_one_denoiser(
+                run, noise, denoiser_steps, flow_only=source == "flow-only"))
         if stop:
             return None
         result = timed(f"denoiser {source}", lambda run=run: evaluate_denoiser(run, data, max_images=40,
@@ -140,10 +187,25 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
         write_text(scores_path, json.dumps(scores, indent=2) + "\n")
 
     _stage("6/6 write the report", progress)
-    report = _write_report(out, noise_run, evaluation, scores, timings, noise_steps, denoiser_steps)
+    report = _write_report(out, noise_run, evaluation, scores, timings, plan)
     if progress:
         print(f"\nreport: {report} (and {report.with_suffix('.html')})")
     return report
+
+
+def _steps_per_s(scratch: Path, train: object, batch_size: int) -> float:
+    """Trains ``CALIBRATION_STEPS`` steps into ``scratch`` with ``train(scratch)`` (metric lines every 10 steps),
+    returns the steady rate in steps/s (the first 10 steps, which include warming up, do not count), and
+    removes the scratch run."""
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)  # what a killed calibration left
+    try:
+        train(scratch)  # type: ignore[operator]
+        rates = [m["patches_per_s"] for m in read_metrics(scratch) if "patches_per_s" in m][1:]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return sum(rates) / len(rates) / batch_size if rates else float("nan")
 
 
 def _finished(run: Path, steps: int) -> bool:
@@ -166,8 +228,21 @@ def _examples(noise_run: Path, data: Path, path: Path, seed: int) -> None:
     plots.image_grid(rows, path, panel_inches=2.2)
 
 
-def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, timings: dict, noise_steps: int,
-                  denoiser_steps: int) -> Path:
+def _sizing(plan: dict) -> str:
+    """One sentence per training stage: how long it trained and why."""
+    parts = []
+    for stage, entry in plan.items():
+        if entry["steps_per_s"] is None:
+            parts.append(f"{stage}: {entry['steps']:,} steps (the budget's length; too short to time)")
+        else:
+            cut = "" if entry["steps"] >= entry["wanted"] else f", cut from {entry['wanted']:,} to fit"
+            parts.append(f"{stage}: {entry['steps']:,} steps (measured {entry['steps_per_s']:.1f} steps/s, a share of "
+                         f"{entry['share_s']:.0f} s{cut})")
+    return "Training lengths, sized to the budget on this machine: " + "; ".join(parts) + "."
+
+
+def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, timings: dict, plan: dict) -> Path:
+    noise_steps, denoiser_steps = plan["noise model"]["steps"], plan["denoiser"]["steps"]
     def load(folder: Path) -> Realism:
         return Realism.from_dict(json.loads((folder / "results.json").read_text()))
 
@@ -191,7 +266,7 @@ def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, ti
         f"({denoiser_steps} steps each). Validation KLD: {validation[0]['val_kld']:.4f} at step 0, "
         f"{best_kld:.4f} at the best checkpoint (step {best_step}), {validation[-1]['val_kld']:.4f} at the last; "
         f"validation correlation error {validation[0]['val_corr_error']:.4f}, {best_corr:.4f} and "
-        f"{validation[-1]['val_corr_error']:.4f}.", "",
+        f"{validation[-1]['val_corr_error']:.4f}.", "", _sizing(plan), "",
         f"## Noise realism on the simcam test set (lower is better): best checkpoint, step {best_step}", "",
         results_table(result), "",
         f"## The same for the last checkpoint, step {noise_steps}", "",

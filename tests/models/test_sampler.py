@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from nmflowgan.config import FlowConfig, ModelConfig, RefinerConfig, small
 from nmflowgan.errors import BadInputError
-from nmflowgan.flows.base import FlowContext
 from nmflowgan.metrics.kld import kld_per_patch
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import Sampler, SamplingOptions
