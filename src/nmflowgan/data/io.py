@@ -47,22 +47,29 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image
         yield image
 
 
-def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """``(H, W)`` of an RGB image from its header, without decoding the pixels; raises :class:`DataError` naming
-    the file when it is missing, unreadable, not RGB or larger than ``max_pixels``."""
+@contextmanager
+def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
+    """:func:`open_image` for RGB images only; every failure, in the block too (decoding a truncated file),
+    becomes one :class:`DataError` naming the file."""
     path = Path(path)
     try:
         with open_image(path, max_pixels) as image:
-            width, height = image.size
-            mode = image.mode
+            if image.mode != "RGB":
+                raise DataError(f"{path}: image mode {image.mode} is not RGB (need a 3-channel colour image)")
+            yield image
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{path}: unreadable or truncated image ({error})") from None
-    if mode != "RGB":
-        raise DataError(f"{path}: image mode {mode} is not RGB (need a 3-channel colour image)")
+
+
+def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """``(H, W)`` of an RGB image from its header, without decoding the pixels; raises :class:`DataError` naming
+    the file when it is missing, unreadable, not RGB or larger than ``max_pixels``."""
+    with open_rgb(path, max_pixels) as image:
+        width, height = image.size
     return height, width
 
 
@@ -73,19 +80,9 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         DataError: naming the file when it is missing, unreadable, truncated, larger than ``max_pixels``, or
             not RGB (grey, RGBA, palette and CMYK images are refused rather than silently converted).
     """
-    path = Path(path)
-    try:
-        with open_image(path, max_pixels) as image:
-            image.load()
-            if image.mode != "RGB":
-                raise DataError(f"{path}: image mode {image.mode} is not RGB (need a 3-channel colour image)")
-            return np.asarray(image, dtype=np.uint8).copy()
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{path}: unreadable or truncated image ({error})") from None
+    with open_rgb(path, max_pixels) as image:
+        image.load()
+        return np.asarray(image, dtype=np.uint8).copy()
 
 
 def write_png(path: str | Path, image: np.ndarray, compress_level: int = 1) -> None:
