@@ -10,8 +10,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from nmflowgan.config import save_config
-from nmflowgan.training.denoiser_trainer import step_generator
 from nmflowgan.training.distributed import DistributedContext, backend_for
+from nmflowgan.training.loop import step_generator
 from tests.conftest import tiny_config
 
 

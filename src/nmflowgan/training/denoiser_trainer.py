@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -32,7 +31,7 @@ from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.noise_sources import baseline_noise, fit_baselines, model_noise
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState
-from nmflowgan.training.loop import Schedule, TrainingRun, TrainResult, session
+from nmflowgan.training.loop import Schedule, TrainingRun, TrainResult, session, step_generator
 from nmflowgan.training.run import RunOptions, StopRequest, training_patches
 
 log = logging.getLogger(__name__)
@@ -131,12 +130,6 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
 
         return run.loop(loader, schedule, train_step, validate, stop, f"denoiser ({options.noise})",
                         train_config.batch_size, validate_first=False)
-
-
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator of one rank's noise at one step, derived from ``(seed, step, rank)`` alone: ranks draw
-    different noise, and a resumed run draws what the uninterrupted run drew, with no state to save."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
 
 
 def _validation_patches(options: DenoiserTrainingOptions, split: str | None, patch_px: int

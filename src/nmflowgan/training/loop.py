@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -27,6 +28,13 @@ from nmflowgan.models.files import load_weights
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, setup, teardown
 from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, run_lock, start_run
+
+
+def step_generator(seed: int, step: int, *more: int) -> torch.Generator:
+    """The CPU generator of one training step, derived from ``(seed, step, *more)`` alone (``more``: e.g. the
+    rank, where each rank draws its own numbers): a resumed run draws exactly what the uninterrupted run drew,
+    and no random state needs saving. Both trainers draw every random number of a step from it."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, *more]).generate_state(1)[0]))
 
 
 @contextmanager

@@ -11,8 +11,9 @@ on every generator step, from the correlation of the real noise's latents (a los
 adversarial game: the flow (and the filter) train every step and the refiner stays the identity.
 
 Every random number of a step (dequantization, latents, interpolation weights) is drawn for the whole
-global batch from one CPU generator, and each rank keeps its slice: N ranks take exactly the steps one
-process takes with the same global batch, and a resumed run takes exactly the steps of an uninterrupted one.
+global batch from the step's own generator (:func:`~nmflowgan.training.loop.step_generator`), and each rank
+keeps its slice: N ranks take exactly the steps one process takes with the same global batch, and a resumed
+run takes exactly the steps of an uninterrupted one, with no random state to save.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState
 from nmflowgan.training.distributed import DistributedContext
-from nmflowgan.training.loop import Schedule, TrainingRun, TrainResult, session
+from nmflowgan.training.loop import Schedule, TrainingRun, TrainResult, session, step_generator
 from nmflowgan.training.losses import critic_loss, generator_adversarial_loss
 from nmflowgan.training.run import RunOptions, StopRequest, training_patches
 
@@ -111,7 +112,6 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
             betas=train_config.betas)
         optimizer_c = torch.optim.Adam(critic.parameters(), lr=train_config.critic_lr or train_config.lr,
                                        betas=train_config.betas)
-        rng = torch.Generator().manual_seed(options.seed)
         validation_set = _validation_set(options, val_split, model, train_config)
         probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                    options.seed, 0, 1)
@@ -134,7 +134,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                 "global_batch": train_config.batch_size, "total_steps": total_steps, "preset": config.name,
                 "config": to_dict(config), "options": options.to_dict()}
         state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c},
-                              {"trainer": rng}, info)
+                              {}, info)
         run = TrainingRun(options, context, model, WEIGHTS_FILE, state,
                           ("config", "steps_per_epoch", "global_batch", "stage", "seed"), "val_kld", eligible=eligible)
         if run.resumed:
@@ -163,6 +163,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         def train_step(batch: PatchBatch, step: int) -> dict[str, float]:
             clean, real = _as_float(batch, device)
             cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
+            rng = step_generator(options.seed, step)  # the global batch's draws, the same on every rank
             uniform = torch.rand(patch_shape, generator=rng)[local].to(device)
             adversarial = adversarial_game and step >= train_config.flow_warmup_steps
             losses: dict[str, float] = {}
