@@ -35,3 +35,14 @@ def test_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--budget-minutes", "0.5", "--quiet"]) == 0
     assert json.loads((out / "timings.json").read_text()) == timings
     assert "demo finished" in capsys.readouterr().out
+
+
+def test_a_demo_stopped_while_timing_its_steps_decides_nothing(tmp_path):
+    from nmflowgan.demo import demo
+    from nmflowgan.training.run import StopRequest
+
+    stop = StopRequest()
+    stop.request("SIGINT")  # as if Ctrl-C came during the first timed steps
+    assert demo(tmp_path / "demo", budget_minutes=0.5, progress=False, stop=stop) is None
+    assert not (tmp_path / "demo" / "plan.json").exists() and not (tmp_path / "demo" / "noise-model").exists()
+    assert not list((tmp_path / "demo").glob("calibration*"))

@@ -134,6 +134,8 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
         out / "calibration-noise-model",
         lambda run: train_noise(run, CALIBRATION_STEPS, val_every=CALIBRATION_STEPS, log_every=10),
         config.train.batch_size)))
+    if stop:  # stopped while timing: nothing is decided yet
+        return None
     if not _finished(noise_run, noise_steps):
         resume = (noise_run / "last").exists()  # else a run stopped before its first checkpoint starts again
         timed("train noise model", lambda: train_noise(noise_run, noise_steps, resume))
