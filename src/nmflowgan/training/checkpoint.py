@@ -9,7 +9,8 @@ rewritten (saving the same step again, e.g. as ``best`` and then as ``last``, on
 A checkpoint folder holds:
 
 * ``model.safetensors`` + ``model.json``: the noise model, loadable alone by ``NoiseModel.load``;
-* ``training.safetensors``: the other modules (the critic), every optimizer tensor and RNG states;
+* ``training.safetensors``: the other modules (the critic), every optimizer tensor and the states of any
+  generators the run keeps (the trainers keep none: each step derives its own);
 * ``training.json``: the step, optimizer hyper-parameters, counters and a ``complete`` marker.
 
 Nothing is ever pickled: loading runs no code from the files.
