@@ -60,11 +60,6 @@ class NoiseFlow(nn.Module):
         self.space = space
         self.layers = nn.ModuleList(build_layer(n, config, space, channels) for n in config.layer_names)
 
-    @property
-    def dequantizes(self) -> bool:
-        """Whether the flow models integer images (it starts with ``UD``)."""
-        return isinstance(self.layers[0], UniformDequantization)
-
     def forward_and_logdet(self, noisy_255: torch.Tensor, context: FlowContext
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps ``(B, C, H, W)`` noisy images in 8-bit units to ``(z, logdet)``; logdet is ``(B,)``."""

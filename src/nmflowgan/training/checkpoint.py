@@ -9,8 +9,8 @@ rewritten (saving the same step again, e.g. as ``best`` and then as ``last``, on
 A checkpoint folder holds:
 
 * ``model.safetensors`` + ``model.json``: the noise model, loadable alone by ``NoiseModel.load``;
-* ``training.safetensors``: the other modules (the critic), every optimizer tensor and the states of any
-  generators the run keeps (the trainers keep none: each step derives its own);
+* ``training.safetensors``: the other modules (the critic) and every optimizer tensor (no random state:
+  each training step derives its own generator);
 * ``training.json``: the step, optimizer hyper-parameters, counters and a ``complete`` marker.
 
 Nothing is ever pickled: loading runs no code from the files.
@@ -46,14 +46,12 @@ class TrainingState:
         step: optimizer steps taken.
         modules: other modules by name (e.g. ``{"critic": critic}``), restored in place.
         optimizers: by name, restored in place.
-        generators: RNG generators by name, restored in place.
         info: JSON-able extras (config, counters, best score, ...).
     """
 
     step: int
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
-    generators: dict[str, torch.Generator]
     info: dict
 
 
@@ -123,12 +121,9 @@ def _write_checkpoint(temporary: Path, model: object, state: TrainingState) -> N
     for name, optimizer in state.optimizers.items():
         optimizer_tensors, optimizers[name] = _optimizer_tensors(name, optimizer)
         tensors.update(optimizer_tensors)
-    for name, generator in state.generators.items():
-        tensors[f"rng.{name}"] = generator.get_state()
     save_file(tensors, str(temporary / TENSOR_FILE))
     meta = {"format": FORMAT, "version": __version__, "step": state.step, "optimizers": optimizers,
-            "generators": {name: str(g.device) for name, g in state.generators.items()}, "info": state.info,
-            "complete": True}
+            "info": state.info, "complete": True}
     (temporary / STATE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     for path in temporary.iterdir():  # data on disk before the rename makes it visible
         with open(path, "rb") as handle:
@@ -176,7 +171,7 @@ def _differences(theirs: dict, ours: dict, where: str) -> list[str]:
 
 
 def load_checkpoint(folder: Path, state: TrainingState, must_match: Sequence[str] = ()) -> TrainingState:
-    """Restores modules, optimizers and generators of ``state`` in place from ``folder``; returns the
+    """Restores the modules and optimizers of ``state`` in place from ``folder``; returns the
     state with the checkpoint's step and info.
 
     Args:
@@ -209,8 +204,4 @@ def load_checkpoint(folder: Path, state: TrainingState, must_match: Sequence[str
         if name not in meta["optimizers"]:
             raise CheckpointError(f"{path}: no state for optimizer {name!r}")
         _restore_optimizer(name, optimizer, tensors, meta["optimizers"][name], path)
-    for name, generator in state.generators.items():
-        if f"rng.{name}" not in tensors:
-            raise CheckpointError(f"{path}: no RNG state {name!r}")
-        generator.set_state(tensors[f"rng.{name}"])
-    return TrainingState(int(meta["step"]), state.modules, state.optimizers, state.generators, meta["info"])
+    return TrainingState(int(meta["step"]), state.modules, state.optimizers, meta["info"])

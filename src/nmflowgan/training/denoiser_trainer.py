@@ -103,7 +103,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
         facts = {"noise": options.noise, "flow_only": options.flow_only, "seed": options.seed,
                  "steps_per_epoch": probe.steps_per_epoch, "global_batch": train_config.batch_size,
                  "config": to_dict(config)}
-        state = TrainingState(0, {}, {"denoiser": optimizer}, {}, facts | {"options": options.to_dict()})
+        state = TrainingState(0, {}, {"denoiser": optimizer}, facts | {"options": options.to_dict()})
         run = TrainingRun(options, context, model, WEIGHTS_FILE, state, tuple(facts), "val_psnr",
                           higher_is_better=True)
         trained = DistributedDataParallel(model) if context.enabled else model

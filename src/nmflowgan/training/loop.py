@@ -91,7 +91,7 @@ class TrainingRun:
     Args:
         options: the run's options (folder, resume, overwrite, quiet, ...); context: the process group.
         model: what a checkpoint saves as its loadable model (``save(dir)``; weights in ``weights_file``).
-        state: the rest a checkpoint restores (other modules, optimizers, generators) and ``info``, this run's
+        state: the rest a checkpoint restores (other modules, optimizers) and ``info``, this run's
             facts; a resumed checkpoint's ``must_match`` facts must equal these.
         score: the validation score that picks ``best`` (e.g. ``val_kld``); ``higher_is_better`` its direction;
             ``eligible(step)``: whether a step's model may become ``best`` at all.
@@ -120,7 +120,7 @@ class TrainingRun:
         """Saves the model and training state at ``step`` (rank 0) and points ``last`` (and ``best``) at it."""
         if not self.context.is_main:
             return
-        state = TrainingState(step, self.state.modules, self.state.optimizers, self.state.generators,
+        state = TrainingState(step, self.state.modules, self.state.optimizers,
                               self.state.info | {"validation": self.history})
         folder = save_checkpoint(self.run_dir, self.model, state)
         if best:

@@ -133,8 +133,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         info = {"stage": options.stage, "seed": options.seed, "steps_per_epoch": steps_per_epoch,
                 "global_batch": train_config.batch_size, "total_steps": total_steps, "preset": config.name,
                 "config": to_dict(config), "options": options.to_dict()}
-        state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c},
-                              {}, info)
+        state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c}, info)
         run = TrainingRun(options, context, model, WEIGHTS_FILE, state,
                           ("config", "steps_per_epoch", "global_batch", "stage", "seed"), "val_kld", eligible=eligible)
         if run.resumed:
