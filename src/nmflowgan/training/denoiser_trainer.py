@@ -95,11 +95,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
         optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
         probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                    options.seed, 0, 1)
-        total_steps = options.steps or (options.epochs or train_config.epochs) * probe.steps_per_epoch
-        decay_unit = probe.steps_per_epoch if train_config.lr_decay_unit == "epoch" else 1
-        schedule = Schedule(total_steps, probe.steps_per_epoch, options.log_every, options.val_every,
-                            options.checkpoint_every or options.val_every, train_config.lr_gamma,
-                            train_config.lr_decay_every * decay_unit)
+        schedule = Schedule.of(options, train_config, probe.steps_per_epoch, options.val_every)
         facts = {"noise": options.noise, "flow_only": options.flow_only, "seed": options.seed,
                  "steps_per_epoch": probe.steps_per_epoch, "global_batch": train_config.batch_size,
                  "config": to_dict(config)}
@@ -108,7 +104,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
                           higher_is_better=True)
         trained = DistributedDataParallel(model) if context.enabled else model
         sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
-                                     options.seed, run.start, total_steps)
+                                     options.seed, run.start, schedule.total_steps)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
                             generator=torch.Generator().manual_seed(options.seed))  # not the global RNG
         autocast = options.autocast(device)

@@ -84,6 +84,16 @@ class Schedule:
     lr_gamma: float
     decay_steps: int
 
+    @classmethod
+    def of(cls, options: RunOptions, train: object, steps_per_epoch: int, val_every: int) -> Schedule:
+        """A run's schedule from its options and its preset's training section (``epochs``, ``lr_gamma``,
+        ``lr_decay_every``, ``lr_decay_unit``): ``--steps``, else ``--epochs``, else the preset's epochs;
+        checkpoints every ``--checkpoint-every``, else every ``val_every`` steps."""
+        total_steps = options.steps or (options.epochs or train.epochs) * steps_per_epoch  # type: ignore[attr-defined]
+        unit = steps_per_epoch if train.lr_decay_unit == "epoch" else 1  # type: ignore[attr-defined]
+        return cls(total_steps, steps_per_epoch, options.log_every, val_every, options.checkpoint_every or val_every,
+                   train.lr_gamma, train.lr_decay_every * unit)  # type: ignore[attr-defined]
+
 
 class TrainingRun:
     """One training run seen from this process: its folder, metrics, checkpoints and validation history.

@@ -116,11 +116,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                    options.seed, 0, 1)
         steps_per_epoch = probe.steps_per_epoch
-        total_steps = options.steps or (options.epochs or train_config.epochs) * steps_per_epoch
-        decay_unit = steps_per_epoch if train_config.lr_decay_unit == "epoch" else 1
-        schedule = Schedule(total_steps, steps_per_epoch, options.log_every, train_config.val_every,
-                            options.checkpoint_every or train_config.val_every, train_config.lr_gamma,
-                            train_config.lr_decay_every * decay_unit)
+        schedule = Schedule.of(options, train_config, steps_per_epoch, train_config.val_every)
         adversarial_game = options.stage == "joint" and train_config.weight_gan > 0
 
         def eligible(step: int) -> bool:
@@ -131,7 +127,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
 
         # ---- the run: folder, resume, checkpoints ----------------------------------------------------------
         info = {"stage": options.stage, "seed": options.seed, "steps_per_epoch": steps_per_epoch,
-                "global_batch": train_config.batch_size, "total_steps": total_steps, "preset": config.name,
+                "global_batch": train_config.batch_size, "total_steps": schedule.total_steps, "preset": config.name,
                 "config": to_dict(config), "options": options.to_dict()}
         state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c}, info)
         run = TrainingRun(options, context, model, WEIGHTS_FILE, state,
@@ -151,7 +147,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
             generator_objective = DistributedDataParallel(generator_objective, find_unused_parameters=True)
             critic_forward = DistributedDataParallel(critic)
         sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
-                                     options.seed, run.start, total_steps)
+                                     options.seed, run.start, schedule.total_steps)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
                             persistent_workers=False, generator=torch.Generator().manual_seed(options.seed))
         autocast = options.autocast(device)
