@@ -10,14 +10,14 @@ import torch
 from tqdm import tqdm
 
 from nmflowgan.data.folders import default_splits, find_pairs
-from nmflowgan.data.io import MAX_PIXELS, image_size, read_rgb, write_png
+from nmflowgan.data.io import MAX_PIXELS, read_rgb, write_png
 from nmflowgan.data.patches import evenly_spaced
 from nmflowgan.data.sidd import load_sidd_blocks
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.metrics.image_quality import psnr, ssim
 from nmflowgan.models.dncnn import DnCNN
-from nmflowgan.outputs import input_images, make_parent, numbered, output_path, refuse_existing, refuse_outside
+from nmflowgan.outputs import check_targets, input_images, make_parent, numbered, output_path
 from nmflowgan.tiling import process_in_tiles
 
 
@@ -114,13 +114,10 @@ def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, o
     inputs would share one, as ``synthesize``). Every input header and every output is checked before the
     first image is written; ``max_pixels`` is the largest input accepted."""
     source, out = Path(source), Path(out)
-    inputs = input_images(source, out)
+    inputs = input_images(source, out, max_pixels)
     images = [image for image, _ in inputs]
-    for image in images:
-        image_size(image, max_pixels)
     targets = numbered([output_path(source, out, relative) for _, relative in inputs])
-    refuse_existing(targets, overwrite)
-    refuse_outside(out, targets)
+    check_targets(out, targets, overwrite)
     model = DnCNN.load(checkpoint, map_location=device)
     for image, target in tqdm(list(zip(images, targets)), desc="denoise", disable=not progress):
         denoised = denoise_image(model, read_rgb(image, max_pixels))

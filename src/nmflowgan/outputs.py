@@ -5,25 +5,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from nmflowgan.data.io import IMAGE_SUFFIXES
+from nmflowgan.data.io import IMAGE_SUFFIXES, MAX_PIXELS, image_size
 from nmflowgan.errors import BadInputError, DataError, OutputExistsError
 
 
-def input_images(source: Path, out: Path) -> list[tuple[Path, Path]]:
-    """``(image, name relative to IN)`` for ``source`` itself or every image under it (recursively, sorted).
+def input_images(source: Path, out: Path, max_pixels: int = MAX_PIXELS) -> list[tuple[Path, Path]]:
+    """``(image, name relative to IN)`` for ``source`` itself or every image under it (recursively, sorted),
+    each checked from its header (RGB, at most ``max_pixels``) so that a bad input stops a job before anything
+    is written.
 
     Refuses an OUT folder inside the IN folder and an IN without images.
     """
     if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
         raise BadInputError(f"{out}: the output folder is inside the input folder {source}")
     if source.is_file():
-        return [(source, Path(source.name))]
-    if not source.is_dir():
+        images, root = [source], source.parent
+    elif source.is_dir():
+        images = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        root = source
+    else:
         raise DataError(f"{source}: no such image file or folder")
-    images = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DataError(f"{source}: no PNG, JPEG or TIFF images found")
-    return [(image, image.relative_to(source)) for image in images]
+    for image in images:
+        image_size(image, max_pixels)
+    return [(image, image.relative_to(root)) for image in images]
 
 
 def output_path(source: Path, out: Path, relative: Path, suffix: str = "") -> Path:
@@ -50,11 +56,13 @@ def numbered(targets: Sequence[Path]) -> list[Path]:
     return unique
 
 
-def refuse_existing(targets: Sequence[Path], overwrite: bool) -> None:
-    """Raises before any work when an output (image or sidecar) exists and ``overwrite`` is off."""
+def check_targets(out: Path, targets: Sequence[Path], overwrite: bool) -> None:
+    """Raises before any work when an output (image or sidecar) exists and ``overwrite`` is off, or would land
+    outside ``out`` (:func:`refuse_outside`)."""
     existing = [t for t in targets if t.exists() or t.is_symlink()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]}: exists ({len(existing)} outputs do); pass --overwrite to replace")
+    refuse_outside(out, targets)
 
 
 def refuse_outside(out: Path, targets: Sequence[Path]) -> None:

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from nmflowgan.atomic import write_text
 from nmflowgan.conditions import check_iso
-from nmflowgan.data.io import MAX_PIXELS, image_size, open_image, read_rgb, write_png
+from nmflowgan.data.io import MAX_PIXELS, open_image, read_rgb, write_png
 from nmflowgan.errors import BadInputError, CheckpointError, DataError
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, resolve_model_dir
 from nmflowgan.models.sampler import SamplingOptions
-from nmflowgan.outputs import input_images, make_parent, numbered, output_path, refuse_existing, refuse_outside
+from nmflowgan.outputs import check_targets, input_images, make_parent, numbered, output_path
 from nmflowgan.tiling import process_in_tiles
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,12 @@ def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float |
     source, out = Path(source), Path(out)
     several = len(cameras) * len(isos) > 1
     planned = []
-    for image, relative in input_images(source, out):
-        image_size(image, max_pixels)
+    for image, relative in input_images(source, out, max_pixels):
+        recorded = exif_iso(image, max_pixels) if "exif" in isos else None  # read once per image
         for camera in cameras:
             for iso in isos:
                 suffix = f"_{camera}_iso{iso if isinstance(iso, str) else f'{iso:g}'}" if several else ""
-                value = exif_iso(image, max_pixels) if iso == "exif" else float(iso)
+                value = recorded if iso == "exif" else float(iso)
                 planned.append((image, relative, camera, value, output_path(source, out, relative, suffix)))
     jobs = []
     for (image, relative, camera, iso, _), target in zip(planned, numbered([p[-1] for p in planned])):
@@ -183,11 +183,10 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
             model.space.iso_feature(iso, extrapolate)
     out = Path(out)
     jobs = plan(Path(source), out, cameras, isos, seed, max_pixels)
-    for job in jobs:
-        model.space.iso_feature(job.iso, extrapolate)
+    for iso in {job.iso for job in jobs}:  # the ISOs read from EXIF among them
+        model.space.iso_feature(iso, extrapolate)
     outputs = [path for job in jobs for path in (job.target, job.sidecar)]
-    refuse_existing(outputs, overwrite)
-    refuse_outside(out, outputs)
+    check_targets(out, outputs, overwrite)
     digest = checkpoint_hash(checkpoint)
     # The same seed gives the same image only on the same path: the sidecar says which one drew it.
     options = options or SamplingOptions()
