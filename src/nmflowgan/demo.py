@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import platform
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -201,8 +202,6 @@ def _steps_per_s(scratch: Path, train: object, batch_size: int) -> float:
     """Trains ``CALIBRATION_STEPS`` steps into ``scratch`` with ``train(scratch)`` (metric lines every 10 steps),
     returns the steady rate in steps/s (the first ``WARMUP_STEPS`` steps do not count), and removes the
     scratch run."""
-    import shutil
-
     shutil.rmtree(scratch, ignore_errors=True)  # what a killed calibration left
     try:
         train(scratch)  # type: ignore[operator]
