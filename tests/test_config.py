@@ -5,7 +5,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nmflowgan.config import Config, FlowConfig, from_dict, load_config, paper, save_config, small, to_dict
+from nmflowgan.config import (
+    SMALL_REFINER,
+    Config,
+    FlowConfig,
+    from_dict,
+    load_config,
+    paper,
+    save_config,
+    small,
+    to_dict,
+)
 from nmflowgan.errors import BadInputError
 
 
@@ -61,7 +71,7 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path):
 
 
 def test_missing_keys_are_refused_by_name(tmp_path):
-    data = to_dict(small())
+    data = to_dict(paper())
     del data["model"]["refiner"]["preserve_variance"]
     with pytest.raises(BadInputError, match=r"Config.model.refiner lacks the keys \['preserve_variance'\]"):
         from_dict(Config, data)
@@ -74,5 +84,5 @@ def test_missing_keys_are_refused_by_name(tmp_path):
 def test_any_valid_config_round_trips(width, depth, iso_mode):
     config = dataclasses.replace(small(), model=dataclasses.replace(
         small().model, iso_mode=iso_mode,
-        refiner=dataclasses.replace(small().model.refiner, width=width, depth=depth)))
+        refiner=dataclasses.replace(SMALL_REFINER, width=width, depth=depth)))
     assert from_dict(Config, to_dict(config)) == config

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from nmflowgan.cli import main
-from nmflowgan.config import load_config, save_config, to_dict
+from nmflowgan.config import SMALL_REFINER, load_config, save_config, to_dict
 from nmflowgan.data.folders import read_metadata
 from nmflowgan.data.io import read_rgb, write_png
 from nmflowgan.errors import BadInputError, CheckpointError, DataError, RunLockedError
@@ -152,7 +152,7 @@ def test_row6_a_model_description_is_validated_before_any_network_is_built(model
     folder.mkdir()
     (folder / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
     meta = json.loads((model_dir / "model.json").read_text())
-    meta["config"]["refiner"][key] = value
+    meta["config"]["refiner"] = {**to_dict(SMALL_REFINER), key: value}
     (folder / "model.json").write_text(json.dumps(meta))
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=f"model.json: invalid model description.*{message}"):

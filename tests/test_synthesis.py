@@ -1,5 +1,6 @@
 """Synthesis on any image: tiles without seams, seeds, sidecars, EXIF, combinations and bad input."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 
 from nmflowgan.cli import main
 from nmflowgan.conditions import ConditionSpace
-from nmflowgan.config import small
+from nmflowgan.config import SMALL_REFINER, small
 from nmflowgan.data.io import read_rgb, write_png
 from nmflowgan.errors import BadInputError, DataError, OutputExistsError
 from nmflowgan.models.noise_model import NoiseModel
@@ -20,7 +21,7 @@ from nmflowgan.synthesis import exif_iso, latent_window, synthesize, synthesize_
 def model_dir(tmp_path_factory):
     """A small model with its refiner moved off the identity, so that tiles could show seams."""
     torch.manual_seed(0)
-    model = NoiseModel(small().model, ("V1", "V2"), (100, 1600))
+    model = NoiseModel(dataclasses.replace(small().model, refiner=SMALL_REFINER), ("V1", "V2"), (100, 1600))
     with torch.no_grad():
         for p in model.refiner.parameters():
             p.add_(torch.randn_like(p) * 0.05)

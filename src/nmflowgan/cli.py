@@ -16,7 +16,7 @@ from pathlib import Path
 from nmflowgan import __version__, api
 from nmflowgan.config import PRESETS, Config, load_config, preset
 from nmflowgan.data.io import MAX_PIXELS
-from nmflowgan.devices import DEVICE_CHOICES, resolve_device
+from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
 from nmflowgan.training.run import TRAINING_PRECISIONS, StopRequest
@@ -292,7 +292,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _synthesize(args: argparse.Namespace) -> None:
     written = api.synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
                              overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
-                             device=str(resolve_device(args.device)), progress=not args.quiet,
+                             device=args.device, progress=not args.quiet,
                              options=SamplingOptions.named(args.sampling, args.compile), max_pixels=args.max_pixels)
     print(f"wrote {len(written)} noisy image(s) with JSON sidecars under {args.output}")
 
@@ -329,7 +329,7 @@ def _eval_denoiser(args: argparse.Namespace) -> None:
 
 def _denoise(args: argparse.Namespace) -> None:
     written = api.denoise_files(args.checkpoint, args.input, args.output, args.overwrite,
-                                str(resolve_device(args.device)), progress=not args.quiet, max_pixels=args.max_pixels)
+                                args.device, progress=not args.quiet, max_pixels=args.max_pixels)
     print(f"wrote {len(written)} denoised image(s) under {args.output}")
 
 

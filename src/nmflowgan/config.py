@@ -142,7 +142,9 @@ class ModelConfig:
     """Everything needed to rebuild a :class:`~nmflowgan.models.noise_model.NoiseModel`.
 
     Attributes:
-        flow, refiner: the pixel-wise flow and the UNet refiner.
+        flow: the pixel-wise flow.
+        refiner: the UNet refiner that the adversarial game trains; None: a model without one (nothing to
+            train it with ``weight_gan=0``).
         iso_mode: ``onehot`` (the paper) or ``continuous`` (normalized log-ISO, interpolates).
         correlation_px: side of the latent correlation filter (:mod:`nmflowgan.models.correlation`), which
             gives the flow's sample the real noise's spatial and cross-channel correlation without changing
@@ -150,7 +152,7 @@ class ModelConfig:
     """
 
     flow: FlowConfig = field(default_factory=FlowConfig)
-    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    refiner: RefinerConfig | None = field(default_factory=RefinerConfig)
     iso_mode: str = "continuous"
     correlation_px: int = 0
 
@@ -257,23 +259,25 @@ def paper() -> Config:
     )
 
 
+# The refiner that the ``small`` preset's adversarial game would train: a run turns the game on by setting
+# ``model.refiner`` to it and ``train.weight_gan`` above 0.
+SMALL_REFINER = RefinerConfig(depth=3, width=16, sees_clean=True, preserve_variance=True, noise_scale=16.0)
+
+
 def small() -> Config:
     """A configuration that trains on a 2-core CPU in minutes: same flow layers on latents correlated by a
     5x5 latent-correlation filter (learned from the real noise's latents), continuous log-ISO, 48x48
     patches in batches of 16, flow rate 1e-3.
 
-    The adversarial refiner is off (``weight_gan=0``): at this training length it cost KLD without adding
-    correlation that the latent filter had not already added (docs/realism.md). Its settings stay for runs
-    that turn it on: a 3-level UNet of width 16 that sees the clean image and preserves the flow's local
-    variance, a width-16 critic, noise read at scale 16 by both, 300 steps of flow warm-up, a gentler critic
-    (2e-4) and refiner (3e-4) than flow, Adam betas (0.5, 0.9) as usual for WGAN-GP."""
+    No adversarial refiner (``refiner=None``, ``weight_gan=0``): at this training length it cost KLD without
+    adding correlation that the latent filter had not already added (docs/realism.md). The settings for runs
+    that turn it on stay: :data:`SMALL_REFINER` (a 3-level UNet of width 16 that sees the clean image and
+    preserves the flow's local variance), a width-16 critic, noise read at scale 16 by both, 300 steps of flow
+    warm-up, a gentler critic (2e-4) and refiner (3e-4) than flow, Adam betas (0.5, 0.9) as usual for WGAN-GP."""
     return Config(
         name="small",
-        model=ModelConfig(
-            FlowConfig(conv_features=16, meta_hidden=16, meta_blocks=1),
-            RefinerConfig(depth=3, width=16, sees_clean=True, preserve_variance=True, noise_scale=16.0),
-            "continuous", correlation_px=5,
-        ),
+        model=ModelConfig(FlowConfig(conv_features=16, meta_hidden=16, meta_blocks=1), None, "continuous",
+                          correlation_px=5),
         critic=CriticConfig(variant="any", width=16, noise_scale=16.0),
         train=TrainConfig(
             patch_px=48, stride_px=48, batch_size=16, lr=1e-3, betas=(0.5, 0.9), critic_lr=2e-4, refiner_lr=3e-4,
@@ -325,8 +329,10 @@ def from_dict(cls: type, data: dict, where: str = "") -> object:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, value, f"{where}.{name}")
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        nested = next((o for o in options if dataclasses.is_dataclass(o)), None)
+        if nested is not None and not (value is None and type(None) in options):
+            kwargs[name] = from_dict(nested, value, f"{where}.{name}")
         else:
             kwargs[name] = _typed(value, hint, f"{where}.{name}")
     return cls(**kwargs)

@@ -40,6 +40,7 @@ from nmflowgan.reporting import plots
 from nmflowgan.reporting.report import (
     condition_table,
     correlation_table,
+    evaluate_to_report,
     markdown_to_html,
     results_table,
     shape_table,
@@ -77,7 +78,6 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     when set, the stage running saves its progress and the demo returns None (run it again to continue).
     """
     stop = stop if stop is not None else StopRequest()  # an unset request is falsy
-    from nmflowgan.api import evaluate_to_report
     from nmflowgan.denoising import evaluate_denoiser
     from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
     from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model

@@ -109,7 +109,7 @@ def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | Non
 
 
 def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, overwrite: bool = False,
-                  device: str = "cpu", progress: bool = True, max_pixels: int = MAX_PIXELS) -> list[Path]:
+                  device: str = "auto", progress: bool = True, max_pixels: int = MAX_PIXELS) -> list[Path]:
     """Denoises an image or a folder of images into PNGs that mirror the input names (numbered where two
     inputs would share one, as ``synthesize``). Every input header and every output is checked before the
     first image is written; ``max_pixels`` is the largest input accepted."""
@@ -118,7 +118,7 @@ def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, o
     images = [image for image, _ in inputs]
     targets = numbered([output_path(source, out, relative) for _, relative in inputs])
     check_targets(out, targets, overwrite)
-    model = DnCNN.load(checkpoint, map_location=device)
+    model = DnCNN.load(checkpoint, map_location=resolve_device(device))
     for image, target in tqdm(list(zip(images, targets)), desc="denoise", disable=not progress):
         denoised = denoise_image(model, read_rgb(image, max_pixels))
         make_parent(out, target)

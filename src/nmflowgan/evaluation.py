@@ -116,7 +116,7 @@ class EvalResult:
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, train_split: str | None = None,
              protocol: Protocol = PROTOCOLS["default"], fit_patches: int = 2000, seed: int = 0,
              batch_size: int = 32, progress: bool = True, options: SamplingOptions | None = None,
-             device: str = "cpu", max_pixels: int = MAX_PIXELS) -> EvalResult:
+             device: str = "auto", max_pixels: int = MAX_PIXELS) -> EvalResult:
     """Scores a trained noise model and the baselines on the test patches of ``data``.
 
     Args:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from nmflowgan.atomic import write_text
 from nmflowgan.conditions import check_iso
 from nmflowgan.data.io import MAX_PIXELS, open_image, read_rgb, write_png
+from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, CheckpointError, DataError
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, resolve_model_dir
 from nmflowgan.models.sampler import SamplingOptions
@@ -152,7 +153,7 @@ def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float |
 
 def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, cameras: Sequence[str],
                isos: Sequence[float | str], seed: int = 0, overwrite: bool = False, extrapolate: bool = False,
-               tile_px: int = 512, device: str = "cpu", progress: bool = True,
+               tile_px: int = 512, device: str = "auto", progress: bool = True,
                options: SamplingOptions | None = None, max_pixels: int = MAX_PIXELS) -> list[Path]:
     """Writes noisy versions of every image of ``source`` (a file or a folder) into ``out``.
 
@@ -164,6 +165,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         cameras, isos: every combination is drawn; an ISO may be ``"exif"`` (read from each image).
         overwrite: replace existing outputs (refused otherwise, before any work starts).
         tile_px: side of the tiles the image is drawn in (>= 1; bounds the memory).
+        device: where the model runs: ``auto`` (the default, as on the command line), ``cpu``, ``cuda``, ``mps``.
         options: the sampling path (default: the optimized one).
         max_pixels: the largest input accepted (checked from each header before decoding).
 
@@ -175,7 +177,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         raise BadInputError(f"no {'camera' if not cameras else 'ISO'} given; name at least one")
     if tile_px < 1:
         raise BadInputError(f"the tile side must be at least 1 pixel, got {tile_px}")
-    model = NoiseModel.load(checkpoint, map_location=device)
+    model = NoiseModel.load(checkpoint, map_location=resolve_device(device))
     for camera in cameras:
         model.space.camera_index(camera)
     for iso in isos:

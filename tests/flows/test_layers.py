@@ -7,7 +7,6 @@ import torch
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.config import FlowConfig
 from nmflowgan.flows import FlowContext, NoiseFlow
-from nmflowgan.flows.base import SamplingInputs
 from nmflowgan.flows.flow import build_layer
 
 AFFINE = ["SAL", "SDL", "CL2"]
@@ -187,17 +186,18 @@ def test_sample_is_reproducible_and_valid(space):
 
 @pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("name", AFFINE + ["NE", "UD"])
-def test_sampling_inverse_is_the_layers_inverse(name, space, fold):
-    """Each layer's own inference form (what the sampler composes) computes exactly its inverse."""
+def test_sampling_copy_inverts_as_the_layer_does(name, space, fold):
+    """Each layer's drawing copy (what the sampler composes) computes exactly its inverse."""
     layer = build_layer(name, FlowConfig(meta_hidden=6, meta_blocks=2), space, 3)
     _perturb(layer)
     cond = space.encode([space.cameras[0], space.cameras[-1]], [space.isos[0], space.isos[-1]])
     clean = torch.rand(2, 3, 9, 11)
     z = torch.randn(2, 3, 9, 11) * 20 + 100
-    step = layer.sampling_inverse(torch.float32, torch.contiguous_format, fold)
+    step = layer.for_sampling(torch.float32, torch.contiguous_format, fold)
     with torch.no_grad():
         expected, _ = layer.inverse(z, FlowContext(clean, cond))
-        got = step(z, SamplingInputs(clean, clean, cond))
+        got = step.invert(z, FlowContext(clean, cond, compute=clean.clone()))
+        assert torch.equal(layer.invert(z, FlowContext(clean, cond)), expected)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
     if name == "SDL" and fold:
-        assert len(step.rest) == len(layer.pointwise) - 2  # one convolution fewer per pixel
+        assert len(step.pointwise) == len(layer.pointwise) - 2  # one convolution fewer per pixel

@@ -146,3 +146,27 @@ def test_neighbour_kld_sees_correlation_that_the_pixel_kld_cannot():
     assert torch.equal(neighbour_kld_per_patch(white, white), torch.zeros(8, dtype=torch.float64))
     assert kld_per_patch(white, smooth).mean() < 0.05  # the same histogram, nearly
     assert neighbour_kld_per_patch(white, smooth).mean() > 5 * neighbour_kld_per_patch(white, other).mean()
+
+
+def test_a_nan_statistic_survives_results_json_and_the_tables():
+    """A constant patch has no kurtosis: NaN is written to results.json as null and read back as NaN, and the
+    report's tables print it."""
+    import json
+    import math
+
+    from nmflowgan.metrics.realism import Realism, RealismScorer
+    from nmflowgan.reporting.report import _finite, condition_table, results_table, shape_table
+
+    scorer = RealismScorer(["model"])
+    clean = torch.full((2, 3, 16, 16), 0.5)
+    noise = torch.zeros(2, 3, 16, 16)  # constant: std 0, kurtosis 0/0
+    scorer.update(clean, noise, {"model": noise + 1.0}, [("V1", 100.0)] * 2)
+    realism = scorer.result()
+    assert math.isnan(realism.real.kurtosis[0])
+    text = json.dumps(_finite(realism.to_dict()), allow_nan=False)
+    back = Realism.from_dict(json.loads(text))
+    assert math.isnan(back.real.kurtosis[0]) and back.real.std == realism.real.std
+    assert back.models["model"].kld == realism.models["model"].kld
+    for table in (results_table(back), shape_table(back), condition_table(back, "kld")):
+        assert "|" in table
+    assert "nan" in shape_table(back)

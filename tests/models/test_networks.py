@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from nmflowgan import NoiseModel
-from nmflowgan.config import CriticConfig, DenoiserConfig, RefinerConfig, paper
+from nmflowgan.config import SMALL_REFINER, CriticConfig, DenoiserConfig, RefinerConfig, paper, small
 from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.dncnn import DnCNN
@@ -78,7 +80,7 @@ def test_noise_model_sample_odd_sizes_keeps_shape_and_dtype(preset):
 
 def _model_with_a_working_refiner():
     """The small preset with a refiner whose last layer is not zero: its noise is not integer-valued."""
-    model = NoiseModel.from_preset("small", ["S6"], [100, 800])
+    model = NoiseModel(dataclasses.replace(small().model, refiner=SMALL_REFINER), ["S6"], [100, 800])
     torch.nn.init.normal_(model.refiner.last.weight, std=0.05)
     return model
 

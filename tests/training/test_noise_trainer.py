@@ -1,5 +1,6 @@
 """Noise-model training: resumes exactly, matches across 2 processes, guards its run folder, stops cleanly."""
 
+import dataclasses
 import json
 import math
 import os
@@ -121,6 +122,30 @@ def test_flow_stage_trains_no_critic(tmp_path, simcam_tree):
     _train(simcam_tree, tmp_path / "flow", 6, stage="flow")
     lines = [m for m in read_metrics(tmp_path / "flow") if "lr" in m]
     assert lines and not any("critic" in m for m in lines)
+
+
+@pytest.mark.parametrize("how", [{"stage": "flow"}, {"weight_gan": 0.0}])
+def test_a_run_without_an_adversarial_game_builds_saves_and_draws_no_refiner_or_critic(tmp_path, simcam_tree, how):
+    config = tiny_config()
+    if "weight_gan" in how:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, weight_gan=how["weight_gan"]))
+    options = NoiseTrainingOptions(data=simcam_tree, out=tmp_path / "run", steps=3, device="cpu", quiet=True,
+                                   stage=how.get("stage", "joint"))
+    train_noise_model(config, options)
+    tensors = _weights(tmp_path / "run")
+    assert not any("refiner" in name or "critic" in name for name in tensors)
+    model = NoiseModel.load(tmp_path / "run")
+    assert model.refiner is None and model.config.refiner is None
+    assert model.sampler().refiner is None
+
+
+def test_an_adversarial_game_without_a_refiner_is_refused(tmp_path, simcam_tree):
+    config = tiny_config()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, refiner=None))
+    with pytest.raises(BadInputError, match="weight_gan=1.0 but no refiner"):
+        train_noise_model(config, NoiseTrainingOptions(data=simcam_tree, out=tmp_path / "run", steps=2,
+                                                       device="cpu", quiet=True))
+    assert not (tmp_path / "run").exists()
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, simcam_tree, monkeypatch):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmflowgan.conditions import ConditionSpace
-from nmflowgan.flows.base import FlowContext, FlowLayer, SamplingInputs
+from nmflowgan.flows.base import FlowContext, FlowLayer
 
 
 class ResidualMLP(nn.Module):
@@ -43,17 +43,30 @@ class ResidualMLP(nn.Module):
         return self.last(h)
 
 
-def _affine(x: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor, inverse: bool
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Applies ``exp(s) * x + b`` (or its inverse) with broadcasting; returns output and (B,) logdet."""
-    log_scale = log_scale.expand_as(x)
-    logdet = log_scale.flatten(1).sum(1)
-    if inverse:
-        return (x - bias) * torch.exp(-log_scale), -logdet
-    return x * torch.exp(log_scale) + bias, logdet
+class ConditionalAffine(FlowLayer):
+    """``z = exp(s) * x + b`` element-wise, with ``(s, b)`` from :meth:`scale_bias`: the one computation that the
+    forward map, the inverse and the sampling form all share."""
+
+    def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, b)``, each broadcastable to ``(B, C, H, W)``, in the dtype of ``context.clean``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        log_scale, bias = self.scale_bias(context)
+        log_scale = log_scale.expand_as(x)
+        return x * torch.exp(log_scale) + bias, log_scale.flatten(1).sum(1)
+
+    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        log_scale, bias = self.scale_bias(context)
+        log_scale = log_scale.expand_as(z)
+        return (z - bias) * torch.exp(-log_scale), -log_scale.flatten(1).sum(1)
+
+    def invert(self, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
+        log_scale, bias = self.scale_bias(context)
+        return (z - bias) * torch.exp(-log_scale)
 
 
-class SignalAwareAffine(FlowLayer):
+class SignalAwareAffine(ConditionalAffine):
     """SAL: ``z = exp(s) * x + b`` with ``[s, b] = tanh(SpatialConvs(clean)) * Embed(camera, ISO)``.
 
     The spatial convolutions see a ``receptive_field_px`` window of the clean image, so the noise scale
@@ -76,23 +89,21 @@ class SignalAwareAffine(FlowLayer):
         self.structure = nn.Sequential(*layers)
         self.meta = ResidualMLP(space.feature_dim, 2 * channels, meta_hidden, meta_blocks)
 
-    def _scale_bias(self, context: FlowContext, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        structure = self.structure(context.clean.to(dtype))  # (B, 2C, H, W)
+    def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = context.clean.dtype
+        structure = self.structure(context.clean_compute).to(dtype)  # (B, 2C, H, W)
         meta = self.meta(context.cond.features.to(dtype))[:, :, None, None]  # (B, 2C, 1, 1)
         embedding = structure * meta
         return embedding[:, : self.channels], embedding[:, self.channels :]
 
-    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return _affine(x, *self._scale_bias(context, x.dtype), inverse=False)
-
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return _affine(z, *self._scale_bias(context, z.dtype), inverse=True)
-
-    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
-        return _SignalAwareInverse(self, dtype, memory_format)
+    def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> FlowLayer:
+        """The spatial convolutions in ``dtype``; the product with the embedding stays in float32."""
+        layer = copy.deepcopy(self).float()
+        layer.structure.to(dtype=dtype, memory_format=memory_format)
+        return layer
 
 
-class SignalDependentAffine(FlowLayer):
+class SignalDependentAffine(ConditionalAffine):
     """SDL: ``z = exp(s) * x + b`` with ``[s, b] = tanh(PointwiseConvs([Embed(camera, ISO), clean]))``.
 
     Pointwise (1x1) convolutions make scale and bias a function of the clean intensity at the same pixel:
@@ -112,27 +123,30 @@ class SignalDependentAffine(FlowLayer):
             nn.Conv2d(2 * features, features, 1), nn.LeakyReLU(negative_slope),
             nn.Conv2d(features, 2 * channels, 1), nn.Tanh(),
         )
+        self.folded: _FoldedEntry | None = None  # set in sampling copies only (see for_sampling)
 
-    def _scale_bias(self, context: FlowContext, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        clean = context.clean.to(dtype)
-        meta = self.meta(context.cond.features.to(dtype))[:, :, None, None]  # (B, E, 1, 1)
-        meta = meta.expand(-1, -1, *clean.shape[2:])  # (B, E, H, W)
-        embedding = self.pointwise(torch.cat([meta, clean], dim=1))  # (B, 2C, H, W)
+    def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = context.clean_compute
+        meta = self.meta(context.cond.features.to(context.clean.dtype))  # (B, E)
+        if self.folded is None:
+            hidden = torch.cat([meta.to(clean.dtype)[:, :, None, None].expand(-1, -1, *clean.shape[2:]), clean], 1)
+        else:
+            hidden = self.folded(clean, meta)
+        embedding = self.pointwise(hidden).to(context.clean.dtype)  # (B, 2C, H, W)
         return embedding[:, : self.channels], embedding[:, self.channels :]
 
-    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return _affine(x, *self._scale_bias(context, x.dtype), inverse=False)
-
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return _affine(z, *self._scale_bias(context, z.dtype), inverse=True)
-
-    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
+    def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> FlowLayer:
+        """The pointwise convolutions in ``dtype``; with ``fold``, the first two (no activation between them)
+        become one convolution of the clean image plus a per-sample bias (:class:`_FoldedEntry`)."""
+        layer = copy.deepcopy(self).float()
         if fold:
-            return _FoldedSignalDependentInverse(self, dtype, memory_format)
-        return _SignalDependentInverse(self, dtype, memory_format)
+            layer.folded = _FoldedEntry(self.pointwise[0], self.pointwise[1], dtype, memory_format)
+            layer.pointwise = layer.pointwise[2:]
+        layer.pointwise.to(dtype=dtype, memory_format=memory_format)
+        return layer
 
 
-class ConditionalLinear(FlowLayer):
+class ConditionalLinear(ConditionalAffine):
     """CL: ``z = exp(s_c) * x + b_c``, one scale and bias per channel for each condition.
 
     In ``onehot`` mode ``s`` and ``b`` are learned tables with one row per (camera, ISO) cell, as the
@@ -154,8 +168,9 @@ class ConditionalLinear(FlowLayer):
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
 
-    def parameters_for(self, context: FlowContext, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample ``(log_scale, bias)``, each ``(B, C, 1, 1)``."""
+        dtype = context.clean.dtype
         if self.onehot:
             cell = context.cond.cell
             if bool((cell < 0).any()):
@@ -179,94 +194,25 @@ class ConditionalLinear(FlowLayer):
         else:
             self.net[-1].bias.copy_(torch.cat([log_scale, bias]))
 
-    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return _affine(x, *self.parameters_for(context, x.dtype), inverse=False)
 
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return _affine(z, *self.parameters_for(context, z.dtype), inverse=True)
-
-    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
-        return _ConditionalLinearInverse(self)
-
-
-# ---- the sampling forms: each layer's inverse for drawing only (see FlowLayer.sampling_inverse) ---------------
-
-
-class _AffineInverse(nn.Module):
-    """``x = (z - b) * exp(-s)`` in float32, with ``s, b`` from :meth:`scale_bias`; no log-determinant."""
-
-    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def forward(self, z: torch.Tensor, inputs: SamplingInputs) -> torch.Tensor:
-        scale, bias = self.scale_bias(inputs)
-        return (z - bias) * torch.exp(-scale)
-
-
-class _SignalAwareInverse(_AffineInverse):
-    """SAL's inverse: the spatial convolutions in the compute format, the product with the embedding in float32."""
-
-    def __init__(self, layer: SignalAwareAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
-        super().__init__()
-        self.channels = layer.channels
-        self.structure = copy.deepcopy(layer.structure).to(dtype=dtype, memory_format=memory_format)
-        self.meta = copy.deepcopy(layer.meta).float()
-
-    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.structure(inputs.clean_compute).float() * self.meta(inputs.cond.features.float())[:, :, None, None]
-        return out[:, : self.channels], out[:, self.channels :]
-
-
-class _SignalDependentInverse(_AffineInverse):
-    """SDL's inverse as it is, its pointwise convolutions in the compute format."""
-
-    def __init__(self, layer: SignalDependentAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
-        super().__init__()
-        self.channels = layer.channels
-        self.meta = copy.deepcopy(layer.meta).float()
-        self.pointwise = copy.deepcopy(layer.pointwise).to(dtype=dtype, memory_format=memory_format)
-
-    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        clean = inputs.clean_compute
-        meta = self.meta(inputs.cond.features.float()).to(clean.dtype)[:, :, None, None]
-        out = self.pointwise(torch.cat([meta.expand(-1, -1, *clean.shape[2:]), clean], dim=1)).float()
-        return out[:, : self.channels], out[:, self.channels :]
-
-
-class _FoldedSignalDependentInverse(_AffineInverse):
-    """SDL's inverse with its first two 1x1 convolutions folded into one (exact, no activation between them).
+class _FoldedEntry(nn.Module):
+    """SDL's first two 1x1 convolutions folded into one (exact: no activation between them).
 
     ``W1 (W0 [meta; clean] + b0) + b1 = (W1 W0_clean) clean + (W1 (W0_meta meta + b0) + b1)``: the second term
     is constant over the image, a ``(B, 2F)`` bias computed once per batch.
     """
 
-    def __init__(self, layer: SignalDependentAffine, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+    def __init__(self, first: nn.Conv2d, second: nn.Conv2d, dtype: torch.dtype,
+                 memory_format: torch.memory_format) -> None:
         super().__init__()
-        first, second = layer.pointwise[0], layer.pointwise[1]
         embedding = first.in_channels - 3
         w0, w1 = first.weight[:, :, 0, 0].double(), second.weight[:, :, 0, 0].double()
-        self.channels = layer.channels
-        self.meta = copy.deepcopy(layer.meta).float()
-        self.register_buffer("meta_weight", (w1 @ w0[:, :embedding]).float())  # (2F, E)
-        self.register_buffer("meta_bias", (w1 @ first.bias.double() + second.bias.double()).float())  # (2F,)
-        weight = (w1 @ w0[:, embedding:])[:, :, None, None]  # (2F, 3, 1, 1)
+        self.register_buffer("meta_weight", (w1 @ w0[:, :embedding]).float().detach())  # (2F, E)
+        self.register_buffer("meta_bias", (w1 @ first.bias.double() + second.bias.double()).float().detach())
+        weight = (w1 @ w0[:, embedding:])[:, :, None, None].detach()  # (2F, 3, 1, 1)
         self.register_buffer("clean_weight", weight.to(dtype).contiguous(memory_format=memory_format))
-        self.rest = copy.deepcopy(layer.pointwise[2:]).to(dtype=dtype, memory_format=memory_format)
 
-    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        clean = inputs.clean_compute
-        bias = F.linear(self.meta(inputs.cond.features.float()), self.meta_weight, self.meta_bias)  # (B, 2F)
-        hidden = F.conv2d(clean, self.clean_weight) + bias.to(clean.dtype)[:, :, None, None]
-        out = self.rest(hidden).float()
-        return out[:, : self.channels], out[:, self.channels :]
-
-
-class _ConditionalLinearInverse(_AffineInverse):
-    """CL's inverse: one scale and bias per sample and channel, in float32."""
-
-    def __init__(self, layer: ConditionalLinear) -> None:
-        super().__init__()
-        self.layer = copy.deepcopy(layer).float()
-
-    def scale_bias(self, inputs: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layer.parameters_for(FlowContext(inputs.clean, inputs.cond), torch.float32)
+    def forward(self, clean: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        """``clean (B, 3, H, W)`` in the compute format and ``meta (B, E)`` float32 -> ``(B, 2F, H, W)``."""
+        bias = F.linear(meta.float(), self.meta_weight, self.meta_bias)
+        return F.conv2d(clean, self.clean_weight) + bias.to(clean.dtype)[:, :, None, None]

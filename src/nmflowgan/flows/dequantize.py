@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from nmflowgan.flows.base import FlowContext, FlowLayer, SamplingInputs
+from nmflowgan.flows.base import FlowContext, FlowLayer
 
 
 class UniformDequantization(FlowLayer):
@@ -29,9 +28,6 @@ class UniformDequantization(FlowLayer):
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         return z.floor().clamp(0, self.levels - 1), z.new_zeros(z.shape[0])
 
-    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
-        return _Floor(self.levels)
-
 
 class NoiseExtraction(FlowLayer):
     """NE: ``noise = noisy - clean`` (both in 8-bit units); inverse ``noisy = noise + clean``. Volume-preserving."""
@@ -41,24 +37,3 @@ class NoiseExtraction(FlowLayer):
 
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         return z + context.clean_255.to(z.dtype), z.new_zeros(z.shape[0])
-
-    def sampling_inverse(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> nn.Module:
-        return _AddClean()
-
-
-class _Floor(nn.Module):
-    """UD's inverse for sampling: the 8-bit integer below, within [0, levels - 1]."""
-
-    def __init__(self, levels: int) -> None:
-        super().__init__()
-        self.levels = levels
-
-    def forward(self, x: torch.Tensor, inputs: SamplingInputs) -> torch.Tensor:
-        return x.floor().clamp(0, self.levels - 1)
-
-
-class _AddClean(nn.Module):
-    """NE's inverse for sampling: noise plus the clean image, in 8-bit units (float32)."""
-
-    def forward(self, x: torch.Tensor, inputs: SamplingInputs) -> torch.Tensor:
-        return x + inputs.clean * 255.0

@@ -34,6 +34,14 @@ def build_layer(name: str, config: FlowConfig, space: ConditionSpace, channels: 
     raise ValueError(f"unknown flow layer {name!r}")  # FlowConfig validates names first
 
 
+def invert_layers(layers: nn.ModuleList, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
+    """Latents ``(B, C, H, W)`` back to noisy images in 8-bit units through ``layers`` (data -> latent order)
+    in reverse, without log-determinants: what drawing needs."""
+    for layer in reversed(layers):
+        z = layer.invert(z, context)
+    return z
+
+
 def latent_like(clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A standard-normal latent shaped like ``clean``, drawn on the generator's device and then moved to
     ``clean``'s, so a CPU generator gives the same numbers on any device."""
@@ -45,8 +53,9 @@ class NoiseFlow(nn.Module):
     """Conditional normalizing flow of camera noise given the clean image, camera and ISO.
 
     The layers map a noisy image (8-bit units) to a latent ``z ~ N(0, I)`` of the same shape. Every
-    layer after ``NE`` is an element-wise affine map, so noise at one pixel is independent of noise at
-    other pixels given the clean image: spatial correlation is the refiner's job.
+    layer after ``NE`` acts on each pixel and channel alone, so noise at one pixel is independent of noise
+    at other pixels given the clean image: spatial and cross-channel correlation come from outside the
+    flow (the latent correlation, or the refiner).
 
     Args:
         config: the layer spec and network sizes.
@@ -134,8 +143,7 @@ class NoiseFlow(nn.Module):
 
     def noise_from_latent(self, z: torch.Tensor, clean: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The noise (8-bit units) that latent ``z`` ``(B, C, H, W)`` maps to, differentiably."""
-        noisy_255, _ = self.inverse_and_logdet(z, FlowContext(clean, cond))
-        return noisy_255 - clean * 255.0
+        return invert_layers(self.layers, z, FlowContext(clean, cond)) - clean * 255.0
 
     @torch.no_grad()
     def initialize(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,

@@ -30,6 +30,15 @@ Condition = tuple[str, float]
 REAL = "real"
 
 
+def _number(value: float | None) -> float:
+    """A statistic read back from JSON, where a NaN (a constant patch has no kurtosis) is written as null."""
+    return float("nan") if value is None else float(value)
+
+
+def _numbers(values: list) -> tuple[float, ...]:
+    return tuple(_number(v) for v in values)
+
+
 @dataclass(frozen=True)
 class NoiseShape:
     """Per channel (R, G, B): ``std`` in 8-bit units and ``kurtosis`` (3 for Gaussian noise)."""
@@ -42,7 +51,7 @@ class NoiseShape:
 
     @classmethod
     def from_dict(cls, data: dict) -> NoiseShape:
-        return cls(tuple(data["std"]), tuple(data["kurtosis"]))  # type: ignore[arg-type]
+        return cls(_numbers(data["std"]), _numbers(data["kurtosis"]))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,8 @@ class RealismScores:
 
     @classmethod
     def from_dict(cls, data: dict) -> RealismScores:
-        return cls(data["kld"], data["akld"], data["corr_error"], data["neighbour_kld"], NoiseShape.from_dict(data))
+        return cls(*(_number(data[key]) for key in ("kld", "akld", "corr_error", "neighbour_kld")),
+                   NoiseShape.from_dict(data))
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class Correlation:
 
     @classmethod
     def from_dict(cls, data: dict) -> Correlation:
-        return cls(tuple(tuple(row) for row in data["spatial"]), tuple(data["cross"]))  # type: ignore[arg-type]
+        return cls(tuple(_numbers(row) for row in data["spatial"]), _numbers(data["cross"]))  # type: ignore[arg-type]
 
     @classmethod
     def of(cls, stats: NoiseStats) -> Correlation:

@@ -1,5 +1,5 @@
-"""NoiseModel = pixel-wise flow (on latents correlated by :class:`LatentCorrelation`, when configured) + UNet
-refiner: the public face of a trained noise model."""
+"""NoiseModel = pixel-wise flow, on latents correlated by a :class:`LatentCorrelation` (when configured), and a
+UNet refiner (when configured): the public face of a trained noise model."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from nmflowgan.config import ModelConfig, from_dict, preset, to_dict
 from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.flows import NoiseFlow
 from nmflowgan.flows.flow import latent_like
+from nmflowgan.models.composition import ComposedNoise
 from nmflowgan.models.correlation import LatentCorrelation
 from nmflowgan.models.files import built_within_budget, load_weights, read_meta, resolve_checkpoint_dir, save_module
 from nmflowgan.models.image_inputs import as_nchw, to_unit_float
@@ -26,11 +27,14 @@ META_FILE = "model.json"
 FORMAT = "nmflowgan-noise-model"
 
 
-class NoiseModel(nn.Module):
+class NoiseModel(ComposedNoise):
     """Synthesizes camera noise for a clean image, a camera and an ISO.
 
+    It holds only the parts its config names: the flow always, the latent correlation when
+    ``correlation_px`` is set, the refiner when ``refiner`` is set (composed in :class:`ComposedNoise`).
+
     Args:
-        config: architecture (flow, refiner, ISO encoding).
+        config: architecture (flow, latent correlation, refiner, ISO encoding).
         cameras, isos: the vocabulary the model knows.
 
     Example:
@@ -48,7 +52,11 @@ class NoiseModel(nn.Module):
         self.flow = NoiseFlow(config.flow, self.space)
         self.correlation = (LatentCorrelation(config.correlation_px, self.space.feature_dim)
                             if config.correlation_px else None)
-        self.refiner = UNetRefiner(config.refiner, self.space.feature_dim)
+        self.refiner = UNetRefiner(config.refiner, self.space.feature_dim) if config.refiner is not None else None
+
+    @property
+    def flow_layers(self) -> nn.ModuleList:
+        return self.flow.layers
 
     @classmethod
     def from_preset(cls, name: str, cameras: Sequence[str] = SIDD_CAMERAS,
@@ -74,27 +82,18 @@ class NoiseModel(nn.Module):
 
     def noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
               temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None) -> torch.Tensor:
-        """Draws noise in 8-bit units for ``(B, 3, H, W)`` clean images in [0, 1] (not quantized).
+        """Draws noise in 8-bit units for ``(B, 3, H, W)`` clean images in [0, 1] (not quantized), through the
+        model's own eager forward (differentiable with respect to every parameter).
 
         Args:
             latent: a pre-drawn ``(B, 3, H, W)`` standard-normal latent (then ``generator`` and
-                ``temperature`` are unused); differentiable with respect to every parameter.
-            refine: False gives the flow alone on white latents (the ``flow-only`` ablation); True correlates
-                the latents (when the model has a :class:`LatentCorrelation`) and refines the flow's sample.
+                ``temperature`` are unused).
+            refine: False gives the flow alone on white latents (the ``flow-only`` ablation); True the whole
+                model (latent correlation and refiner, those it has).
         """
         if latent is None:
             latent = latent_like(clean, generator) * temperature
-        if not refine:
-            return self.flow.noise_from_latent(latent, clean, cond)
-        noise = self.pixelwise(clean, cond, latent)
-        return self.refiner(noise, clean, cond.features.to(noise.dtype))
-
-    def pixelwise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor) -> torch.Tensor:
-        """What the refiner refines: the flow's noise (8-bit units) for ``latent`` after the learned spatial and
-        cross-channel correlation (the flow's noise for ``latent`` itself in a model without one)."""
-        if self.correlation is not None:
-            latent = self.correlation(latent, cond.features)
-        return self.flow.noise_from_latent(latent, clean, cond)
+        return self.compose(clean, cond, latent, correlate=refine, refine=refine)
 
     @torch.no_grad()
     def draw(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
@@ -126,17 +125,16 @@ class NoiseModel(nn.Module):
     def sampler(self, options: SamplingOptions | None = None) -> Sampler:
         """The model's :class:`Sampler` for ``options``, kept while the weights stay the same.
 
-        A sampler is a folded copy of the weights; it is rebuilt when the options, the device or any weight
-        changed since (an optimizer step, ``load_state_dict``, an edit in place), which
-        :func:`weight_fingerprint` sees.
+        A sampler is a folded copy of the weights; it is rebuilt when the options or any weight changed since:
+        an optimizer step, ``load_state_dict`` and any edit in place bump a tensor's version counter, and
+        ``to()`` gives new tensors. Reading the counters costs microseconds, not a pass over the weights.
         """
-        key = (options or SamplingOptions(), self._device())
-        fingerprint = weight_fingerprint(self)
+        key = (options or SamplingOptions(), weight_versions(self))
         cached = self.__dict__.get("_sampler_cache")
-        if cached is None or cached[0] != key or not torch.equal(cached[1], fingerprint):
-            cached = (key, fingerprint, Sampler(self, key[0]))
+        if cached is None or cached[0] != key:
+            cached = (key, Sampler(self, key[0]))
             self.__dict__["_sampler_cache"] = cached  # a plain attribute: not a submodule, not saved
-        return cached[2]
+        return cached[1]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -208,13 +206,11 @@ class NoiseModel(nn.Module):
         return model.to(map_location).eval()
 
 
-def weight_fingerprint(module: nn.Module) -> torch.Tensor:
-    """``(P, 2)`` float64 on the CPU: each parameter's sum and sum of squares, numbers that change whenever a
-    weight does (an edit that keeps both sums of a tensor is not a realistic one). Two reductions per
-    parameter: cheap next to drawing an image."""
-    sums = [torch.stack((p.detach().sum(dtype=torch.float64), p.detach().square().sum(dtype=torch.float64)))
-            for p in module.parameters()]
-    return torch.stack(sums).cpu() if sums else torch.zeros(0, 2, dtype=torch.float64)
+def weight_versions(module: nn.Module) -> tuple:
+    """What identifies the current weights of ``module``: each tensor's storage, device and version counter
+    (which every in-place change bumps). An inference-mode tensor has no counter: its values stand in."""
+    return tuple((t.data_ptr(), t.device, t.detach().sum().item() if t.is_inference() else t._version)
+                 for t in module.parameters())
 
 
 def clip_to_8bit(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,11 @@
 
 A :class:`Sampler` is a frozen snapshot of a model's weights rearranged for inference only:
 
-* each flow layer's own sampling inverse (:meth:`FlowLayer.sampling_inverse`), with exact folding: SDL's
-  first two 1x1 convolutions have no activation between them, so they become one convolution on the clean
-  image plus a per-sample bias that carries the camera/ISO embedding (constant over the image); the
-  refiner's input scale ``1 / noise_scale`` goes into its first convolution and the output scale
-  ``noise_scale`` into its last one;
+* each flow layer's own sampling copy (:meth:`FlowLayer.for_sampling`) and the refiner's
+  (:meth:`UNetRefiner.for_sampling`), with exact folding: SDL's first two 1x1 convolutions have no
+  activation between them, so they become one convolution on the clean image plus a per-sample bias that
+  carries the camera/ISO embedding (constant over the image); the refiner's input scale ``1 / noise_scale``
+  goes into its first convolution and the output scale ``noise_scale`` into its last one;
 * skipped work: no log-determinants, condition networks run once per batch, no graph (inference mode);
 * on the CPU, large batches in chunks of a few hundred thousand pixels (the working set stays in cache);
 * channels-last memory and a cheaper number format for the convolutions: bf16 where the device has
@@ -21,7 +21,6 @@ A :class:`Sampler` is a frozen snapshot of a model's weights rearranged for infe
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +28,8 @@ from torch import nn
 
 from nmflowgan.conditions import Condition
 from nmflowgan.errors import BadInputError
-from nmflowgan.flows.base import SamplingInputs
-from nmflowgan.models.unet import UNetRefiner
+from nmflowgan.flows.base import FlowContext
+from nmflowgan.models.composition import ComposedNoise
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -97,8 +96,9 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
-class Sampler(nn.Module):
-    """Draws noise from a snapshot of ``model`` the fast way; same function as ``model.noise``.
+class Sampler(ComposedNoise):
+    """Draws noise from a snapshot of ``model`` the fast way; same function as ``model.noise`` (the same
+    composition, :class:`ComposedNoise`, of parts laid out for drawing).
 
     Args:
         model: a :class:`~nmflowgan.models.noise_model.NoiseModel` (the sampler copies its weights:
@@ -106,25 +106,32 @@ class Sampler(nn.Module):
         options: precision, memory format, folding, compilation.
     """
 
-    def __init__(self, model: nn.Module, options: SamplingOptions | None = None) -> None:
+    def __init__(self, model: ComposedNoise, options: SamplingOptions | None = None) -> None:
         super().__init__()
         self.options = options or SamplingOptions()
         device = next(model.parameters()).device
         self.dtype = resolve_dtype(self.options.precision, device)
         self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
-        # in sampling order, latent -> noisy: each flow layer's own inverse for drawing
-        self.steps = nn.ModuleList(layer.sampling_inverse(self.dtype, self.memory_format, self.options.fold)
-                                   for layer in reversed(model.flow.layers))
+        self.flow_layers = nn.ModuleList(layer.for_sampling(self.dtype, self.memory_format, self.options.fold)
+                                         for layer in model.flow_layers)
         # The latent filter stays float32: its taps are normalized to unit energy, which bf16 would spoil.
         self.correlation = copy.deepcopy(model.correlation)
-        self.refiner = _network_of(model.refiner, self.options.fold).to(self.dtype, memory_format=self.memory_format)
+        self.refiner = (model.refiner.for_sampling(self.dtype, self.memory_format, self.options.fold,
+                                                   self.options.compile)
+                        if model.refiner is not None else None)
         self.requires_grad_(False)
-        self._network = torch.compile(self.refiner.network) if self.options.compile else self.refiner.network
+
+    def flow_context(self, clean: torch.Tensor, cond: Condition) -> FlowContext:
+        """Scales, biases and every elementwise step in float32; the convolutions read the clean image in the
+        compute format."""
+        clean = clean.float()
+        return FlowContext(clean, cond, compute=clean.to(self.dtype).contiguous(memory_format=self.memory_format))
 
     @torch.inference_mode()
     def noise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
         """Noise in 8-bit units (float32, not quantized) for ``clean (B, 3, H, W)`` in [0, 1] and a
-        standard-normal ``latent`` of the same shape (already multiplied by any temperature).
+        standard-normal ``latent`` of the same shape (already multiplied by any temperature); ``refine``
+        as in :meth:`NoiseModel.noise`.
 
         On the CPU the batch goes through in chunks of at most ``CPU_CHUNK_PX`` pixels (at least one
         image): every step acts on each image alone, so chunking is exact, and it keeps the working set
@@ -132,44 +139,6 @@ class Sampler(nn.Module):
         """
         images = max(1, CPU_CHUNK_PX // (clean.shape[-2] * clean.shape[-1])) if clean.device.type == "cpu" else None
         if images is None or images >= clean.shape[0]:
-            if not refine:
-                return self.pixelwise(clean, cond, latent)
-            if self.correlation is not None:
-                latent = self.correlation(latent.float(), cond.features.float())
-            return self.refine(self.pixelwise(clean, cond, latent), clean, cond)
+            return self.compose(clean.float(), cond, latent.float(), correlate=refine, refine=refine)
         return torch.cat([self.noise(clean[i : i + images], cond[i : i + images], latent[i : i + images], refine)
                           for i in range(0, clean.shape[0], images)])
-
-    @torch.inference_mode()
-    def pixelwise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor) -> torch.Tensor:
-        """The flow's noise for ``latent``: every layer's sampling inverse in turn (affine layers, then ``NE``
-        adds the clean image and ``UD`` rounds down), less the clean image."""
-        clean = clean.float()
-        inputs = SamplingInputs(clean, clean.to(self.dtype).contiguous(memory_format=self.memory_format), cond)
-        x = latent.float()
-        for step in self.steps:
-            x = step(x, inputs)
-        return x - clean * 255.0
-
-    @torch.inference_mode()
-    def refine(self, noise_255: torch.Tensor, clean: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """The refiner on pixel-wise noise ``(B, 3, H, W)`` (8-bit units), float32 out: inputs and the
-        variance correction in float32, the network in the compute format."""
-        x = self.refiner.inputs(noise_255, clean.float(), cond.features)
-        residual = self._network(x.to(self.dtype).contiguous(memory_format=self.memory_format)).float()
-        return self.refiner.combine(noise_255, residual).contiguous()
-
-
-def _network_of(refiner: UNetRefiner, fold: bool) -> UNetRefiner:
-    """A copy of the refiner; with ``fold``, its input and output scales moved into the first and last
-    convolutions (its ``noise_scale`` becomes 1, so ``inputs`` and ``combine`` no longer scale)."""
-    copy_ = copy.deepcopy(refiner)
-    if fold:
-        scale = refiner.config.noise_scale
-        with torch.no_grad():
-            first = copy_.down[0][0]
-            first.weight[:, :3] /= scale  # the noise channels come first
-            copy_.last.weight *= scale
-            copy_.last.bias *= scale
-        copy_.config = dataclasses.replace(refiner.config, noise_scale=1.0)
-    return copy_

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,6 +71,11 @@ class UNetRefiner(nn.Module):
         nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
 
+    def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool,
+                     compile: bool = False) -> SamplingRefiner:
+        """A frozen copy for drawing only (see :class:`SamplingRefiner`)."""
+        return SamplingRefiner(self, dtype, memory_format, fold, compile)
+
     @property
     def multiple(self) -> int:
         return 2 ** (self.config.depth - 1)
@@ -119,3 +127,33 @@ class UNetRefiner(nn.Module):
         for up, block in zip(self.up, self.up_blocks):
             x = block(torch.cat([up(x), skips.pop()], dim=1))
         return self.last(x)[..., :height, :width]
+
+
+class SamplingRefiner(nn.Module):
+    """A refiner's drawing form, the same function as :meth:`UNetRefiner.forward`: its inputs and the combination
+    in float32, the UNet in ``dtype`` and ``memory_format``; with ``fold``, the input scale ``1 / noise_scale``
+    moved into the first convolution and the output scale ``noise_scale`` into the last one (exact up to
+    rounding: the scaled weights are rounded once instead of the scaled activations); with ``compile``, the
+    UNet under ``torch.compile``."""
+
+    def __init__(self, refiner: UNetRefiner, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool,
+                 compile: bool) -> None:
+        super().__init__()
+        copied = copy.deepcopy(refiner).float()
+        if fold:
+            scale = refiner.config.noise_scale
+            with torch.no_grad():
+                copied.down[0][0].weight[:, :3] /= scale  # the noise channels come first
+                copied.last.weight *= scale
+                copied.last.bias *= scale
+            copied.config = dataclasses.replace(refiner.config, noise_scale=1.0)
+        self.refiner = copied.to(dtype, memory_format=memory_format)
+        self.dtype, self.memory_format = dtype, memory_format
+        self._network = torch.compile(copied.network) if compile else copied.network
+
+    def forward(self, noise_255: torch.Tensor, clean: torch.Tensor, condition: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """As :meth:`UNetRefiner.forward`; float32 in and out."""
+        x = self.refiner.inputs(noise_255, clean.float(), condition)
+        residual = self._network(x.to(self.dtype).contiguous(memory_format=self.memory_format)).float()
+        return self.refiner.combine(noise_255, residual).contiguous()

@@ -7,11 +7,16 @@ import html
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from nmflowgan.atomic import write_text
-from nmflowgan.evaluation import EvalResult
+from nmflowgan.data.io import MAX_PIXELS
+from nmflowgan.errors import OutputExistsError
+from nmflowgan.evaluation import EvalResult, evaluate
+from nmflowgan.evaluation import protocol as evaluation_protocol
 from nmflowgan.metrics.realism import Realism
+from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.reporting import plots
 
 AKLD_NOTE = (
@@ -172,3 +177,34 @@ def _finite(value: object) -> object:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where an evaluation report was written, and its overall table (Markdown)."""
+
+    path: Path
+    table: str
+
+
+def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path, split: str | None = None,
+                       train_split: str | None = None, protocol: str = "default", patch_px: int | None = None,
+                       max_patches: int | None = None, fit_patches: int = 2000, seed: int = 0,
+                       overwrite: bool = False, progress: bool = True, title: str = "nmflowgan evaluation",
+                       options: SamplingOptions | None = None, device: str = "auto",
+                       max_pixels: int = MAX_PIXELS) -> Report:
+    """Runs :func:`nmflowgan.evaluation.evaluate` and writes ``results.json``, ``report.md``, ``report.html``.
+
+    ``protocol`` is ``default`` (``patch_px`` and ``max_patches`` may change it) or ``official``; ``options``
+    defaults to the plain float32 path; ``device`` is ``auto``, ``cpu``, ``cuda`` or ``mps``; ``max_pixels``
+    is the largest image accepted.
+    """
+    out = Path(out)
+    if (out / "results.json").exists() and not overwrite:
+        raise OutputExistsError(f"{out}: holds an evaluation already (pass --overwrite to replace it)")
+    chosen = evaluation_protocol(protocol, patch_px, max_patches)
+    result = evaluate(checkpoint, data, split, train_split, chosen, fit_patches, seed, progress=progress,
+                      options=options, device=device, max_pixels=max_pixels)
+    path = write_report(result, out, title=title, intro=f"Checkpoint `{checkpoint}`, data `{data}`.")
+    return Report(path, results_table(result.realism))
+

@@ -18,6 +18,7 @@ run takes exactly the steps of an uninterrupted one, with no random state to sav
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from nmflowgan.conditions import Condition
 from nmflowgan.config import Config, to_dict
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
-from nmflowgan.errors import DataError
+from nmflowgan.errors import BadInputError, DataError
 from nmflowgan.metrics.realism import RealismScorer
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.files import built_within_budget
@@ -79,8 +80,8 @@ class GeneratorObjective(nn.Module):
         if latent is None:
             return nll, correlation_loss, None
         with torch.no_grad():
-            pixelwise = self.model.pixelwise(clean, cond, latent)
-        return nll, correlation_loss, quantize(clean, self.model.refiner(pixelwise, clean, cond.features))
+            correlated = self.model.compose(clean, cond, latent, refine=False)
+        return nll, correlation_loss, quantize(clean, self.model.refiner(correlated, clean, cond.features))
 
 
 def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopRequest | None = None) -> TrainResult:
@@ -92,6 +93,13 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         raise DataError(f"unknown stage {options.stage!r}; use one of {', '.join(STAGES)}")
     stop = stop if stop is not None else StopRequest()  # an unset request is falsy
     train_config = config.train
+    adversarial_game = options.stage == "joint" and train_config.weight_gan > 0
+    if adversarial_game and config.model.refiner is None:
+        raise BadInputError(f"config {config.name!r} has weight_gan={train_config.weight_gan} but no refiner to train "
+                            "(set model.refiner, or weight_gan=0)")
+    # Only the parts this run trains: without an adversarial game there is no critic, and no refiner to stay
+    # the identity in every draw and every checkpoint.
+    model_config = config.model if adversarial_game else dataclasses.replace(config.model, refiner=None)
     with session(options) as (device, context):
         # ---- data, networks, optimizers ------------------------------------------------------------------
         dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px)
@@ -100,24 +108,29 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's global RNG
             torch.manual_seed(options.seed)
             what = f"config {config.name!r}"
-            model = built_within_budget(lambda: NoiseModel(config.model, cameras, isos), what).to(device)
-            critic = built_within_budget(lambda: Critic(config.critic, model.space.feature_dim), what).to(device)
-        if options.channels_last:
-            model.refiner.to(memory_format=torch.channels_last)
-            critic.to(memory_format=torch.channels_last)
-        optimizer_g = torch.optim.Adam(
-            [{"params": [*model.flow.parameters(), *(model.correlation.parameters() if model.correlation else [])],
-              "lr": train_config.lr},
-             {"params": model.refiner.parameters(), "lr": train_config.refiner_lr or train_config.lr}],
-            betas=train_config.betas)
-        optimizer_c = torch.optim.Adam(critic.parameters(), lr=train_config.critic_lr or train_config.lr,
-                                       betas=train_config.betas)
+            model = built_within_budget(lambda: NoiseModel(model_config, cameras, isos), what).to(device)
+            critic = (built_within_budget(lambda: Critic(config.critic, model.space.feature_dim), what).to(device)
+                      if adversarial_game else None)
+        parameter_groups = [{"params": [*model.flow.parameters(),
+                                        *(model.correlation.parameters() if model.correlation else [])],
+                             "lr": train_config.lr}]
+        modules, optimizers = {}, {}
+        if critic is not None:
+            if options.channels_last:
+                model.refiner.to(memory_format=torch.channels_last)
+                critic.to(memory_format=torch.channels_last)
+            parameter_groups.append({"params": model.refiner.parameters(),
+                                     "lr": train_config.refiner_lr or train_config.lr})
+            modules["critic"] = critic
+            optimizers["critic"] = torch.optim.Adam(critic.parameters(), lr=train_config.critic_lr or train_config.lr,
+                                                    betas=train_config.betas)
+        optimizer_g = torch.optim.Adam(parameter_groups, betas=train_config.betas)
+        optimizers = {"generator": optimizer_g, **optimizers}
         validation_set = _validation_set(options, val_split, model, train_config)
         probe = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                    options.seed, 0, 1)
         steps_per_epoch = probe.steps_per_epoch
         schedule = Schedule.of(options, train_config, steps_per_epoch, train_config.val_every)
-        adversarial_game = options.stage == "joint" and train_config.weight_gan > 0
 
         def eligible(step: int) -> bool:
             """With an adversarial game, "best" is the best model with a trained refiner: the flow warm-up's
@@ -129,7 +142,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         info = {"stage": options.stage, "seed": options.seed, "steps_per_epoch": steps_per_epoch,
                 "global_batch": train_config.batch_size, "total_steps": schedule.total_steps, "preset": config.name,
                 "config": to_dict(config), "options": options.to_dict()}
-        state = TrainingState(0, {"critic": critic}, {"generator": optimizer_g, "critic": optimizer_c}, info)
+        state = TrainingState(0, modules, optimizers, info)
         run = TrainingRun(options, context, model, WEIGHTS_FILE, state,
                           ("config", "steps_per_epoch", "global_batch", "stage", "seed"), "val_kld", eligible=eligible)
         if run.resumed:
@@ -142,10 +155,10 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                                   generator=torch.Generator().manual_seed(options.seed))  # the same on every rank
 
         generator_objective: nn.Module = GeneratorObjective(model)
-        critic_forward: nn.Module = critic
+        critic_forward = critic
         if context.enabled:
             generator_objective = DistributedDataParallel(generator_objective, find_unused_parameters=True)
-            critic_forward = DistributedDataParallel(critic)
+            critic_forward = DistributedDataParallel(critic) if critic is not None else None
         sampler = GlobalBatchSampler(len(dataset), train_config.batch_size, context.rank, context.world_size,
                                      options.seed, run.start, schedule.total_steps)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=options.workers, collate_fn=collate,
@@ -171,13 +184,14 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                     loss_c, distance, penalty = critic_loss(critic_forward, real, fake, clean, alpha,
                                                             train_config.gp_lambda, config.critic.noise_scale,
                                                             cond.features)
-                optimizer_c.zero_grad(set_to_none=True)
+                optimizers["critic"].zero_grad(set_to_none=True)
                 loss_c.float().backward()
-                optimizer_c.step()
+                optimizers["critic"].step()
                 losses.update(critic=loss_c.item(), wasserstein=distance.item(), gp=penalty.item())
             if not adversarial or (step + 1) % train_config.generator_every == 0:  # the generator, critic frozen
                 latent = torch.randn(patch_shape, generator=rng)[local].to(device) if adversarial else None
-                critic.requires_grad_(False)
+                if critic is not None:
+                    critic.requires_grad_(False)
                 with autocast:
                     nll, correlation_loss, fake = generator_objective(real, clean, cond, uniform, latent)
                     loss_g = train_config.weight_nll * nll.float()
@@ -191,7 +205,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                 optimizer_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 optimizer_g.step()
-                critic.requires_grad_(True)
+                if critic is not None:
+                    critic.requires_grad_(True)
                 losses["nll"] = nll.item()
             return _agreed(losses, context)
 
@@ -199,7 +214,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
             if context.is_main and validation_set is not None:
                 run.validated(step, _validate(model, validation_set, options.seed, train_config.batch_size))
 
-        return run.loop(loader, schedule, train_step, validate, stop, f"train {options.stage}",
+        what = "train (NLL + GAN)" if adversarial_game else "train (NLL)"
+        return run.loop(loader, schedule, train_step, validate, stop, what,
                         train_config.batch_size)
 
 
