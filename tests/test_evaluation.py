@@ -42,7 +42,8 @@ def test_evaluate_writes_results_and_report(tmp_path, tiny_run, simcam_tree):
     assert models["oracle"]["corr_error"] < 0.05 < models["gaussian"]["corr_error"]
     conditions = {(row["camera"], row["iso"]) for row in results["per_condition"]}
     assert conditions <= {(c, i) for c in ("V1", "V2") for i in (100.0, 1600.0)} and conditions
-    assert all(set(row["models"]["nmflowgan"]) == {"kld", "akld", "corr_error", "neighbour_kld", "std", "kurtosis"}
+    assert all(set(row["models"]["nmflowgan"]) == {"kld", "akld", "corr_error", "neighbour_kld", "skew_match", "std",
+                                                     "kurtosis"}
                for row in results["per_condition"])
     row = results["per_condition"][0]
     assert set(row["correlation"]) == {"real", "gaussian", "nlf", "flow-only", "nmflowgan", "oracle"}

@@ -18,7 +18,7 @@ from pathlib import Path
 from nmflowgan.conditions import ISO_MODES
 from nmflowgan.errors import BadInputError
 
-FLOW_LAYER_NAMES = ("UD", "NE", "SAL", "SDL", "CL2")
+FLOW_LAYER_NAMES = ("UD", "NE", "SAL", "SDL", "CL2", "RQS")
 
 
 def _check_positive(owner: object, *names: str) -> None:
@@ -35,7 +35,7 @@ class FlowConfig:
     Attributes:
         spec: layer names joined by ``|``, applied noisy -> z: ``UD`` uniform dequantization, ``NE``
             noise extraction, ``SAL`` signal-aware affine, ``SDL`` signal-dependent affine, ``CL2``
-            conditional linear.
+            conditional linear, ``RQS`` conditional monotone rational-quadratic spline (non-affine).
         conv_features: width of the convolutional scale/bias networks of SAL and SDL.
         receptive_field_px: receptive field of SAL's spatial convolutions (odd, >= 3).
         meta_hidden: width of the residual MLP that embeds the condition.

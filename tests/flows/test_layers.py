@@ -10,6 +10,7 @@ from nmflowgan.flows import FlowContext, NoiseFlow
 from nmflowgan.flows.flow import build_layer
 
 AFFINE = ["SAL", "SDL", "CL2"]
+CONDITIONAL = [*AFFINE, "RQS"]  # every layer whose map depends on the clean image or the condition
 
 
 def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
@@ -42,10 +43,10 @@ def _jacobians(fn, x: torch.Tensor) -> list[torch.Tensor]:
     return jacobians
 
 
-@pytest.mark.parametrize("name", AFFINE + ["NE"])
+@pytest.mark.parametrize("name", CONDITIONAL + ["NE"])
 def test_round_trip(name, space):
     layer, ctx = _layer(name, space), _context(space, size=(5, 4))
-    x = torch.randn(2, 3, 5, 4, dtype=torch.float64) * 10
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64) * (2 if name == "RQS" else 10)  # the spline's own range
     z, logdet = layer(x, ctx)
     back, inv_logdet = layer.inverse(z, ctx)
     assert z.shape == x.shape and z.dtype == torch.float64
@@ -57,18 +58,18 @@ def test_round_trip(name, space):
     assert (again - x).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("name", AFFINE + ["NE"])
+@pytest.mark.parametrize("name", CONDITIONAL + ["NE"])
 def test_round_trip_float32_within_1e4(name, space):
     layer = build_layer(name, FlowConfig(), space, 3)
     _perturb(layer)
     cond = space.encode(space.cameras[0], space.isos[0], 2)
     ctx = FlowContext(torch.rand(2, 3, 8, 8), cond)
-    x = torch.randn(2, 3, 8, 8) * 30
+    x = torch.randn(2, 3, 8, 8) * (2 if name == "RQS" else 30)
     back, _ = layer.inverse(layer(x, ctx)[0], ctx)
     assert (back - x).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("name", AFFINE + ["NE"])
+@pytest.mark.parametrize("name", CONDITIONAL + ["NE"])
 def test_logdet_matches_autograd_and_is_pixelwise(name, space):
     layer = _layer(name, space)
     for trial in range(3):  # several random conditions and clean images
@@ -98,7 +99,7 @@ def test_uniform_dequantization_round_trip_on_integers(space):
     assert layer.inverse(torch.full((1, 3, 1, 1), 300.0), ctx)[0].max() == 255
 
 
-@pytest.mark.parametrize("name", AFFINE)
+@pytest.mark.parametrize("name", CONDITIONAL)
 def test_output_depends_on_condition_and_clean(name, space):
     layer = _layer(name, space)
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
@@ -113,7 +114,7 @@ def test_output_depends_on_condition_and_clean(name, space):
         assert not torch.allclose(z2[0], z2[1]), "changing the clean image must change the output"
 
 
-@pytest.mark.parametrize("name", AFFINE)
+@pytest.mark.parametrize("name", CONDITIONAL)
 def test_every_parameter_gets_a_finite_gradient(name, space):
     layer = _layer(name, space)
     cells = [(camera, iso) for camera in space.cameras for iso in space.isos]  # every row of a one-hot table
@@ -129,8 +130,8 @@ def test_every_parameter_gets_a_finite_gradient(name, space):
         assert p.grad.abs().sum() > 0, pname
 
 
-def test_gradcheck_affine_layers(space):
-    for name in AFFINE:
+def test_gradcheck_conditional_layers(space):
+    for name in CONDITIONAL:
         layer, ctx = _layer(name, space), _context(space)
         x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda v, layer=layer, ctx=ctx: layer(v, ctx), (x,))
@@ -185,7 +186,7 @@ def test_sample_is_reproducible_and_valid(space):
 
 
 @pytest.mark.parametrize("fold", [True, False])
-@pytest.mark.parametrize("name", AFFINE + ["NE", "UD"])
+@pytest.mark.parametrize("name", CONDITIONAL + ["NE", "UD"])
 def test_sampling_copy_inverts_as_the_layer_does(name, space, fold):
     """Each layer's drawing copy (what the sampler composes) computes exactly its inverse."""
     layer = build_layer(name, FlowConfig(meta_hidden=6, meta_blocks=2), space, 3)
@@ -201,3 +202,22 @@ def test_sampling_copy_inverts_as_the_layer_does(name, space, fold):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
     if name == "SDL" and fold:
         assert len(step.pointwise) == len(layer.pointwise) - 2  # one convolution fewer per pixel
+
+
+def test_the_spline_bends_a_gaussian_into_a_skewed_noise(space):
+    """Unlike the affine layers, RQS changes the shape: a Gaussian latent comes out skewed, and the map is the
+    identity at initialization and outside its bound."""
+    layer = build_layer("RQS", FlowConfig(), space, 3).double()
+    ctx = _context(space, size=(64, 64))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    z, logdet = layer(x, ctx)
+    assert torch.allclose(z, x, atol=1e-12) and logdet.abs().max() < 1e-9
+    bins = layer.pointwise[-1].bias.numel() // 3 // 3 + 1
+    with torch.no_grad():  # equal widths, heights growing from left to right: the slope rises, a skewed map
+        layer.pointwise[-1].bias.view(3, 3 * bins - 1)[:, bins : 2 * bins] = torch.linspace(-1.5, 1.5, bins)
+    noise = layer.invert(torch.randn(2, 3, 64, 64, dtype=torch.float64), ctx).flatten()
+    centred = noise - noise.mean()
+    skew = (centred**3).mean() / centred.square().mean() ** 1.5
+    assert skew.abs() > 0.1
+    far = torch.full((1, 3, 1, 1), 7.0, dtype=torch.float64)
+    assert torch.equal(layer(far, _context(space, batch=1, size=(1, 1)))[0], far)

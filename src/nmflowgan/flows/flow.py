@@ -13,6 +13,7 @@ from nmflowgan.config import FlowConfig
 from nmflowgan.flows.affine import ConditionalLinear, SignalAwareAffine, SignalDependentAffine
 from nmflowgan.flows.base import FlowContext, FlowLayer
 from nmflowgan.flows.dequantize import NoiseExtraction, UniformDequantization
+from nmflowgan.flows.spline import ConditionalSpline
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -31,6 +32,9 @@ def build_layer(name: str, config: FlowConfig, space: ConditionSpace, channels: 
                                      config.meta_hidden, config.meta_blocks)
     if name == "CL2":
         return ConditionalLinear(channels, space, config.meta_hidden)
+    if name == "RQS":
+        return ConditionalSpline(channels, space, config.conv_features, config.sdl_embedding, config.meta_hidden,
+                                 config.meta_blocks)
     raise ValueError(f"unknown flow layer {name!r}")  # FlowConfig validates names first
 
 

@@ -24,6 +24,7 @@ import torch
 
 from nmflowgan.metrics.akld import akld_per_patch
 from nmflowgan.metrics.kld import histograms, kld_per_patch
+from nmflowgan.metrics.moments import IntensityMoments, IntensityMomentsAccumulator, skew_agreement
 from nmflowgan.metrics.noise_stats import NoiseStats, NoiseStatsAccumulator, corr_error
 
 Condition = tuple[str, float]
@@ -63,15 +64,16 @@ class RealismScores:
     corr_error: float
     neighbour_kld: float
     shape: NoiseShape
+    skew_match: float = float("nan")  # higher is better: see metrics.moments.skew_agreement
 
     def to_dict(self) -> dict:
         return {"kld": self.kld, "akld": self.akld, "corr_error": self.corr_error,
-                "neighbour_kld": self.neighbour_kld, **self.shape.to_dict()}
+                "neighbour_kld": self.neighbour_kld, "skew_match": self.skew_match, **self.shape.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> RealismScores:
         return cls(*(_number(data[key]) for key in ("kld", "akld", "corr_error", "neighbour_kld")),
-                   NoiseShape.from_dict(data))
+                   NoiseShape.from_dict(data), _number(data.get("skew_match")))
 
 
 @dataclass(frozen=True)
@@ -105,17 +107,20 @@ class ConditionRealism:
     real: NoiseShape
     models: dict[str, RealismScores]
     correlation: dict[str, Correlation]
+    moments: dict[str, IntensityMoments] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"camera": self.camera, "iso": self.iso, "n_patches": self.n_patches, "real": self.real.to_dict(),
                 "models": {name: scores.to_dict() for name, scores in self.models.items()},
-                "correlation": {name: c.to_dict() for name, c in self.correlation.items()}}
+                "correlation": {name: c.to_dict() for name, c in self.correlation.items()},
+                "moments": {name: m.to_dict() for name, m in self.moments.items()}}
 
     @classmethod
     def from_dict(cls, data: dict) -> ConditionRealism:
         return cls(data["camera"], float(data["iso"]), int(data["n_patches"]), NoiseShape.from_dict(data["real"]),
                    {name: RealismScores.from_dict(s) for name, s in data["models"].items()},
-                   {name: Correlation.from_dict(c) for name, c in data["correlation"].items()})
+                   {name: Correlation.from_dict(c) for name, c in data["correlation"].items()},
+                   {name: IntensityMoments.from_dict(m) for name, m in data.get("moments", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,7 @@ class _ConditionState:
     neighbour_kld: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     stats: dict[str, NoiseStatsAccumulator] = field(default_factory=dict)
     shape: dict[str, _ShapeAccumulator] = field(default_factory=dict)
+    moments: dict[str, IntensityMomentsAccumulator] = field(default_factory=dict)
     histogram: dict[str, torch.Tensor] = field(default_factory=dict)
     n_patches: int = 0
 
@@ -231,6 +237,7 @@ class RealismScorer:
                 selected = noise[rows]
                 state.stats.setdefault(name, NoiseStatsAccumulator()).update(clean[rows], selected)
                 state.shape.setdefault(name, _ShapeAccumulator()).update(selected)
+                state.moments.setdefault(name, IntensityMomentsAccumulator()).update(clean[rows], selected)
                 counts = histograms(selected).sum(0)
                 state.histogram[name] = state.histogram.get(name, torch.zeros_like(counts)) + counts
                 if name != REAL:
@@ -246,13 +253,15 @@ class RealismScorer:
         for key in sorted(self.conditions):
             state = self.conditions[key]
             stats = {name: acc.result() for name, acc in state.stats.items()}
+            moments = {name: acc.result() for name, acc in state.moments.items()}
             models = {}
             for name in self.names:
                 kld, akld = torch.cat(state.kld[name]), torch.cat(state.akld[name])
                 neighbour = torch.cat(state.neighbour_kld[name])
                 error = corr_error(stats[REAL], stats[name])
                 models[name] = RealismScores(float(kld.mean()), float(akld.mean()), error, float(neighbour.mean()),
-                                             state.shape[name].result())
+                                             state.shape[name].result(),
+                                             skew_agreement([moments[REAL]], [moments[name]]))
                 totals[name]["kld"].append(kld)
                 totals[name]["akld"].append(akld)
                 totals[name]["corr_error"].append(torch.tensor([error], dtype=torch.float64))
@@ -260,8 +269,9 @@ class RealismScorer:
             for name, accumulator in state.shape.items():
                 overall_shape[name].merge(accumulator)
             rows.append(ConditionRealism(key[0], key[1], state.n_patches, state.shape[REAL].result(), models,
-                                         {name: Correlation.of(value) for name, value in stats.items()}))
-        models = {name: RealismScores(*(_mean(totals[name][m]) for m in metrics), overall_shape[name].result())
+                                         {name: Correlation.of(value) for name, value in stats.items()}, moments))
+        models = {name: RealismScores(*(_mean(totals[name][m]) for m in metrics), overall_shape[name].result(),
+                                      skew_agreement([r.moments[REAL] for r in rows], [r.moments[name] for r in rows]))
                   for name in self.names}
         return Realism(models, overall_shape[REAL].result(), rows, sum(s.n_patches for s in self.conditions.values()))
 

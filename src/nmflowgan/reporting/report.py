@@ -15,10 +15,16 @@ from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.errors import OutputExistsError
 from nmflowgan.evaluation import EvalResult, evaluate
 from nmflowgan.evaluation import protocol as evaluation_protocol
-from nmflowgan.metrics.realism import Realism
+from nmflowgan.metrics.moments import BIN_EDGES, MIN_PIXELS, N_BINS
+from nmflowgan.metrics.realism import REAL, Realism
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.reporting import plots
 
+MOMENTS_NOTE = (
+    "Each cell is `mean / std / skewness / kurtosis` of the noise (8-bit units; 0 and 3 for Gaussian noise) of "
+    "the pixels whose clean value lies in the bin, pooled over the condition's patches. `skew match` in the "
+    "overall table is the fraction of these cells where a source's skewness is within 0.3 of the real noise's."
+)
 AKLD_NOTE = (
     "AKLD compares local noise-variance estimates, and spatially correlated noise makes those estimates "
     "noisier: a second real draw of the same image (the `oracle`) scores well above zero, and white noise "
@@ -44,12 +50,12 @@ SHAPE_NOTE = (
 def results_table(realism: Realism) -> str:
     """The overall table in Markdown, with each source's KLD above the oracle's when there is one."""
     oracle = realism.models["oracle"].kld if "oracle" in realism.models else None
-    header = ("| model | KLD | AKLD | corr_error | neighbour KLD |"
+    header = ("| model | KLD | AKLD | corr_error | neighbour KLD | skew match |"
               + (" KLD above oracle |" if oracle is not None else ""))
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, scores in realism.models.items():
         line = (f"| {name} | {scores.kld:.4f} | {scores.akld:.4f} | {scores.corr_error:.4f} | "
-                f"{scores.neighbour_kld:.4f} |")
+                f"{scores.neighbour_kld:.4f} | {scores.skew_match:.2f} |")
         if oracle is not None:
             line += f" {scores.kld - oracle:+.4f} |"
         lines.append(line)
@@ -63,6 +69,30 @@ def shape_table(realism: Realism) -> str:
     for name, shape in rows:
         lines.append(f"| {name} | {' / '.join(f'{v:.2f}' for v in shape.std)} | "
                      f"{' / '.join(f'{v:.2f}' for v in shape.kurtosis)} |")
+    return "\n".join(lines)
+
+
+def moments_table(realism: Realism) -> str:
+    """Per camera/ISO, channel and clean-intensity bin with at least ``MIN_PIXELS`` real pixels: the noise's
+    mean, std, skewness and kurtosis for the real noise and each source (``mean / std / skew / kurt``)."""
+    names = [REAL, *realism.models]
+    lines = ["| condition | channel | clean | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for row in realism.per_condition:
+        if REAL not in row.moments:
+            continue
+        real = row.moments[REAL]
+        for channel, letter in enumerate("RGB"):
+            for index in range(N_BINS):
+                if real.count[channel, index] < MIN_PIXELS:
+                    continue
+                cells = []
+                for name in names:
+                    m = row.moments[name]
+                    cells.append(" / ".join(f"{float(v[channel, index]):+.2f}" if v is m.mean or v is m.skewness
+                                            else f"{float(v[channel, index]):.2f}"
+                                            for v in (m.mean, m.std, m.skewness, m.kurtosis)))
+                low, high = BIN_EDGES[index], BIN_EDGES[index + 1]
+                lines.append(f"| {row.camera} ISO {row.iso:g} | {letter} | [{low},{high}) | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -113,10 +143,12 @@ def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluati
         "Examples": plots.sample_grid(result.examples, out / "samples.png"),
     }
     realism = result.realism
-    markdown = [f"# {title}", "", intro, "", protocol_line(result), "Lower is better in every column.", "",
+    markdown = [f"# {title}", "", intro, "", protocol_line(result),
+                "Lower is better in every column but skew match (higher is better).", "",
                 results_table(realism), "", CORR_NOTE, "", AKLD_NOTE, "",
                 "## Noise level and shape", "", shape_table(realism), "", SHAPE_NOTE, "",
                 "## Spatial and cross-channel correlation", "", correlation_table(realism), "", NEIGHBOUR_NOTE, "",
+                "## Noise shape per clean intensity", "", MOMENTS_NOTE, "", moments_table(realism), "",
                 "## KLD per camera and ISO", "", condition_table(realism, "kld"), "",
                 "## Correlation error per camera and ISO", "", condition_table(realism, "corr_error"), ""]
     for caption, path in figures.items():
