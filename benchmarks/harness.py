@@ -93,15 +93,16 @@ def flops_of(function: Callable[[], object]) -> float:
 
 def give_refiner_work(model: NoiseModel) -> NoiseModel:
     """Gives the refiner's last convolution (zero at initialization, which makes the refiner the identity)
-    small random weights, so that the refiner changes the noise. Costs do not depend on the weights; the
-    realism checks need a refiner that does something."""
-    with torch.no_grad():
-        model.refiner.last.weight.normal_(0, 0.02)
+    small random weights, so that the refiner changes the noise; a model without a refiner is returned as it
+    is. Costs do not depend on the weights; the realism checks need a refiner that does something."""
+    if model.refiner is not None:
+        with torch.no_grad():
+            model.refiner.last.weight.normal_(0, 0.02)
     return model
 
 
 def busy_model(name: str, device: torch.device | str = "cpu") -> NoiseModel:
-    """An untrained model of preset ``name`` (seed 0) whose refiner does something."""
+    """An untrained model of preset ``name`` (seed 0) whose refiner, if it has one, does something."""
     torch.manual_seed(0)
     return give_refiner_work(NoiseModel.from_preset(name)).to(device).eval()
 
