@@ -3,8 +3,9 @@
 Sources compared (each that applies), all scored by :class:`~nmflowgan.metrics.realism.RealismScorer`:
 
 * ``gaussian`` and ``nlf``: closed-form fits to the training split (:mod:`nmflowgan.baselines`);
-* ``flow-only``: the trained flow without its refiner; ``nmflowgan``: the full model. Both refine the
-  same latent draw, so their difference is the refiner's alone, not sampling noise;
+* ``flow-only``: the trained flow alone on white latents; ``nmflowgan``: the full model (its latent correlation
+  and refiner, those it has). Both start from the same latent draw, so their difference is the model's
+  correlation (latent filter or refiner), not sampling noise;
 * ``oracle``: a second independent real draw of the same clean image (simcam only): the floor.
 
 Two protocols (:data:`PROTOCOLS`):

@@ -41,7 +41,8 @@ def model_noise(model: NoiseModel, refine: bool = True, options: SamplingOptions
     computed on the model's device and returned on ``clean``'s.
 
     The latent is the first draw from the generator, so two sources given generators in the same state
-    (``flow-only`` and ``nmflowgan``) refine the same pixel-wise sample: their difference is the refiner's.
+    (``flow-only`` and ``nmflowgan``) start from the same latent draw: their difference is what the model adds
+    to its flow (the latent correlation, the refiner).
     """
     device = next(model.parameters()).device
 

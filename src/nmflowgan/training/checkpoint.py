@@ -8,8 +8,10 @@ rewritten (saving the same step again, e.g. as ``best`` and then as ``last``, on
 
 A checkpoint folder holds:
 
-* ``model.safetensors`` + ``model.json``: the noise model, loadable alone by ``NoiseModel.load``;
-* ``training.safetensors``: the other modules (the critic) and every optimizer tensor (no random state:
+* the model's own files, loadable alone (``model.safetensors`` + ``model.json`` for a noise model,
+  ``denoiser.safetensors`` + ``denoiser.json`` for a denoiser);
+* ``training.safetensors``: the other modules (the critic, in a run with an adversarial game) and every
+  optimizer tensor (no random state:
   each training step derives its own generator);
 * ``training.json``: the step, optimizer hyper-parameters, counters and a ``complete`` marker.
 
