@@ -164,64 +164,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Noise-model training (NLL + WGAN-GP).
+class ScheduleConfig:
+    """What every training shares: patches, batch, learning rate and its step decay, default length.
 
     Attributes:
         patch_px: square patch side; stride_px: patch grid stride.
         batch_size: global batch (split across ranks).
-        lr: Adam learning rate; betas: Adam betas; critic_lr / refiner_lr: the critic's and the
-            refiner's rates (None: ``lr``). The refiner's output is scaled by 256 into 8-bit units, so a
-            short high-rate CPU run needs a lower rate there than for the flow.
-        lr_decay_every: learning rate is multiplied by ``lr_gamma`` every this many ``lr_decay_unit``.
-        weight_nll, weight_gan: loss weights (``weight_gan=0``: no adversarial game, the critic and the refiner
-            are not trained); gp_lambda: gradient-penalty weight.
-        weight_correlation: weight of the latent-correlation loss (models with ``correlation_px``).
-        generator_every: the flow and refiner are updated every this many critic steps.
+        lr: Adam learning rate.
+        lr_decay_every: learning rate is multiplied by ``lr_gamma`` every this many ``lr_decay_unit``
+            (``epoch`` or ``step``).
         epochs: default length when neither ``--steps`` nor ``--epochs`` is given.
-        val_every: steps between validation passes; val_patches: patches per validation.
-        flow_warmup_steps: steps of NLL-only training of the flow before the adversarial game starts
-            (0 in the paper; the short CPU preset starts the GAN on a flow that already fits).
     """
 
     patch_px: int = 96
     stride_px: int = 48
     batch_size: int = 128
     lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    critic_lr: float | None = None
-    refiner_lr: float | None = None
     lr_decay_every: int = 10
-    lr_decay_unit: str = "epoch"
-    lr_gamma: float = 0.5
-    weight_nll: float = 1.0
-    weight_gan: float = 1.0
-    weight_correlation: float = 1.0
-    gp_lambda: float = 10.0
-    generator_every: int = 5
-    epochs: int = 40
-    val_every: int = 1000
-    val_patches: int = 256
-    flow_warmup_steps: int = 0
-
-    def __post_init__(self) -> None:
-        _check_positive(self, "patch_px", "stride_px", "batch_size", "lr", "lr_decay_every",
-                        "generator_every", "epochs", "val_every", "val_patches")
-        if self.flow_warmup_steps < 0:
-            raise BadInputError(f"flow_warmup_steps must be >= 0, got {self.flow_warmup_steps}")
-        if self.lr_decay_unit not in ("epoch", "step"):
-            raise BadInputError(f"lr_decay_unit {self.lr_decay_unit!r} is not 'epoch' or 'step'")
-
-
-@dataclass(frozen=True)
-class DenoiserTrainConfig:
-    """Denoiser training: L2 on clean patches with synthesized noisy partners."""
-
-    patch_px: int = 96
-    stride_px: int = 48
-    batch_size: int = 128
-    lr: float = 1e-4
-    lr_decay_every: int = 5
     lr_decay_unit: str = "epoch"
     lr_gamma: float = 0.5
     epochs: int = 40
@@ -230,6 +189,50 @@ class DenoiserTrainConfig:
         _check_positive(self, "patch_px", "stride_px", "batch_size", "lr", "lr_decay_every", "epochs")
         if self.lr_decay_unit not in ("epoch", "step"):
             raise BadInputError(f"lr_decay_unit {self.lr_decay_unit!r} is not 'epoch' or 'step'")
+
+
+@dataclass(frozen=True)
+class TrainConfig(ScheduleConfig):
+    """Noise-model training (NLL + WGAN-GP); the schedule fields as in :class:`ScheduleConfig`.
+
+    Attributes:
+        betas: Adam betas; critic_lr / refiner_lr: the critic's and the
+            refiner's rates (None: ``lr``). The refiner's output is scaled by 256 into 8-bit units, so a
+            short high-rate CPU run needs a lower rate there than for the flow.
+        weight_nll, weight_gan: loss weights (``weight_gan=0``: no adversarial game, the critic and the refiner
+            are not trained); gp_lambda: gradient-penalty weight.
+        weight_correlation: weight of the latent-correlation loss (models with ``correlation_px``).
+        generator_every: the flow and refiner are updated every this many critic steps.
+        val_every: steps between validation passes; val_patches: patches per validation.
+        flow_warmup_steps: steps of NLL-only training of the flow before the adversarial game starts
+            (0 in the paper; the short CPU preset starts the GAN on a flow that already fits).
+    """
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    critic_lr: float | None = None
+    refiner_lr: float | None = None
+    weight_nll: float = 1.0
+    weight_gan: float = 1.0
+    weight_correlation: float = 1.0
+    gp_lambda: float = 10.0
+    generator_every: int = 5
+    val_every: int = 1000
+    val_patches: int = 256
+    flow_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self, "generator_every", "val_every", "val_patches")
+        if self.flow_warmup_steps < 0:
+            raise BadInputError(f"flow_warmup_steps must be >= 0, got {self.flow_warmup_steps}")
+
+
+@dataclass(frozen=True)
+class DenoiserTrainConfig(ScheduleConfig):
+    """Denoiser training: L2 on clean patches with synthesized noisy partners (fields of :class:`ScheduleConfig`;
+    the paper halves the rate every 5 epochs)."""
+
+    lr_decay_every: int = 5
 
 
 @dataclass(frozen=True)

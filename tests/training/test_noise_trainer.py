@@ -118,6 +118,18 @@ def test_run_folder_guard(tmp_path, simcam_tree):
         _train(simcam_tree, tmp_path / "run", 4, resume=True, seed=5)
 
 
+def test_a_folder_holding_a_run_is_refused_before_the_data_is_read(tmp_path, simcam_tree, monkeypatch):
+    import nmflowgan.training.noise_trainer as trainer
+
+    _train(simcam_tree, tmp_path / "run", 2)
+    monkeypatch.setattr(trainer, "training_patches", lambda *args: pytest.fail("the data was scanned first"))
+    with pytest.raises(OutputExistsError, match="holds another run"):
+        _train(simcam_tree, tmp_path / "run", 2)
+    (tmp_path / "run" / "last").unlink()
+    with pytest.raises(TrainingError, match="no readable 'last'"):
+        _train(simcam_tree, tmp_path / "run", 2, resume=True)
+
+
 def test_flow_stage_trains_no_critic(tmp_path, simcam_tree):
     _train(simcam_tree, tmp_path / "flow", 6, stage="flow")
     lines = [m for m in read_metrics(tmp_path / "flow") if "lr" in m]

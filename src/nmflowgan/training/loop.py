@@ -22,12 +22,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nmflowgan.config import ScheduleConfig
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import TrainingError
 from nmflowgan.models.files import load_weights
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, setup, teardown
-from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, run_lock, start_run
+from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, check_run_dir, run_lock, start_run
 
 
 def step_generator(seed: int, step: int, *more: int) -> torch.Generator:
@@ -40,11 +41,13 @@ def step_generator(seed: int, step: int, *more: int) -> torch.Generator:
 @contextmanager
 def session(options: RunOptions) -> Iterator[tuple[torch.device, DistributedContext]]:
     """The device of this rank (``LOCAL_RANK`` under torchrun), the process group (when launched by torchrun)
-    and, on rank 0, the run folder's lock, for the duration of a training."""
+    and, on rank 0, the run folder's lock, for the duration of a training. A folder that is locked or cannot
+    be used as the options ask is refused here, before any data is read or any network built."""
     device = resolve_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     context = setup(device)
     try:
         with run_lock(Path(options.out), context.is_main):
+            check_run_dir(options)
             yield device, context
     finally:
         teardown(context)
@@ -85,14 +88,14 @@ class Schedule:
     decay_steps: int
 
     @classmethod
-    def of(cls, options: RunOptions, train: object, steps_per_epoch: int, val_every: int) -> Schedule:
+    def of(cls, options: RunOptions, train: ScheduleConfig, steps_per_epoch: int, val_every: int) -> Schedule:
         """A run's schedule from its options and its preset's training section (``epochs``, ``lr_gamma``,
         ``lr_decay_every``, ``lr_decay_unit``): ``--steps``, else ``--epochs``, else the preset's epochs;
         checkpoints every ``--checkpoint-every``, else every ``val_every`` steps."""
-        total_steps = options.steps or (options.epochs or train.epochs) * steps_per_epoch  # type: ignore[attr-defined]
-        unit = steps_per_epoch if train.lr_decay_unit == "epoch" else 1  # type: ignore[attr-defined]
+        total_steps = options.steps or (options.epochs or train.epochs) * steps_per_epoch
+        unit = steps_per_epoch if train.lr_decay_unit == "epoch" else 1
         return cls(total_steps, steps_per_epoch, options.log_every, val_every, options.checkpoint_every or val_every,
-                   train.lr_gamma, train.lr_decay_every * unit)  # type: ignore[attr-defined]
+                   train.lr_gamma, train.lr_decay_every * unit)
 
 
 class TrainingRun:

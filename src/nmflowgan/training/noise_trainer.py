@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from nmflowgan.conditions import Condition
-from nmflowgan.config import Config, to_dict
+from nmflowgan.config import Config, TrainConfig, to_dict
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.errors import BadInputError, DataError
@@ -247,7 +247,7 @@ class ValidationSet:
     isos: list[float]
 
 
-def _validation_set(options: NoiseTrainingOptions, split: str | None, model: NoiseModel, config: object
+def _validation_set(options: NoiseTrainingOptions, split: str | None, model: NoiseModel, config: TrainConfig
                     ) -> ValidationSet | None:
     """Evenly spaced patches of the validation split whose camera and ISO the model knows."""
     if split is None:
@@ -256,9 +256,9 @@ def _validation_set(options: NoiseTrainingOptions, split: str | None, model: Noi
     if not records:
         log.warning("no validation pairs with a known camera/ISO in split %s; validation is skipped", split)
         return None
-    patch = config.patch_px  # type: ignore[attr-defined]
+    patch = config.patch_px
     dataset = PatchDataset(records, patch, patch, skip_bad=options.skip_bad, max_pixels=options.max_pixels)
-    batch = collate([dataset[i] for i in dataset.evenly_spaced(config.val_patches)])  # type: ignore[attr-defined]
+    batch = collate([dataset[i] for i in dataset.evenly_spaced(config.val_patches)])
     clean = batch.clean.float()
     return ValidationSet(clean / 255.0, batch.noisy.float() - clean, batch.cameras, batch.isos.tolist())
 

@@ -90,16 +90,30 @@ class RunOptions:
 RUN_MARKERS = ("checkpoints", METRICS_FILE)
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Makes ``run_dir`` ready; returns whether a checkpoint is to be resumed.
+def check_run_dir(options: RunOptions) -> None:
+    """Refuses a run folder that cannot be used as asked, before any work (the trainers call it as soon as they
+    hold the folder's lock, ahead of the data scan and the network build):
 
-    A folder that holds another run is refused unless ``resume`` (continue it) or ``overwrite``
-    (delete it first). ``resume`` on a folder without a checkpoint starts afresh.
+    * a folder that holds another run, unless ``--resume`` (continue it) or ``--overwrite`` (replace it);
+    * ``--resume`` on a folder that holds a run but no ``last`` checkpoint (a crash before the first one, or a
+      broken link): starting again from step 0 would silently discard the run.
     """
-    holds_run = any((run_dir / marker).exists() for marker in RUN_MARKERS)
-    if holds_run and not (resume or overwrite):
+    run_dir = Path(options.out)
+    if any((run_dir / marker).exists() for marker in RUN_MARKERS) and not (options.resume or options.overwrite):
         raise OutputExistsError(f"{run_dir}: holds another run; pass --resume to continue it or --overwrite "
                                 "to replace it")
+    if options.resume and not (run_dir / "last").exists() and _holds_progress(run_dir):
+        raise TrainingError(f"{run_dir}: cannot resume: the run has metrics or checkpoints but no readable 'last' "
+                            "checkpoint; pass --overwrite instead of --resume to start it again")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Makes ``run_dir`` ready (checked by :func:`check_run_dir`); returns whether a checkpoint is to be resumed.
+
+    With ``overwrite`` (and not ``resume``) a run in the folder is deleted first; ``resume`` on a folder
+    without a checkpoint starts afresh.
+    """
+    holds_run = any((run_dir / marker).exists() for marker in RUN_MARKERS)
     if holds_run and overwrite and not resume:
         for name in (*RUN_MARKERS, "config.json", "last", "best", "tensorboard"):  # config.json: older runs
             path = run_dir / name
@@ -118,15 +132,10 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
 
 
 def start_run(options: RunOptions, context: DistributedContext) -> tuple[Path, bool]:
-    """Prepares the run folder on rank 0 while the others wait; returns ``(run_dir, resuming)``.
-
-    ``--resume`` on a folder that holds a run but no ``last`` checkpoint (a crash before the first one, or a
-    broken link) is refused on every rank: starting again from step 0 would silently discard the run.
-    """
+    """Prepares the run folder on rank 0 while the others wait; returns ``(run_dir, resuming)``. Every rank
+    checks the folder first (:func:`check_run_dir`)."""
     run_dir = Path(options.out)
-    if options.resume and not (run_dir / "last").exists() and _holds_progress(run_dir):
-        raise TrainingError(f"{run_dir}: cannot resume: the run has metrics or checkpoints but no readable 'last' "
-                            "checkpoint; pass --overwrite instead of --resume to start it again")
+    check_run_dir(options)
     if context.is_main:
         prepare_run_dir(run_dir, options.resume, options.overwrite)
     context.barrier()
