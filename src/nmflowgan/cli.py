@@ -46,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a noise model (NLL + WGAN-GP); resumable, torchrun-ready")
     train.add_argument("--data", required=True, type=Path, help="simcam folder, SIDD tree or metadata.csv folder")
-    train.add_argument("--split", default=None, help="train | sidd-train (default: the data set's)")
-    train.add_argument("--val-split", default=None, help="test | sidd-test (default: the data set's)")
+    train.add_argument("--split", default=None,
+                       help="train | sidd-train (default: train/ of a folder with train/ and test/; every pair of a "
+                            "metadata.csv folder or of a tree in SIDD's layout, whose standard split applies only "
+                            "when named)")
+    train.add_argument("--val-split", default=None,
+                       help="test | sidd-test (default: test/ beside train/; sidd-test with --split sidd-train)")
     _preset_arguments(train)
     train.add_argument("--stage", choices=["joint", "flow"], default="joint",
                        help="joint: NLL (+ latent correlation) + GAN (the paper; presets with weight_gan 0 "

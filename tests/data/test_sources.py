@@ -215,3 +215,25 @@ def test_random_bytes_are_refused_cleanly(data):
         path.write_bytes(data)
         with pytest.raises(DataError, match="x.png"):
             read_rgb(path)
+
+
+def test_a_folder_in_sidds_layout_that_is_not_sidd_trains_on_every_pair(simcam_tree, tmp_path, caplog):
+    """The simulator's train/ is a tree in SIDD's layout: nothing of it may be dropped by SIDD's instance split
+    unless that split is asked for, and a run says how many pairs and which conditions it trains on."""
+    import logging
+
+    from nmflowgan.data.folders import default_splits
+    from nmflowgan.training.run import RunOptions, training_patches
+
+    tree = simcam_tree / "train"
+    folders = [p for p in tree.iterdir() if p.is_dir()]
+    assert default_splits(tree, None, None) == (None, None)
+    pairs = find_pairs(tree, None)
+    assert {r.clean.parent for r in pairs} == set(folders)
+    assert default_splits(tree, "sidd-train", None) == ("sidd-train", "sidd-test")
+    assert default_splits(tree, None, "sidd-test") == ("sidd-train", "sidd-test")
+    with caplog.at_level(logging.INFO, logger="nmflowgan.training.run"):
+        dataset, val_split = training_patches(RunOptions(data=tree, out=tmp_path / "run"), 32, 32)
+    assert val_split is None and {r.clean.parent for r in dataset.records} == set(folders)
+    conditions = sorted({(r.camera, r.iso) for r in dataset.records})
+    assert f"training on {len(pairs)} pairs (every pair of the data set), {len(conditions)} camera/ISO" in caplog.text

@@ -73,7 +73,7 @@ def _inside(root: Path, relative: str, path: Path, line: int) -> Path:
     return candidate
 
 
-DEFAULT_SPLITS = {"metadata": (None, None), "train-test": ("train", "test"), "sidd": ("sidd-train", "sidd-test")}
+DEFAULT_SPLITS = {"metadata": (None, None), "train-test": ("train", "test"), "sidd": (None, None)}
 
 
 def layout(data: str | Path) -> str:
@@ -125,6 +125,14 @@ def find_pairs(data: str | Path, split: str | None = None, skip_bad: bool = Fals
 
 def default_splits(data: str | Path, split: str | None, val_split: str | None) -> tuple[str | None, str | None]:
     """``(training split, validation split)``, each as given or the data set's default: ``train``/``test``
-    for a folder with both, ``sidd-train``/``sidd-test`` for a SIDD tree, none for a metadata.csv folder."""
+    for a folder with both, none for a metadata.csv folder.
+
+    A tree in SIDD's layout may be any data set (``nmflowgan simulate`` writes one into ``train/`` and
+    ``test/``), so SIDD's standard split by instance id is applied only where asked: by default every pair of
+    the tree is used; naming one half (``sidd-train`` or ``sidd-test``) makes the other half the default of
+    the other split."""
+    if layout(data) == "sidd":
+        halves = {"sidd-train": "sidd-test", "sidd-test": "sidd-train"}
+        return split or halves.get(val_split or ""), val_split or halves.get(split or "")
     default_train, default_val = DEFAULT_SPLITS[layout(data)]
     return split or default_train, val_split or default_val

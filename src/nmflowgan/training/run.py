@@ -217,8 +217,13 @@ def _holds_progress(run_dir: Path) -> bool:
 def training_patches(options: RunOptions, patch_px: int, stride_px: int) -> tuple[PatchDataset, str | None]:
     """The augmented training patches of the run's data set and the name of its validation split."""
     split, val_split = default_splits(options.data, options.split, options.val_split)
-    dataset = PatchDataset(find_pairs(options.data, split, options.skip_bad), patch_px, stride_px, augment=True,
-                           seed=options.seed, skip_bad=options.skip_bad, max_pixels=options.max_pixels)
+    records = find_pairs(options.data, split, options.skip_bad)
+    conditions = sorted({(r.camera, float(r.iso)) for r in records})
+    log.info("training on %d pairs%s, %d camera/ISO conditions: %s", len(records),
+             f" (split {split})" if split else " (every pair of the data set)", len(conditions),
+             ", ".join(f"{camera} ISO {iso:g}" for camera, iso in conditions))
+    dataset = PatchDataset(records, patch_px, stride_px, augment=True, seed=options.seed,
+                           skip_bad=options.skip_bad, max_pixels=options.max_pixels)
     return dataset, val_split
 
 
