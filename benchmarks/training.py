@@ -1,5 +1,6 @@
-"""Training throughput in patches per second, plain eager float32 against bf16 autocast (the fast path
-on GPUs and on CPUs with native bf16), through the real trainers on a small simcam data set:
+"""Training throughput in patches per second, plain eager float32 against the fast path this device offers
+(bf16 autocast on GPUs and on CPUs with native bf16, float32 elsewhere, where bf16 would be emulated; the
+default sampling path), through the real trainers on a small simcam data set:
 
 * one full NM-FlowGAN step: critic every step, flow + refiner every 5th, so a window of 5 steps holds
   exactly one generator update;
@@ -31,7 +32,7 @@ from harness import setup as setup_device
 from nmflowgan.config import Config, preset
 from nmflowgan.data.simcam import simulate
 from nmflowgan.models.noise_model import NoiseModel
-from nmflowgan.models.sampler import SamplingOptions
+from nmflowgan.models.sampler import SamplingOptions, has_native_bf16
 from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 from nmflowgan.training.run import read_metrics
@@ -90,10 +91,11 @@ def main() -> None:
         data = simulate(root / "data", cameras=["V1", "V2"], isos=[100, 1600], scenes=scenes, size_px=size, seed=0,
                         progress=False)
 
+        fast_precision = "bf16" if has_native_bf16(device) else "fp32"
         rates = {}
-        for precision in ("fp32", "bf16"):
-            noise_run(config, data, root / f"gan-{precision}", 2 * window, window, precision, where)
-            rates[precision] = last_rate(root / f"gan-{precision}")
+        for key, precision in (("fp32", "fp32"), ("bf16", fast_precision)):
+            noise_run(config, data, root / f"gan-{key}", 2 * window, window, precision, where)
+            rates[key] = last_rate(root / f"gan-{key}")
         flops = gflop_per_patch(lambda n: noise_run(config, data, root / "gan-flops", n, window, "fp32", where),
                                 window, batch)
         records.append({"job": "NM-FlowGAN step", "plain": rates["fp32"], "fast": rates["bf16"],
@@ -102,7 +104,7 @@ def main() -> None:
         model = give_refiner_work(NoiseModel.load(root / "gan-fp32", map_location=device))
         model_dir = model.save(root / "noise-model")
         denoise_window = 3
-        paths = {"fp32": ("fp32", SamplingOptions.plain()), "bf16": ("bf16", SamplingOptions())}
+        paths = {"fp32": ("fp32", SamplingOptions.plain()), "bf16": (fast_precision, SamplingOptions())}
         rates = {}
         for key, (precision, sampling) in paths.items():
             denoiser_run(config, data, model_dir, root / f"dn-{key}", 2 * denoise_window, denoise_window, precision,
@@ -120,7 +122,8 @@ def main() -> None:
                      record["gflop_per_patch"], record["gflop_per_mp"], record["gflop_per_patch"] * record["plain"],
                      f"{record['ratio']:.2f}x"])
     print(f"\ntraining on {device}, {torch.get_num_threads()} CPU threads; plain = eager float32 (and the plain "
-          "sampling path); fast = bf16 autocast (and the default sampling path)")
+          f"sampling path); fast = {fast_precision} (bf16 autocast only where the device has native bf16) and the "
+          "default sampling path")
     print_table(["job", "preset", "batch", "plain patches/s", "fast patches/s", "GFLOP/patch", "GFLOP/MP",
                  "plain GFLOP/s", "fast / plain"], rows)
     finish(args, info, {"preset": name, "training": records},

@@ -46,3 +46,40 @@ def tiny_config():
         denoiser_train=dataclasses.replace(config.denoiser_train, patch_px=32, stride_px=32, batch_size=4,
                                            lr_decay_every=6),
     )
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory):
+    """An untrained ``small`` model of camera V1 at ISO 100-1600, saved."""
+    from nmflowgan.models.noise_model import NoiseModel
+
+    return NoiseModel.from_preset("small", cameras=("V1",), isos=(100, 1600)).save(
+        tmp_path_factory.mktemp("model") / "model")
+
+
+def write_image(path, value=90, size=16):
+    """A flat ``size`` x ``size`` RGB PNG of ``value`` at ``path``."""
+    import numpy as np
+
+    from nmflowgan.data.io import write_png
+
+    write_png(path, np.full((size, size, 3), value, np.uint8))
+    return path
+
+
+def synthesize_cli(model_dir, source, out, *extra):
+    """``nmflowgan synthesize`` at camera V1, ISO 400: its exit status."""
+    from nmflowgan.cli import main
+
+    return main(["synthesize", "--checkpoint", str(model_dir), "--camera", "V1", "--iso", "400", "--quiet", *extra,
+                 str(source), str(out)])
+
+
+def exit_code(arguments):
+    """``nmflowgan``'s status for ``arguments``, including argparse's refusals (SystemExit 2)."""
+    from nmflowgan.cli import main
+
+    try:
+        return main(arguments)
+    except SystemExit as exit_:
+        return exit_.code

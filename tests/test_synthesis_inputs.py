@@ -1,0 +1,141 @@
+"""Hostile or careless inputs to synthesize (and the readers it shares): each ends in a clear one-line
+error naming the input before any output is written, or, where the input is legitimate, in a correct result."""
+
+import json
+import os
+import stat
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nmflowgan.cli import main
+from nmflowgan.data.io import read_rgb
+from nmflowgan.errors import BadInputError
+from nmflowgan.synthesis import synthesize
+from nmflowgan.tiling import process_in_tiles
+from tests.conftest import exit_code, synthesize_cli, write_image
+
+
+def _png_header(width, height):
+    """A PNG file that declares ``width x height`` RGB pixels in a few bytes (no image data)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+# ---- 1 and 8: tiles --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile", ["-1", "0"])
+def test_a_tile_below_one_pixel_is_refused_before_anything_is_written(small_model_dir, tmp_path, tile, capsys):
+    source = write_image(tmp_path / "in.png")
+    code = exit_code(["synthesize", "--checkpoint", str(small_model_dir), "--camera", "V1", "--iso", "400",
+                       f"--tile={tile}", str(source), str(tmp_path / "out.png")])
+    assert code == 2 and "--tile: must be a positive whole number" in capsys.readouterr().err
+    assert not (tmp_path / "out.png").exists()
+    with pytest.raises(BadInputError, match="tile side"):
+        synthesize(small_model_dir, source, tmp_path / "out.png", ["V1"], [400], tile_px=int(tile), progress=False)
+    with pytest.raises(BadInputError, match="at least 1 pixel"):
+        process_in_tiles(np.zeros((4, 4, 3), np.uint8), lambda tile, top, left: tile, int(tile))
+
+
+def test_inputs_that_share_an_output_name_are_numbered_not_overwritten(small_model_dir, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    write_image(source / "a.png", 40)
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(source / "a.jpg", quality=100)
+    assert synthesize_cli(small_model_dir, source, tmp_path / "out") == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["a.json", "a.png", "a_2.json", "a_2.png"]
+    sources = {json.loads((tmp_path / "out" / n).read_text())["source"] for n in ("a.json", "a_2.json")}
+    assert sources == {str(source / "a.jpg"), str(source / "a.png")}
+    means = sorted(float(read_rgb(tmp_path / "out" / n).mean()) for n in ("a.png", "a_2.png"))
+    assert means[0] < 100 < means[1]  # one is the dark input, the other the bright one
+
+
+def test_an_existing_sidecar_is_not_replaced_without_overwrite(small_model_dir, tmp_path, capsys):
+    source = write_image(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.json").write_text("the user's own notes")
+    assert synthesize_cli(small_model_dir, source, out / "a.png") == 2
+    assert "a.json: exists" in capsys.readouterr().err
+    assert (out / "a.json").read_text() == "the user's own notes" and not (out / "a.png").exists()
+
+
+def test_outputs_are_never_written_through_a_link_out_of_the_output_folder(small_model_dir, tmp_path, capsys):
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    write_image(source / "sub" / "a.png")
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    assert synthesize_cli(small_model_dir, source, out) == 2
+    assert "outside the output folder" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(("width", "height"), [(13000, 12000), (19000, 19000)])  # 156 MP; 361 MP (over Pillow's)
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(small_model_dir, tmp_path, capsys, width, height):
+    source = tmp_path / "bomb.png"
+    source.write_bytes(_png_header(width, height))
+    start = time.perf_counter()
+    assert synthesize_cli(small_model_dir, source, tmp_path / "out.png") == 2
+    error = capsys.readouterr().err
+    assert "bomb.png" in error and "150,000,000" in error and time.perf_counter() - start < 10
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_max_pixels_lowers_and_raises_the_limit(small_model_dir, tmp_path, capsys):
+    source = write_image(tmp_path / "a.png", size=32)
+    assert synthesize_cli(small_model_dir, source, tmp_path / "small.png", "--max-pixels", "1000") == 2
+    error = capsys.readouterr().err
+    assert "1,024 pixels exceeds the limit of 1,000 pixels per image (--max-pixels raises it)" in error
+    assert synthesize_cli(small_model_dir, source, tmp_path / "ok.png", "--max-pixels", "1024") == 0
+
+
+def test_an_empty_camera_is_refused(small_model_dir, tmp_path, capsys):
+    code = exit_code(["synthesize", "--checkpoint", str(small_model_dir), "--camera", "", "--iso", "400",
+                       str(write_image(tmp_path / "in.png")), str(tmp_path / "out")])
+    assert code == 2 and "--camera: expected at least one value" in capsys.readouterr().err
+    with pytest.raises(BadInputError, match="no camera given"):
+        synthesize(small_model_dir, tmp_path / "in.png", tmp_path / "out", [], [400], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_exif_iso_stops_the_job_before_the_first_output(small_model_dir, tmp_path, capsys):
+    source = tmp_path / "in"
+    source.mkdir()
+    exif = Image.Exif()
+    exif[0x8827] = 800
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(source / "1.jpg", exif=exif)
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(source / "2.jpg")
+    code = main(["synthesize", "--checkpoint", str(small_model_dir), "--camera", "V1", "--iso", "exif", "--quiet",
+                 str(source), str(tmp_path / "out")])
+    assert code == 2 and "2.jpg: no ISO in the image's EXIF" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    (source / "2.jpg").unlink()
+    assert main(["synthesize", "--checkpoint", str(small_model_dir), "--camera", "V1", "--iso", "exif", "--quiet",
+                 str(source), str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "1.json").read_text())["iso"] == 800
+
+
+def test_written_files_get_the_users_usual_mode(small_model_dir, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        source = write_image(tmp_path / "in.png")
+        assert synthesize_cli(small_model_dir, source, tmp_path / "out") == 0
+        assert synthesize_cli(small_model_dir, source, tmp_path / "out", "--overwrite") == 0
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+        assert modes == {"in.png": 0o644, "in.json": 0o644}
+        os.umask(0o077)
+        assert synthesize_cli(small_model_dir, source, tmp_path / "private", "--overwrite") == 0
+        assert stat.S_IMODE((tmp_path / "private" / "in.png").stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)
