@@ -7,6 +7,7 @@ the same process, so the machine's noise (clock, other load) cancels in the rati
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nmflowgan.config import SMALL_REFINER, ModelConfig, preset
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import has_native_bf16
 
@@ -101,10 +103,26 @@ def give_refiner_work(model: NoiseModel) -> NoiseModel:
     return model
 
 
+# Models to compare besides the presets: ``small-affine`` is ``small`` without its spline layer (the flow of
+# ``small`` before RQS), the baseline the spline's cost is measured against; ``small-refiner`` is that model
+# with the identity refiner every ``small`` model used to carry and run (before models held only what their
+# config uses).
+AFFINE_SPEC = "UD|NE|SAL|SDL|CL2|SAL|SDL|CL2"
+
+
+def model_config(name: str) -> ModelConfig:
+    """The model config of preset ``name``, or of ``small-affine`` or ``small-refiner``."""
+    if name in ("small-affine", "small-refiner"):
+        config = preset("small").model
+        config = dataclasses.replace(config, flow=dataclasses.replace(config.flow, spec=AFFINE_SPEC))
+        return dataclasses.replace(config, refiner=SMALL_REFINER) if name == "small-refiner" else config
+    return preset(name).model
+
+
 def busy_model(name: str, device: torch.device | str = "cpu") -> NoiseModel:
-    """An untrained model of preset ``name`` (seed 0) whose refiner, if it has one, does something."""
+    """An untrained model of ``name`` (:func:`model_config`; seed 0) whose refiner, if it has one, does something."""
     torch.manual_seed(0)
-    return give_refiner_work(NoiseModel.from_preset(name)).to(device).eval()
+    return give_refiner_work(NoiseModel(model_config(name))).to(device).eval()
 
 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:

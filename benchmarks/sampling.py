@@ -1,12 +1,13 @@
 """Noise sampling throughput: megapixels per second of the plain eager float32 path and of the default
-(optimized) path, for the ``paper`` and ``small`` presets, the flow alone and flow + refiner, at batches
-of 256x256 images; FLOPs per megapixel next to each figure; a realism check of the optimized samples.
+(optimized) path, for the ``paper`` and ``small`` presets (and ``small-affine``, ``small`` without its spline
+layer), the flow alone and the whole model (latent correlation, flow, refiner: those it has), at batches of
+256x256 images; FLOPs per megapixel next to each figure; a realism check of the optimized samples.
 
     python benchmarks/sampling.py            # batches 1, 8, 32 (a few minutes on 2 CPU cores)
     python benchmarks/sampling.py --quick    # batch 1 only, under a minute
 
 The last line, ``ratio: X``, is the geometric mean over the batches run of the ``paper`` preset's
-flow + refiner throughput, default path over plain path.
+whole-model throughput, default path over plain path.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> None:
                 measured = {path: measure(model, clean, cond, refine, options, device, min_seconds)
                             for path, options in paths.items()}
                 ratio = measured["default"]["mp_per_s"] / measured["plain"]["mp_per_s"]
-                what = "flow + refiner" if refine else "flow"
+                what = "whole model" if refine else "flow"
                 record = {"preset": name, "network": what, "batch": batch, **measured, "ratio": ratio}
                 records.append(record)
                 row = [name, what, batch]
@@ -64,24 +65,24 @@ def main() -> None:
     print_table(headers + ["default / plain"], rows)
 
     realism = {name: realism_check(busy_model(name, device), device) for name in args.presets}
-    print("\nrealism (flow + refiner, 4 images of 256x256, KLD to a plain-path reference draw; equal within "
+    print("\nrealism (whole model, 4 images of 256x256, KLD to a plain-path reference draw; equal within "
           "sampling noise means unchanged):")
     print_table(["preset", "KLD plain", "KLD default", "KLD spread of plain draws"],
                 [[n, r["plain"], r["default"], r["spread"]] for n, r in realism.items()])
 
     summary = {}
     if {"paper", "small"} <= set(args.presets):
-        print("\nsmall relative to paper (flow + refiner, default path):")
+        print("\nsmall relative to paper (whole model, default path):")
         summary_rows = []
         for batch in batches:
             paper_record, small_record = (next(r for r in records if r["preset"] == p and r["batch"] == batch
-                                               and r["network"] == "flow + refiner") for p in ("paper", "small"))
+                                               and r["network"] == "whole model") for p in ("paper", "small"))
             flops = small_record["default"]["gflop_per_mp"] / paper_record["default"]["gflop_per_mp"]
             speed = small_record["default"]["mp_per_s"] / paper_record["default"]["mp_per_s"]
             summary_rows.append([batch, f"{flops:.3f}", f"{speed:.1f}x"])
             summary[batch] = {"flops_ratio": flops, "throughput_ratio": speed}
         print_table(["batch", "small / paper GFLOP per MP", "small / paper MP/s"], summary_rows)
-    headline = [r["ratio"] for r in records if r["preset"] == "paper" and r["network"] == "flow + refiner"]
+    headline = [r["ratio"] for r in records if r["preset"] == "paper" and r["network"] == "whole model"]
     if not headline:
         headline = [r["ratio"] for r in records]
     finish(args, info, {"sampling": records, "realism": realism, "small_vs_paper": summary},

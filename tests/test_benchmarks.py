@@ -26,15 +26,15 @@ def test_quick_benchmark(tmp_path, name):
     assert record["quick"] and record["machine"]["torch"]
     assert f"ratio: {record['ratio']:.2f}" == last  # the headline is the number the JSON carries
     if name == "sampling":
-        assert {r["network"] for r in record["sampling"]} == {"flow", "flow + refiner"}
+        assert {r["network"] for r in record["sampling"]} == {"flow", "whole model"}
         for r in record["sampling"]:  # each ratio is the two measured throughputs' quotient
             assert r["ratio"] == pytest.approx(r["default"]["mp_per_s"] / r["plain"]["mp_per_s"])
         headline = [r["ratio"] for r in record["sampling"]
-                    if r["network"] == "flow + refiner" and r["preset"] == "paper"]
+                    if r["network"] == "whole model" and r["preset"] == "paper"]
         assert record["ratio"] == pytest.approx(statistics.geometric_mean(headline))
-        # the refiner costs work: flow + refiner needs more FLOPs per megapixel than the flow alone
+        # the refiner costs work: paper's whole model needs more FLOPs per megapixel than its flow alone
         flops = {r["network"]: r["plain"]["gflop_per_mp"] for r in record["sampling"] if r["preset"] == "paper"}
-        assert flops["flow + refiner"] > flops["flow"]
+        assert flops["whole model"] > flops["flow"]
     if name == "memory":
         assert all(job["peak_mb"] < 4096 for job in record["jobs"])
     if name == "training":

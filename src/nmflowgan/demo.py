@@ -23,21 +23,25 @@ import math
 import platform
 import shutil
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from nmflowgan import __version__
 from nmflowgan.atomic import write_text
-from nmflowgan.config import small
+from nmflowgan.config import Config, small
 from nmflowgan.data.folders import find_pairs
 from nmflowgan.data.io import read_rgb
 from nmflowgan.data.simcam import builtin_cameras, simulate
+from nmflowgan.denoising import evaluate_denoiser
 from nmflowgan.metrics.realism import Realism
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.reporting import plots
 from nmflowgan.reporting.report import (
+    FIGURES,
     condition_table,
     correlation_table,
     evaluate_to_report,
@@ -47,9 +51,13 @@ from nmflowgan.reporting.report import (
 )
 from nmflowgan.synthesis import synthesize_image
 from nmflowgan.training.checkpoint import read_checkpoint_meta
+from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
+from nmflowgan.training.loop import TrainResult
+from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 from nmflowgan.training.run import StopRequest, read_metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 TRAIN_ISOS = (100, 400, 1600, 3200)
 EXAMPLE_ISOS = (100, 800, 3200)  # 800 lies between trained ISOs: the continuous condition interpolates
 DENOISER_SOURCES = ("real", "nmflowgan", "flow-only", "nlf", "gaussian")
@@ -70,6 +78,65 @@ def _stage(name: str, progress: bool) -> None:
         print(f"\n== {name}", flush=True)
 
 
+@dataclass
+class DemoRun:
+    """One demo folder and what every stage reads: the data, the settings, the stop request, and the two
+    records that make a demo resumable: the seconds each stage took (``timings.json``) and the training
+    lengths decided for this machine (``plan.json``)."""
+
+    out: Path
+    budget_minutes: float
+    seed: int
+    progress: bool
+    stop: StopRequest
+    config: Config = field(default_factory=small)
+    timings: dict[str, float] = field(default_factory=dict)
+    plan: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in ("timings", "plan"):
+            path = self.out / f"{name}.json"
+            if path.exists():
+                setattr(self, name, json.loads(path.read_text()))
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def noise_run(self) -> Path:
+        return self.out / "noise-model"
+
+    @property
+    def scale(self) -> float:
+        """The budget relative to the reference 20 minutes (at least 0.05)."""
+        return max(0.05, self.budget_minutes / BASE_MINUTES)
+
+    def timed(self, name: str, function: Callable[[], T]) -> T:
+        """Runs ``function`` and adds its seconds to stage ``name`` in ``timings.json``."""
+        start = time.perf_counter()
+        result = function()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        write_text(self.out / "timings.json", json.dumps(self.timings, indent=2) + "\n")
+        return result
+
+    def sized(self, stage: str, floor: int, calibrate: Callable[[], float]) -> int:
+        """The steps of ``stage``: the reference length scaled by the budget, cut to the stage's share of the
+        budget at the speed ``calibrate()`` measures (steps/s) on this machine; decided once, kept in plan.json."""
+        if stage not in self.plan:
+            wanted = max(floor, int(REFERENCE_STEPS[stage] * self.scale))
+            speed = calibrate() if wanted > 2 * CALIBRATION_STEPS else None
+            if speed is not None and not math.isfinite(speed):  # stopped while timing: decide next time
+                return wanted
+            share_s = SHARES[stage] * self.budget_minutes * 60
+            fits = int(share_s * speed) if speed else wanted
+            self.plan[stage] = {"steps": max(floor, min(wanted, fits)), "wanted": wanted, "steps_per_s": speed,
+                                "share_s": share_s}
+            write_text(self.out / "plan.json", json.dumps(self.plan, indent=2) + "\n")
+        return int(self.plan[stage]["steps"])
+
+
 def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTES, seed: int = 0,
          progress: bool = True, stop: StopRequest | None = None) -> Path | None:
     """Runs (or continues) the demo in ``out`` and returns the path of ``report.md``.
@@ -77,134 +144,121 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     ``budget_minutes`` scales the training lengths; the default fits 20 minutes on 2 CPU cores. ``stop``:
     when set, the stage running saves its progress and the demo returns None (run it again to continue).
     """
-    stop = stop if stop is not None else StopRequest()  # an unset request is falsy
-    from nmflowgan.denoising import evaluate_denoiser
-    from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
-    from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    scale = max(0.05, budget_minutes / BASE_MINUTES)
-    timing_file = out / "timings.json"
-    timings: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    config = small()
-    plan_file = out / "plan.json"
-    plan: dict[str, dict] = json.loads(plan_file.read_text()) if plan_file.exists() else {}
-
-    def sized(stage: str, floor: int, calibrate: object) -> int:
-        """The steps of ``stage``: the reference length scaled by the budget, cut to the stage's share of the
-        budget at the speed ``calibrate()`` measures (steps/s) on this machine; decided once, kept in plan.json."""
-        if stage not in plan:
-            wanted = max(floor, int(REFERENCE_STEPS[stage] * scale))
-            speed = calibrate() if wanted > 2 * CALIBRATION_STEPS else None  # type: ignore[operator]
-            if speed is not None and not math.isfinite(speed):  # stopped while timing: decide next time
-                return wanted
-            fits = int(SHARES[stage] * budget_minutes * 60 * speed) if speed else wanted
-            plan[stage] = {"steps": max(floor, min(wanted, fits)), "wanted": wanted, "steps_per_s": speed,
-                           "share_s": SHARES[stage] * budget_minutes * 60}
-            write_text(plan_file, json.dumps(plan, indent=2) + "\n")
-        return int(plan[stage]["steps"])
-
-    def timed(name: str, function: object) -> object:
-        start = time.perf_counter()
-        result = function()  # type: ignore[operator]
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        write_text(timing_file, json.dumps(timings, indent=2) + "\n")
-        return result
-
-    data = out / "data"
+    run = DemoRun(Path(out), budget_minutes, seed, progress, stop if stop is not None else StopRequest())
     _stage("1/6 simulate a simcam data set", progress)
-    if not (data / "simcam.json").exists():
-        scenes = max(4, round(16 * min(1.0, scale)))
-        timed("simulate", lambda: simulate(data, isos=TRAIN_ISOS, scenes=scenes, size_px=256, seed=seed,
-                                           overwrite=True, progress=progress))
-
+    simulate_data(run)
     _stage("2/6 train the noise model (small preset)", progress)
-    noise_run = out / "noise-model"
-
-    def train_noise(run: Path, steps: int, resume: bool = False, val_every: int | None = None,
-                    **more: object) -> object:
-        warmup = max(10, int(config.train.flow_warmup_steps * min(1.0, steps / REFERENCE_STEPS["noise model"])))
-        sized_config = replace(config, train=replace(config.train, val_every=val_every or max(10, steps // 10),
-                                                     flow_warmup_steps=warmup))
-        return train_noise_model(sized_config, NoiseTrainingOptions(
-            data=data, out=run, steps=steps, resume=resume, overwrite=not resume, device="cpu", seed=seed,
-            quiet=not progress, **more), stop)
-
-    noise_steps = sized("noise model", 20, lambda: timed("calibrate", lambda: _steps_per_s(
-        out / "calibration-noise-model",
-        lambda run: train_noise(run, CALIBRATION_STEPS, val_every=CALIBRATION_STEPS, log_every=10),
-        config.train.batch_size)))
-    if stop:  # stopped while timing: nothing is decided yet
+    if not train_noise_model_stage(run):
         return None
-    if not _finished(noise_run, noise_steps):
-        resume = (noise_run / "last").exists()  # else a run stopped before its first checkpoint starts again
-        timed("train noise model", lambda: train_noise(noise_run, noise_steps, resume))
-    if stop:
-        return None
-
     _stage("3/6 evaluate against gaussian, nlf, flow-only and the oracle", progress)
-    evaluation = out / "evaluation"
-    # The run's best checkpoint (lowest validation KLD among the eligible steps), and its last one: KLD
-    # alone is blind to spatial correlation, so the report shows both.
-    for folder, checkpoint in ((evaluation, noise_run), (out / "evaluation-last", noise_run / "last")):
-        if not (folder / "results.json").exists():
-            timed("evaluate", lambda folder=folder, checkpoint=checkpoint: evaluate_to_report(
-                checkpoint, data, folder, patch_px=64, max_patches=400, seed=seed, overwrite=True, progress=progress,
-                device="cpu"))
-
+    evaluate_noise_model(run)
     _stage("4/6 synthesize examples (ISO 800 was never seen in training)", progress)
-    examples = out / "examples.png"
-    if not examples.exists():
-        timed("synthesize examples", lambda: _examples(noise_run, data, examples, seed))
-
+    if not (run.out / "examples.png").exists():
+        run.timed("synthesize examples", lambda: _examples(run.noise_run, run.data, run.out / "examples.png", seed))
     _stage("5/6 train and score denoisers on real and synthesized pairs", progress)
-
-    def train_one_denoiser(run: Path, noise: str, steps: int, flow_only: bool = False, val_every: int | None = None,
-                           **more: object) -> object:
-        resume = (run / "last").exists()
-        return train_denoiser(config, DenoiserTrainingOptions(
-            data=data, out=run, noise=noise, flow_only=flow_only, steps=steps, resume=resume, overwrite=not resume,
-            device="cpu", seed=seed, val_every=val_every or max(10, steps // 4), quiet=not progress, **more), stop)
-
-    # timed on synthesized pairs, the dearest source (the noise model draws every batch)
-    denoiser_steps = sized("denoiser", 10, lambda: timed("calibrate", lambda: _steps_per_s(
-        out / "calibration-denoiser", lambda run: train_one_denoiser(run, str(noise_run), CALIBRATION_STEPS,
-                                                  val_every=CALIBRATION_STEPS, log_every=10),
-        config.denoiser_train.batch_size)))
-    if stop:
+    scores = train_and_score_denoisers(run)
+    if scores is None:
         return None
-    scores_path = out / "denoisers.json"
-    scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
-    for source in DENOISER_SOURCES:
-        if source in scores:
-            continue
-        run = out / f"denoiser-{source}"
-        noise = str(noise_run) if source in ("nmflowgan", "flow-only") else source
-        if not _finished(run, denoiser_steps):
-            timed(f"denoiser {source}", lambda run=run, noise=noise, source=source: train_one_denoiser(
-                run, noise, denoiser_steps, flow_only=source == "flow-only"))
-        if stop:
-            return None
-        result = timed(f"denoiser {source}", lambda run=run: evaluate_denoiser(run, data, max_images=40,
-                                                                                progress=progress))
-        scores[source] = result.overall  # type: ignore[attr-defined]
-        write_text(scores_path, json.dumps(scores, indent=2) + "\n")
-
     _stage("6/6 write the report", progress)
-    report = _write_report(out, noise_run, evaluation, scores, timings, plan)
+    report = _write_report(run.out, run.noise_run, run.out / "evaluation", scores, run.timings, run.plan)
     if progress:
         print(f"\nreport: {report} (and {report.with_suffix('.html')})")
     return report
 
 
-def _steps_per_s(scratch: Path, train: object, batch_size: int) -> float:
+def simulate_data(run: DemoRun) -> None:
+    """The demo's simcam data set (5 cameras, ``TRAIN_ISOS``, up to 16 scenes of 256 px), unless it exists."""
+    if not (run.data / "simcam.json").exists():
+        scenes = max(4, round(16 * min(1.0, run.scale)))
+        run.timed("simulate", lambda: simulate(run.data, isos=TRAIN_ISOS, scenes=scenes, size_px=256, seed=run.seed,
+                                               overwrite=True, progress=run.progress))
+
+
+def _train_noise(run: DemoRun, folder: Path, steps: int, resume: bool = False, val_every: int | None = None,
+                 log_every: int = 10) -> TrainResult:
+    """The ``small`` noise model for ``steps`` steps in ``folder``, its warm-up and validation scaled to the length."""
+    config = run.config
+    warmup = max(10, int(config.train.flow_warmup_steps * min(1.0, steps / REFERENCE_STEPS["noise model"])))
+    sized_config = replace(config, train=replace(config.train, val_every=val_every or max(10, steps // 10),
+                                                 flow_warmup_steps=warmup))
+    return train_noise_model(sized_config, NoiseTrainingOptions(
+        data=run.data, out=folder, steps=steps, resume=resume, overwrite=not resume, device="cpu", seed=run.seed,
+        quiet=not run.progress, log_every=log_every), run.stop)
+
+
+def train_noise_model_stage(run: DemoRun) -> bool:
+    """Times the noise model's steps, decides its length and trains it (continuing a stopped run); False when a
+    stop came first."""
+    steps = run.sized("noise model", 20, lambda: run.timed("calibrate", lambda: _steps_per_s(
+        run.out / "calibration-noise-model",
+        lambda folder: _train_noise(run, folder, CALIBRATION_STEPS, val_every=CALIBRATION_STEPS, log_every=10),
+        run.config.train.batch_size)))
+    if run.stop:  # stopped while timing: nothing is decided yet
+        return False
+    if not _finished(run.noise_run, steps):
+        resume = (run.noise_run / "last").exists()  # else a run stopped before its first checkpoint starts again
+        run.timed("train noise model", lambda: _train_noise(run, run.noise_run, steps, resume))
+    return not run.stop
+
+
+def evaluate_noise_model(run: DemoRun) -> None:
+    """Reports for the run's best checkpoint (lowest validation KLD among the eligible steps) and its last one:
+    KLD alone is blind to spatial correlation, so the report shows both."""
+    for folder, checkpoint in ((run.out / "evaluation", run.noise_run), (run.out / "evaluation-last",
+                                                                          run.noise_run / "last")):
+        if not (folder / "results.json").exists():
+            run.timed("evaluate", lambda folder=folder, checkpoint=checkpoint: evaluate_to_report(
+                checkpoint, run.data, folder, patch_px=64, max_patches=400, seed=run.seed, overwrite=True,
+                progress=run.progress, device="cpu"))
+
+
+def _train_denoiser(run: DemoRun, folder: Path, noise: str, steps: int, flow_only: bool = False,
+                    val_every: int | None = None, log_every: int = 10) -> TrainResult:
+    resume = (folder / "last").exists()
+    return train_denoiser(run.config, DenoiserTrainingOptions(
+        data=run.data, out=folder, noise=noise, flow_only=flow_only, steps=steps, resume=resume, overwrite=not resume,
+        device="cpu", seed=run.seed, val_every=val_every or max(10, steps // 4), quiet=not run.progress,
+        log_every=log_every), run.stop)
+
+
+def train_and_score_denoisers(run: DemoRun) -> dict | None:
+    """A DnCNN per noise source of ``DENOISER_SOURCES``, each scored on 40 real noisy test images (``denoisers.json``
+    keeps the scores, so a continued demo skips what is done); None when a stop came first."""
+    noise_run = str(run.noise_run)
+    # timed on synthesized pairs, the dearest source (the noise model draws every batch)
+    steps = run.sized("denoiser", 10, lambda: run.timed("calibrate", lambda: _steps_per_s(
+        run.out / "calibration-denoiser",
+        lambda folder: _train_denoiser(run, folder, noise_run, CALIBRATION_STEPS, val_every=CALIBRATION_STEPS,
+                                       log_every=10),
+        run.config.denoiser_train.batch_size)))
+    if run.stop:
+        return None
+    scores_path = run.out / "denoisers.json"
+    scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
+    for source in DENOISER_SOURCES:
+        if source in scores:
+            continue
+        folder = run.out / f"denoiser-{source}"
+        noise = noise_run if source in ("nmflowgan", "flow-only") else source
+        if not _finished(folder, steps):
+            run.timed(f"denoiser {source}", lambda folder=folder, noise=noise, source=source: _train_denoiser(
+                run, folder, noise, steps, flow_only=source == "flow-only"))
+        if run.stop:
+            return None
+        result = run.timed(f"score denoiser {source}", lambda folder=folder: evaluate_denoiser(
+            folder, run.data, max_images=40, progress=run.progress))
+        scores[source] = result.overall
+        write_text(scores_path, json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def _steps_per_s(scratch: Path, train: Callable[[Path], object], batch_size: int) -> float:
     """Trains ``CALIBRATION_STEPS`` steps into ``scratch`` with ``train(scratch)`` (metric lines every 10 steps),
     returns the steady rate in steps/s (the first ``WARMUP_STEPS`` steps do not count), and removes the
     scratch run."""
     shutil.rmtree(scratch, ignore_errors=True)  # what a killed calibration left
     try:
-        train(scratch)  # type: ignore[operator]
+        train(scratch)
         rates = [m["patches_per_s"] for m in read_metrics(scratch) if m.get("step", 0) > WARMUP_STEPS
                  and "patches_per_s" in m]
     finally:
@@ -285,8 +339,7 @@ def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, ti
         "## Synthesized examples", "", "![examples](examples.png)", "",
         "## Training", "", "![training](training.png)", "",
     ]
-    for caption, name in (("Correlation versus distance", "correlation.png"), ("Noise level versus intensity",
-                          "std_vs_intensity.png"), ("Histograms", "histograms.png"), ("Patches", "samples.png")):
+    for caption, name in FIGURES.items():
         lines += [f"## {caption}", "", f"![{caption}](evaluation/{name})", ""]
     lines += ["## Time per stage", "", *timing_rows, ""]
     text = "\n".join(lines)

@@ -213,3 +213,13 @@ def test_cpu_chunks_give_the_same_noise(monkeypatch):
     whole = sampler.compose(clean, cond, latent)
     monkeypatch.setattr(sampler_module, "CPU_CHUNK_PX", 2 * 12 * 10)  # chunks of 2, 2 and 1 images
     torch.testing.assert_close(sampler.noise(clean, cond, latent), whole, rtol=1e-6, atol=1e-5)
+
+
+def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes an AVX512-BF16 CPU compute as an AVX2 one: the default path then stays in
+    float32 instead of emulating bf16."""
+    from nmflowgan.models.sampler import has_native_bf16, resolve_dtype
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not has_native_bf16(torch.device("cpu"))
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32

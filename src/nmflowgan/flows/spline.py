@@ -20,7 +20,6 @@ import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nmflowgan.conditions import ConditionSpace
@@ -35,6 +34,21 @@ BOUND = 4.0
 MIN_SLOPE = 1e-3
 
 
+def _soft_clamp(v: torch.Tensor, limit: float) -> torch.Tensor:
+    """``v / (1 + |v| / limit)``: about ``v`` near 0, never beyond ``+-limit``."""
+    return v / (1 + v.abs() / limit)
+
+
+def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
+    """``(B, C, K, H, W)`` raw bin sizes -> ``(B, C, K + 1, H, W)`` knot positions from ``-bound`` to ``bound``: a
+    softmax of the soft-clamped sizes (no bin narrower than about ``MIN_SLOPE`` of a uniform one), summed up.
+    The cumulative sum of the exponentials over their total is the softmax's cumulative sum, one pass less."""
+    exps = _soft_clamp(raw, -math.log(MIN_SLOPE) / 2).exp()  # bounded: no overflow without a max subtracted
+    sums = exps.cumsum(2)
+    zero = sums.new_zeros(sums.shape[:2] + (1,) + sums.shape[3:])
+    return torch.cat([zero, sums / sums[:, :, -1:]], dim=2) * (2 * bound) - bound
+
+
 class Spline:
     """Monotone rational-quadratic splines (Durkan et al. 2019), one per pixel and channel, identity outside
     ``[-bound, bound]``.
@@ -47,13 +61,10 @@ class Spline:
 
     def __init__(self, raw: torch.Tensor, bins: int, bound: float) -> None:
         widths, heights, slopes = raw.split((bins, bins, bins - 1), dim=2)
-        limit = -math.log(MIN_SLOPE)
-        widths, heights = (v / (1 + (2 * v / limit).abs()) for v in (widths, heights))
-        slopes = slopes / (1 + (slopes / limit).abs())
-        front = (0, 0, 0, 0, 1, 0)  # one more knot at the front of axis 2
-        self.xs = bound * (2 * F.pad(widths.softmax(2).cumsum(2), front) - 1)  # (B, C, K + 1, H, W)
-        self.ys = bound * (2 * F.pad(heights.softmax(2).cumsum(2), front) - 1)
-        self.slopes = F.pad(slopes, (0, 0, 0, 0, 1, 1)).exp()  # slope 1 at both ends: smooth into the identity
+        self.xs, self.ys = (_knots(v, bound) for v in (widths, heights))  # (B, C, K + 1, H, W)
+        slopes = _soft_clamp(slopes, -math.log(MIN_SLOPE))
+        ones = slopes.new_zeros(slopes.shape[:2] + (1,) + slopes.shape[3:])  # log slope 0 at both ends: the
+        self.slopes = torch.cat([ones, slopes, ones], dim=2).exp()  # spline runs smoothly into the identity
         self.bins = bins
 
     def _bin(self, knots: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -21,6 +21,7 @@ A :class:`Sampler` is a frozen snapshot of a model's weights rearranged for infe
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,11 @@ def has_native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
+        # oneDNN, which runs the convolutions, may be capped below the CPU's own ISA (ONEDNN_MAX_CPU_ISA=AVX2
+        # makes an AVX512-BF16 CPU compute as an AVX2 one): then bf16 would be emulated.
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+        if cap != "ALL" and "BF16" not in cap and "AMX" not in cap:
+            return False
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's ISA checks
         return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
     return False

@@ -20,6 +20,10 @@ from nmflowgan.metrics.realism import REAL, Realism
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.reporting import plots
 
+# The figures of an evaluation report: caption -> file name in the report's folder.
+FIGURES = {"Noise level versus clean intensity": "std_vs_intensity.png",
+           "Correlation versus pixel distance": "correlation.png", "Noise histograms": "histograms.png",
+           "Examples": "samples.png"}
 MOMENTS_NOTE = (
     "Each cell is `mean / std / skewness / kurtosis` of the noise (8-bit units; 0 and 3 for Gaussian noise) of "
     "the pixels whose clean value lies in the bin, pooled over the condition's patches. `skew match` in the "
@@ -136,12 +140,11 @@ def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluati
     """Writes ``results.json``, the figures, ``report.md`` and ``report.html`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", json.dumps(_finite(result.to_dict()), indent=2) + "\n")
-    figures = {
-        "Noise level versus clean intensity": plots.std_vs_intensity(result.stats, out / "std_vs_intensity.png"),
-        "Correlation versus pixel distance": plots.correlation_vs_distance(result.stats, out / "correlation.png"),
-        "Noise histograms": plots.noise_histograms(result.histograms, out / "histograms.png"),
-        "Examples": plots.sample_grid(result.examples, out / "samples.png"),
-    }
+    drawn = {"std_vs_intensity.png": lambda path: plots.std_vs_intensity(result.stats, path),
+             "correlation.png": lambda path: plots.correlation_vs_distance(result.stats, path),
+             "histograms.png": lambda path: plots.noise_histograms(result.histograms, path),
+             "samples.png": lambda path: plots.sample_grid(result.examples, path)}
+    figures = {caption: drawn[name](out / name) for caption, name in FIGURES.items()}
     realism = result.realism
     markdown = [f"# {title}", "", intro, "", protocol_line(result),
                 "Lower is better in every column but skew match (higher is better).", "",
