@@ -206,6 +206,8 @@ class TrainConfig(ScheduleConfig):
         val_every: steps between validation passes; val_patches: patches per validation.
         flow_warmup_steps: steps of NLL-only training of the flow before the adversarial game starts
             (0 in the paper; the short CPU preset starts the GAN on a flow that already fits).
+        censor_ends: score noisy values of 0 and 255 as clipped (the probability of every value beyond, see
+            :meth:`~nmflowgan.flows.flow.NoiseFlow.log_prob`) instead of as a density (the paper's NLL).
     """
 
     betas: tuple[float, float] = (0.9, 0.999)
@@ -219,6 +221,7 @@ class TrainConfig(ScheduleConfig):
     val_every: int = 1000
     val_patches: int = 256
     flow_warmup_steps: int = 0
+    censor_ends: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -238,3 +238,25 @@ def test_the_spline_is_the_same_function_as_zukos_monotonic_rqs():
     torch.testing.assert_close(y, expected_y, rtol=0, atol=1e-12)
     torch.testing.assert_close(log_slope, expected_log_slope, rtol=0, atol=1e-11)
     torch.testing.assert_close(ours.inverse(y), reference.inv(y), rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("spec", ["NE|CL2", "UD|NE|CL2"])
+def test_censored_likelihood_scores_clipped_values_as_the_probability_beyond(spec):
+    """With the identity CL2, z = noisy (+ u) - clean * 255. A recorded 0 scores log P(Y < b) = log Phi(z(b)) with
+    b = 1 after UD (0 without), a recorded 255 log P(Y >= 255) = log Phi(-z(255)); other values their density."""
+    import math
+
+    space = ConditionSpace(("IP",), (100.0,), "continuous")
+    flow = NoiseFlow(FlowConfig(spec=spec), space).double()
+    clean = torch.tensor([0.0, 1.0, 100 / 255], dtype=torch.float64).view(1, 3, 1, 1)
+    noise = torch.zeros(1, 3, 1, 1, dtype=torch.float64)  # noisy 0, 255 and 100
+    uniform = torch.full((1, 3, 1, 1), 0.25, dtype=torch.float64)
+    cond = space.encode("IP", 100.0).to("cpu", torch.float64)
+    censored = flow.log_prob(noise, clean, cond, uniform=uniform, censored=True)
+    lower = 1.0 if spec.startswith("UD") else 0.0
+    u = 0.25 if spec.startswith("UD") else 0.0
+    expected = (math.log(0.5 * (1 + math.erf(lower / math.sqrt(2)))) + math.log(0.5)  # 0 -> P(Y < b); 255 -> P(Y >= 255)
+                - 0.5 * (u**2 + math.log(2 * math.pi)))  # 100: the density at z = u
+    assert censored.item() == pytest.approx(expected, abs=1e-9)
+    plain = flow.log_prob(noise, clean, cond, uniform=uniform)
+    assert plain.item() == pytest.approx(-0.5 * (3 * u**2 + 3 * math.log(2 * math.pi)), abs=1e-9)

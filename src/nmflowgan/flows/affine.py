@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmflowgan.conditions import ConditionSpace
-from nmflowgan.flows.base import FlowContext, FlowLayer
+from nmflowgan.flows.base import FlowContext, FlowLayer, summed
 
 
 class ResidualMLP(nn.Module):
@@ -51,15 +51,13 @@ class ConditionalAffine(FlowLayer):
         """``(s, b)``, each broadcastable to ``(B, C, H, W)``, in the dtype of ``context.clean``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         log_scale, bias = self.scale_bias(context)
-        log_scale = log_scale.expand_as(x)
-        return x * torch.exp(log_scale) + bias, log_scale.flatten(1).sum(1)
+        return x * torch.exp(log_scale) + bias, log_scale
 
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        log_scale, bias = self.scale_bias(context)
-        log_scale = log_scale.expand_as(z)
-        return (z - bias) * torch.exp(-log_scale), -log_scale.flatten(1).sum(1)
+        log_scale, bias = self.scale_bias(context)  # once: the log-derivative does not depend on the value
+        return (z - bias) * torch.exp(-log_scale), -summed(log_scale, z)
 
     def invert(self, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
         log_scale, bias = self.scale_bias(context)

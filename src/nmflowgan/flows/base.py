@@ -42,24 +42,36 @@ class FlowContext:
         return self.clean if self.compute is None else self.compute
 
 
-class FlowLayer(nn.Module):
-    """A conditional bijection on ``(B, C, H, W)`` tensors.
+def summed(log_derivative: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: per-value log-derivatives (broadcastable to ``like`` ``(B, C, H, W)``) summed over C, H and W."""
+    return log_derivative.expand_as(like).flatten(1).sum(1)
 
-    ``forward`` maps data towards the latent z and ``inverse`` maps back; each returns
-    ``(output, logdet)`` where ``logdet`` has shape ``(B,)`` and is log|det J| of the map it applied,
-    summed over C, H and W, so that ``inverse``'s logdet is minus ``forward``'s at the matching point.
-    ``invert`` is the inverse alone (what drawing needs), and ``for_sampling`` a frozen copy laid out for it.
+
+class FlowLayer(nn.Module):
+    """A conditional, increasing bijection of each value of a ``(B, C, H, W)`` tensor alone (pixel-wise): its
+    Jacobian is diagonal, so its log-determinant is the sum of each value's log-derivative.
+
+    A layer implements :meth:`transform` (data towards the latent z, with each value's log-derivative) and
+    :meth:`invert` (back). ``forward`` and ``inverse`` return ``(output, logdet)`` with ``logdet`` of shape
+    ``(B,)``, log|det J| of the map applied, so that ``inverse``'s logdet is minus ``forward``'s at the matching
+    point. ``for_sampling`` gives a frozen copy laid out for drawing.
     """
 
-    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log dz/dx)``: the log-derivative of each value, broadcastable to ``x``."""
         raise NotImplementedError
 
     def invert(self, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
-        """The inverse without its log-determinant."""
-        return self.inverse(z, context)[0]
+        """The inverse map, without its log-determinant (what drawing needs)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        z, log_derivative = self.transform(x, context)
+        return z, summed(log_derivative, x)
+
+    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.invert(z, context)
+        return x, -summed(self.transform(x, context)[1], x)
 
     def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> FlowLayer:
         """A copy of this layer for drawing only: the same :meth:`invert`, its convolutions in ``dtype`` and

@@ -18,22 +18,25 @@ class UniformDequantization(FlowLayer):
         super().__init__()
         self.levels = levels
 
-    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         u = context.uniform
         if u is None:
             u = torch.rand(x.shape, generator=context.generator, dtype=x.dtype,
                            device=context.generator.device if context.generator is not None else x.device)
-        return x + u.to(device=x.device, dtype=x.dtype), x.new_zeros(x.shape[0])
+        return x + u.to(device=x.device, dtype=x.dtype), x.new_zeros(())
+
+    def invert(self, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
+        return z.floor().clamp(0, self.levels - 1)
 
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return z.floor().clamp(0, self.levels - 1), z.new_zeros(z.shape[0])
+        return self.invert(z, context), z.new_zeros(z.shape[0])  # no draw of u to measure a zero
 
 
 class NoiseExtraction(FlowLayer):
     """NE: ``noise = noisy - clean`` (both in 8-bit units); inverse ``noisy = noise + clean``. Volume-preserving."""
 
-    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return x - context.clean_255.to(x.dtype), x.new_zeros(x.shape[0])
+    def transform(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        return x - context.clean_255.to(x.dtype), x.new_zeros(())
 
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return z + context.clean_255.to(z.dtype), z.new_zeros(z.shape[0])
+    def invert(self, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
+        return z + context.clean_255.to(z.dtype)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import nn, special
 
 from nmflowgan.conditions import Condition, ConditionSpace
 from nmflowgan.config import FlowConfig
@@ -76,10 +76,16 @@ class NoiseFlow(nn.Module):
     def forward_and_logdet(self, noisy_255: torch.Tensor, context: FlowContext
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps ``(B, C, H, W)`` noisy images in 8-bit units to ``(z, logdet)``; logdet is ``(B,)``."""
-        x, total = noisy_255, noisy_255.new_zeros(noisy_255.shape[0])
-        for layer in self.layers:
-            x, logdet = layer(x, context)
-            total = total + logdet
+        z, log_derivative = self.transform(noisy_255, context)
+        return z, log_derivative.flatten(1).sum(1)
+
+    def transform(self, x: torch.Tensor, context: FlowContext, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log dz/dx)`` of each value ``(B, C, H, W)`` through the layers from index ``start`` on (every layer
+        is pixel-wise, so the log-derivatives of a value add up along the flow)."""
+        total = x.new_zeros(x.shape)
+        for layer in self.layers[start:]:
+            x, log_derivative = layer.transform(x, context)
+            total = total + log_derivative
         return x, total
 
     def inverse_and_logdet(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +97,8 @@ class NoiseFlow(nn.Module):
         return x, total
 
     def log_prob(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                 generator: torch.Generator | None = None, uniform: torch.Tensor | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
+                 censored: bool = False) -> torch.Tensor:
         """Log-density of ``noise`` given ``clean`` and the condition.
 
         Args:
@@ -100,32 +107,52 @@ class NoiseFlow(nn.Module):
             cond: encoded condition of batch size B.
             generator: source of the dequantization noise.
             uniform: pre-drawn dequantization noise in [0, 1), shape of ``noise`` (instead of drawing).
+            censored: score a noisy value of 0 or 255 as what it records, every value the camera clipped there:
+                ``P(Y < 1)`` and ``P(Y >= 255)`` under the flow (``Y`` the dequantized value; 0 and 255 without
+                ``UD``), instead of a density at a point where the real noise has a point mass.
 
         Returns:
             ``(B,)`` log-likelihood in nats, summed over C, H and W (a lower bound of the discrete
             log-probability when the flow dequantizes).
         """
-        return self.latent_and_log_prob(noise, clean, cond, generator, uniform)[1]
+        return self.latent_and_log_prob(noise, clean, cond, generator, uniform, censored)[1]
 
     def latent_and_log_prob(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                            generator: torch.Generator | None = None, uniform: torch.Tensor | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z, log_prob)``: the latent ``(B, C, H, W)`` that ``noise`` maps to, and :meth:`log_prob`."""
+                            generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
+                            censored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log_prob)``: the latent ``(B, C, H, W)`` that ``noise`` maps to, and :meth:`log_prob`.
+
+        With ``censored``, the latent of a clipped value is that of its censoring boundary. Every layer is an
+        increasing map of each value alone, so ``P(Y < b) = Phi(z(b))`` and ``P(Y >= b) = Phi(-z(b))``: one
+        pass through the flow gives both the densities and the clipped values' probabilities.
+        """
         context = FlowContext(clean, cond, generator, uniform)
-        z, logdet = self.forward_and_logdet(clean * 255.0 + noise, context)
-        log_base = -0.5 * (z.square() + LOG_2PI).flatten(1).sum(1)
-        return z, log_base + logdet
+        noisy = clean * 255.0 + noise
+        if not censored:
+            z, log_derivative = self.transform(noisy, context)
+            return z, (log_derivative - 0.5 * (z.square() + LOG_2PI)).flatten(1).sum(1)
+        low, high = noisy <= 0, noisy >= 255
+        x, start, lower_edge = noisy, 0, 0.0
+        if isinstance(self.layers[0], UniformDequantization):  # the recorded 0 stands for every y below 1
+            x, _ = self.layers[0].transform(noisy, context)
+            start, lower_edge = 1, 1.0
+        x = torch.where(low, lower_edge, torch.where(high, 255.0, x))
+        z, log_derivative = self.transform(x, context, start)
+        log_density = log_derivative - 0.5 * (z.square() + LOG_2PI)
+        log_p = torch.where(low, special.log_ndtr(z), torch.where(high, special.log_ndtr(-z), log_density))
+        return z, log_p.flatten(1).sum(1)
 
     def nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                    generator: torch.Generator | None = None, uniform: torch.Tensor | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
+                    censored: bool = False) -> torch.Tensor:
         """Mean negative log-likelihood per dimension (nats), the training loss."""
-        return self.latent_and_nll_per_dim(noise, clean, cond, generator, uniform)[1]
+        return self.latent_and_nll_per_dim(noise, clean, cond, generator, uniform, censored)[1]
 
     def latent_and_nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                               generator: torch.Generator | None = None, uniform: torch.Tensor | None = None
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
+                               generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
+                               censored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z, nll)``: the latent ``noise`` maps to, and :meth:`nll_per_dim`."""
-        z, log_prob = self.latent_and_log_prob(noise, clean, cond, generator, uniform)
+        z, log_prob = self.latent_and_log_prob(noise, clean, cond, generator, uniform, censored)
         return z, -log_prob.mean() / noise[0].numel()
 
     def sample(self, clean: torch.Tensor, cond: Condition, temperature: float = 1.0,

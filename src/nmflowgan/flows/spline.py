@@ -133,12 +133,11 @@ class ConditionalSpline(FlowLayer):
         batch, _, height, width = raw.shape
         return Spline(raw.reshape(batch, self.channels, 3 * BINS - 1, height, width), BINS, BOUND)
 
-    def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        z, log_slope = self.spline(context)(x)
-        return z, log_slope.flatten(1).sum(1)
+    def transform(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.spline(context)(x)
 
     def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        spline = self.spline(context)
+        spline = self.spline(context)  # once for both directions
         x = spline.inverse(z)
         return x, -spline(x)[1].flatten(1).sum(1)
 

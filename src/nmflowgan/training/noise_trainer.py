@@ -68,13 +68,15 @@ class GeneratorObjective(nn.Module):
     quantized refined noise it maps to (the flow's pixel-wise sample is not differentiated: the adversarial
     loss trains the refiner only)."""
 
-    def __init__(self, model: NoiseModel) -> None:
+    def __init__(self, model: NoiseModel, censored: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.censored = censored
 
     def forward(self, real_255: torch.Tensor, clean: torch.Tensor, cond: Condition, uniform: torch.Tensor,
                 latent: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        z_real, nll = self.model.flow.latent_and_nll_per_dim(real_255, clean, cond, uniform=uniform)
+        z_real, nll = self.model.flow.latent_and_nll_per_dim(real_255, clean, cond, uniform=uniform,
+                                                             censored=self.censored)
         correlation = self.model.correlation
         correlation_loss = correlation.loss(z_real, cond.features) if correlation is not None else None
         if latent is None:
@@ -154,7 +156,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
             model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(batch.cameras)),
                                   generator=torch.Generator().manual_seed(options.seed))  # the same on every rank
 
-        generator_objective: nn.Module = GeneratorObjective(model)
+        generator_objective: nn.Module = GeneratorObjective(model, train_config.censor_ends)
         critic_forward = critic
         if context.enabled:
             generator_objective = DistributedDataParallel(generator_objective, find_unused_parameters=True)
