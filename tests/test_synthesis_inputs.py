@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from nmflowgan.cli import main
@@ -139,3 +140,28 @@ def test_written_files_get_the_users_usual_mode(small_model_dir, tmp_path):
         assert stat.S_IMODE((tmp_path / "private" / "in.png").stat().st_mode) == 0o600
     finally:
         os.umask(previous)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+@pytest.mark.parametrize("command", ["synthesize", "train", "evaluate", "denoise"])
+def test_a_device_this_torch_lacks_is_a_one_line_error_before_any_output(small_model_dir, simcam_tree, tmp_path,
+                                                                          capsys, command):
+    out = tmp_path / "out"
+    arguments = {
+        "synthesize": ["synthesize", "--checkpoint", str(small_model_dir), "--camera", "V1", "--iso", "400",
+                       str(write_image(tmp_path / "in.png")), str(out)],
+        "train": ["train", "--data", str(simcam_tree), "--steps", "2", "--out", str(out)],
+        "evaluate": ["evaluate", "--checkpoint", str(small_model_dir), "--data", str(simcam_tree), "--out", str(out)],
+        "denoise": ["denoise", "--checkpoint", str(small_model_dir), str(write_image(tmp_path / "in.png")), str(out)],
+    }[command]
+    assert exit_code([*arguments, "--device", "cuda", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--device cuda: not available" in error[0] and "available: cpu" in error[0], error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-1", "0"])
+def test_a_demo_budget_that_is_not_a_positive_finite_number_is_refused_by_the_parser(tmp_path, capsys, budget):
+    assert exit_code(["demo", "--out", str(tmp_path / "demo"), "--budget-minutes", budget]) == 2
+    assert "--budget-minutes: must be a positive finite number" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in simulator, offline, with a report")
     demo.add_argument("--out", type=Path, default=Path("nmflowgan-demo"), help="folder (re-run to continue)")
-    demo.add_argument("--budget-minutes", type=float, default=20.0, help="scales the training lengths")
+    demo.add_argument("--budget-minutes", type=_positive_finite, default=20.0, help="scales the training lengths")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(handler=_demo)
@@ -175,6 +176,16 @@ def _max_pixels_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
                         help="refuse images with more pixels than this, from the header, before decoding "
                              f"(default {MAX_PIXELS:,}; Pillow's own limit of about 179 million still applies)")
+
+
+def _positive_finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

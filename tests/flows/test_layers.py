@@ -255,7 +255,8 @@ def test_censored_likelihood_scores_clipped_values_as_the_probability_beyond(spe
     censored = flow.log_prob(noise, clean, cond, uniform=uniform, censored=True)
     lower = 1.0 if spec.startswith("UD") else 0.0
     u = 0.25 if spec.startswith("UD") else 0.0
-    expected = (math.log(0.5 * (1 + math.erf(lower / math.sqrt(2)))) + math.log(0.5)  # 0 -> P(Y < b); 255 -> P(Y >= 255)
+    expected = (math.log(0.5 * (1 + math.erf(lower / math.sqrt(2))))  # 0 -> P(Y < b)
+                + math.log(0.5)  # 255 -> P(Y >= 255)
                 - 0.5 * (u**2 + math.log(2 * math.pi)))  # 100: the density at z = u
     assert censored.item() == pytest.approx(expected, abs=1e-9)
     plain = flow.log_prob(noise, clean, cond, uniform=uniform)
