@@ -165,3 +165,18 @@ def test_a_demo_budget_that_is_not_a_positive_finite_number_is_refused_by_the_pa
     assert exit_code(["demo", "--out", str(tmp_path / "demo"), "--budget-minutes", budget]) == 2
     assert "--budget-minutes: must be a positive finite number" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("layout", ["same file", "file into its own folder"])
+def test_an_output_may_never_replace_an_input_even_with_overwrite(small_model_dir, tmp_path, capsys, layout):
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    source = write_image(folder / "a.png")
+    before = source.read_bytes()
+    out = source if layout == "same file" else folder
+    assert synthesize_cli(small_model_dir, source, out, "--overwrite") == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    assert exit_code(["denoise", "--checkpoint", str(small_model_dir), "--overwrite", "--quiet", str(source),
+                      str(out)]) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    assert source.read_bytes() == before

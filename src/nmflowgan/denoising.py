@@ -117,7 +117,7 @@ def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, o
     inputs = input_images(source, out, max_pixels)
     images = [image for image, _ in inputs]
     targets = numbered([output_path(source, out, relative) for _, relative in inputs])
-    check_targets(out, targets, overwrite)
+    check_targets(out, targets, overwrite, images)
     model = DnCNN.load(checkpoint, map_location=resolve_device(device))
     for image, target in tqdm(list(zip(images, targets)), desc="denoise", disable=not progress):
         denoised = denoise_image(model, read_rgb(image, max_pixels))

@@ -56,9 +56,15 @@ def numbered(targets: Sequence[Path]) -> list[Path]:
     return unique
 
 
-def check_targets(out: Path, targets: Sequence[Path], overwrite: bool) -> None:
-    """Raises before any work when an output (image or sidecar) exists and ``overwrite`` is off, or would land
-    outside ``out`` (:func:`refuse_outside`)."""
+def check_targets(out: Path, targets: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Raises before any work when an output (image or sidecar) is one of the ``inputs`` (never, even with
+    ``overwrite``: the input would be gone), exists and ``overwrite`` is off, or would land outside ``out``
+    (:func:`refuse_outside`)."""
+    sources = {path.resolve() for path in inputs}
+    clobbered = [t for t in targets if t.resolve() in sources]
+    if clobbered:
+        raise BadInputError(f"{clobbered[0]}: is an input of this run; an output may never replace an input "
+                            "(choose another output)")
     existing = [t for t in targets if t.exists() or t.is_symlink()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]}: exists ({len(existing)} outputs do); pass --overwrite to replace")

@@ -188,7 +188,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
     for iso in {job.iso for job in jobs}:  # the ISOs read from EXIF among them
         model.space.iso_feature(iso, extrapolate)
     outputs = [path for job in jobs for path in (job.target, job.sidecar)]
-    check_targets(out, outputs, overwrite)
+    check_targets(out, outputs, overwrite, [job.source for job in jobs])
     digest = checkpoint_hash(checkpoint)
     # The same seed gives the same image only on the same path: the sidecar says which one drew it.
     options = options or SamplingOptions()
