@@ -125,3 +125,15 @@ def test_sigterm_saves_then_exits_with_status_143(tmp_path, simcam_tree):
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
     assert "stopped by SIGTERM" in out and (run / "last").exists() and not (run / LOCK_FILE).exists()
+
+
+def test_a_data_set_smaller_than_one_batch_is_a_one_line_error_and_leaves_no_run_folder(tmp_path, capsys):
+    from nmflowgan.data.simcam import simulate
+
+    data = simulate(tmp_path / "data", cameras=["V1"], isos=[100], scenes=2, size_px=96, seed=0, progress=False)
+    run = tmp_path / "run"
+    assert exit_code(["train", "--data", str(data), "--preset", "paper", "--steps", "2", "--out", str(run),
+                      "--device", "cpu", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "fewer than one batch of 128" in error[0], error
+    assert not run.exists()

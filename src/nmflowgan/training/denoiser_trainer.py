@@ -86,7 +86,8 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
     stop = stop if stop is not None else StopRequest()  # an unset request is falsy
     train_config = config.denoiser_train
     with session(options) as (device, context):
-        dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px)
+        dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px,
+                                              train_config.batch_size)
         source = noise_source(options, dataset.records, train_config.patch_px, device)
         validation = _validation_patches(options, val_split, train_config.patch_px)
         with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the global RNG

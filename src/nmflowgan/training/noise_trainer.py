@@ -104,7 +104,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
     model_config = config.model if adversarial_game else dataclasses.replace(config.model, refiner=None)
     with session(options) as (device, context):
         # ---- data, networks, optimizers ------------------------------------------------------------------
-        dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px)
+        dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px,
+                                              train_config.batch_size)
         cameras = sorted({r.camera for r in dataset.records})
         isos = sorted({float(r.iso) for r in dataset.records})
         with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's global RNG

@@ -19,7 +19,7 @@ import torch
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.patches import PatchDataset
-from nmflowgan.errors import BadInputError, OutputExistsError, RunLockedError, TrainingError
+from nmflowgan.errors import BadInputError, DataError, OutputExistsError, RunLockedError, TrainingError
 from nmflowgan.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -178,6 +179,8 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     finally:
         if path.is_file() and path.read_text().strip() == mine:
             path.unlink()
+        if made and not any(run_dir.iterdir()):  # refused before any work: leave no empty run folder behind
+            run_dir.rmdir()
 
 
 def _lock_holder(path: Path) -> dict | None:
@@ -214,8 +217,10 @@ def _holds_progress(run_dir: Path) -> bool:
             or any((run_dir / "checkpoints").glob("step-*")))
 
 
-def training_patches(options: RunOptions, patch_px: int, stride_px: int) -> tuple[PatchDataset, str | None]:
-    """The augmented training patches of the run's data set and the name of its validation split."""
+def training_patches(options: RunOptions, patch_px: int, stride_px: int, batch_size: int = 1
+                     ) -> tuple[PatchDataset, str | None]:
+    """The augmented training patches of the run's data set and the name of its validation split; a data set
+    with fewer patches than one ``batch_size`` is refused, with both numbers."""
     split, val_split = default_splits(options.data, options.split, options.val_split)
     records = find_pairs(options.data, split, options.skip_bad)
     conditions = sorted({(r.camera, float(r.iso)) for r in records})
@@ -224,6 +229,10 @@ def training_patches(options: RunOptions, patch_px: int, stride_px: int) -> tupl
              ", ".join(f"{camera} ISO {iso:g}" for camera, iso in conditions))
     dataset = PatchDataset(records, patch_px, stride_px, augment=True, seed=options.seed,
                            skip_bad=options.skip_bad, max_pixels=options.max_pixels)
+    if len(dataset) < batch_size:
+        raise DataError(f"{options.data}: {len(dataset)} training patches of {patch_px}x{patch_px} in {len(records)} "
+                        f"pairs, fewer than one batch of {batch_size}; use more or larger images, or a config with "
+                        "a smaller batch_size or patch_px")
     return dataset, val_split
 
 
