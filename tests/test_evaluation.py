@@ -15,6 +15,7 @@ from nmflowgan.errors import BadInputError, DataError, OutputExistsError
 from nmflowgan.evaluation import evaluate, protocol
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
+from nmflowgan.reporting.report import FIGURES
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 from tests.conftest import tiny_config
 
@@ -61,7 +62,8 @@ def test_evaluate_writes_results_and_report(tmp_path, tiny_run, simcam_tree):
     assert "Protocol `default`" in text and "R-G / G-B / R-B" in text
     assert report.table in text
     html = (tmp_path / "eval" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+    assert html.count("data:image/png;base64,") == len(FIGURES) and "<table>" in html
+    assert "skewness_vs_intensity.png" in text and "## Noise shape per clean intensity" in text
     with pytest.raises(OutputExistsError, match="--overwrite"):
         evaluate_to_report(tiny_run, simcam_tree, tmp_path / "eval", patch_px=32, max_patches=8, progress=False)
 

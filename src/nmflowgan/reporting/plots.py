@@ -65,6 +65,36 @@ def std_vs_intensity(stats: dict, path: Path) -> Path:
     return _save(figure, path)
 
 
+def skewness_vs_intensity(moments: dict, path: Path) -> Path:
+    """Rows: camera/ISO conditions; columns: R, G, B; lines: the noise's skewness in each clean-intensity bin,
+    real and each model (0 for Gaussian noise; bins with fewer than ``MIN_PIXELS`` real pixels left out).
+
+    Args:
+        moments: ``{(camera, iso): {"real" or source: IntensityMoments}}``.
+    """
+    from nmflowgan.metrics.moments import BIN_EDGES, MIN_PIXELS
+
+    centres = (np.array(BIN_EDGES[:-1]) + np.array(BIN_EDGES[1:])) / 2
+    keys = sorted(moments)
+    figure, axes = _subplots(len(keys), 3, (10, 2.2 * len(keys)), sharex=True)
+    for row, key in enumerate(keys):
+        enough = moments[key]["real"].count.numpy() >= MIN_PIXELS
+        for channel in range(3):
+            axis = axes[row][channel]
+            for name, value in moments[key].items():
+                skew = np.where(enough[channel], value.skewness[channel].numpy(), np.nan)
+                axis.plot(centres, skew, marker="o", ms=3, color=COLOURS.get(name), lw=2.2 if name == "real" else 1.2,
+                          label=name)
+            axis.axhline(0, color="lightgray", lw=0.8)
+            axis.set_title(f"{key[0]} ISO {key[1]:g} - {CHANNELS[channel]}", fontsize=8)
+            axis.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    for axis in axes[-1]:
+        axis.set_xlabel("clean intensity (0-255)", fontsize=8)
+    figure.supylabel("noise skewness")
+    return _save(figure, path)
+
+
 def correlation_vs_distance(stats: dict, path: Path) -> Path:
     """Rows: camera/ISO conditions; columns: R, G, B; lines: the correlation of the noise at pixel distance
     d for real noise and each model (Fig. 3 of the paper, per channel)."""

@@ -22,6 +22,7 @@ from nmflowgan.reporting import plots
 
 # The figures of an evaluation report: caption -> file name in the report's folder.
 FIGURES = {"Noise level versus clean intensity": "std_vs_intensity.png",
+           "Noise skewness versus clean intensity": "skewness_vs_intensity.png",
            "Correlation versus pixel distance": "correlation.png", "Noise histograms": "histograms.png",
            "Examples": "samples.png"}
 MOMENTS_NOTE = (
@@ -141,6 +142,8 @@ def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluati
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", json.dumps(_finite(result.to_dict()), indent=2) + "\n")
     drawn = {"std_vs_intensity.png": lambda path: plots.std_vs_intensity(result.stats, path),
+             "skewness_vs_intensity.png": lambda path: plots.skewness_vs_intensity(
+                 {(row.camera, row.iso): row.moments for row in result.realism.per_condition}, path),
              "correlation.png": lambda path: plots.correlation_vs_distance(result.stats, path),
              "histograms.png": lambda path: plots.noise_histograms(result.histograms, path),
              "samples.png": lambda path: plots.sample_grid(result.examples, path)}
