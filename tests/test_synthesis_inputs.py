@@ -180,3 +180,40 @@ def test_an_output_may_never_replace_an_input_even_with_overwrite(small_model_di
                       str(out)]) == 2
     assert "is an input of this run" in capsys.readouterr().err
     assert source.read_bytes() == before
+
+
+def test_a_temperature_that_is_not_a_finite_number_at_least_zero_is_refused(small_model_dir):
+    import numpy as np
+
+    from nmflowgan.errors import BadInputError
+    from nmflowgan.models.noise_model import NoiseModel
+    from nmflowgan.synthesis import synthesize_image
+
+    model = NoiseModel.load(small_model_dir)
+    clean = np.full((8, 8, 3), 100, np.uint8)
+    for temperature in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(BadInputError, match="temperature must be a finite number >= 0"):
+            model.sample(clean, "V1", 400, temperature=temperature)
+        with pytest.raises(BadInputError, match="temperature must be a finite number >= 0"):
+            synthesize_image(model, clean, "V1", 400, temperature=temperature)
+    assert model.sample(clean, "V1", 400, temperature=0.0).shape == clean.shape
+
+
+def test_synthesized_pairs_without_a_camera_or_an_iso_are_refused(small_model_dir):
+    import numpy as np
+
+    from nmflowgan.errors import BadInputError
+    from nmflowgan.models.noise_model import NoiseModel
+    from nmflowgan.synthesis import SynthesizedPairs
+
+    model = NoiseModel.load(small_model_dir)
+    images = [np.full((8, 8, 3), 100, np.uint8)]
+    for cameras, isos in (([], [400]), (["V1"], [])):
+        with pytest.raises(BadInputError, match="at least one camera and one ISO"):
+            SynthesizedPairs(images, model, cameras, isos)
+
+
+def test_simulate_refuses_a_camera_named_twice(tmp_path, capsys):
+    assert exit_code(["simulate", "--out", str(tmp_path / "d"), "--cameras", "V1", "V1", "--quiet"]) == 2
+    assert "['V1'] named more than once" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -25,7 +25,7 @@ from nmflowgan.conditions import check_iso
 from nmflowgan.data.io import MAX_PIXELS, open_image, read_rgb, write_png
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, CheckpointError, DataError
-from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, resolve_model_dir
+from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, checked_temperature, resolve_model_dir
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.outputs import check_targets, input_images, make_parent, numbered, output_path
 from nmflowgan.tiling import process_in_tiles
@@ -73,6 +73,7 @@ def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: flo
         raise BadInputError(f"clean images must be uint8 (H, W, 3), got {clean.dtype}{clean.shape}")
     cond = model.encode(camera, iso, 1, extrapolate)
     device = next(model.parameters()).device
+    temperature = checked_temperature(temperature)
 
     def draw(tile: torch.Tensor, top: int, left: int) -> torch.Tensor:
         latent = latent_window(seed, top, left, *tile.shape[-2:]).to(device) * temperature
@@ -229,6 +230,9 @@ class SynthesizedPairs(torch.utils.data.Dataset):
     def __init__(self, images: Sequence | torch.utils.data.Dataset, model: NoiseModel, cameras: Sequence[str],
                  isos: Sequence[float], seed: int = 0, extrapolate: bool = False,
                  options: SamplingOptions | None = None) -> None:
+        if not cameras or not isos:
+            raise BadInputError(f"SynthesizedPairs needs at least one camera and one ISO, got cameras={list(cameras)} "
+                                f"and isos={list(isos)}")
         for camera in cameras:
             model.space.camera_index(camera)
         for iso in isos:

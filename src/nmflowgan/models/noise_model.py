@@ -3,6 +3,7 @@ UNet refiner (when configured): the public face of a trained noise model."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,7 +109,7 @@ class NoiseModel(ComposedNoise):
             latent: a pre-drawn standard-normal latent (then ``generator`` and ``temperature`` are unused).
         """
         if latent is None:
-            latent = latent_like(clean, generator) * temperature
+            latent = latent_like(clean, generator) * checked_temperature(temperature)
         options = options or SamplingOptions()
         if options.is_plain:
             return self.noise(clean, cond, latent=latent, refine=refine)
@@ -211,6 +212,13 @@ def weight_versions(module: nn.Module) -> tuple:
     (which every in-place change bumps). An inference-mode tensor has no counter: its values stand in."""
     return tuple((t.data_ptr(), t.device, t.detach().sum().item() if t.is_inference() else t._version)
                  for t in module.parameters())
+
+
+def checked_temperature(temperature: float) -> float:
+    """``temperature`` (the latent's standard deviation) if it is a finite number >= 0, else BadInputError."""
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0):
+        raise BadInputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    return float(temperature)
 
 
 def clip_to_8bit(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,9 @@ def camera_by_code(codes: Sequence[str] | None) -> list[VirtualCamera]:
     unknown = [c for c in codes if c not in cameras]
     if unknown:
         raise BadInputError(f"unknown simcam camera(s) {unknown}; built-in: {', '.join(cameras)}")
+    repeated = sorted({c for c in codes if list(codes).count(c) > 1})
+    if repeated:
+        raise BadInputError(f"simcam camera(s) {repeated} named more than once; name each camera once")
     return [cameras[c] for c in codes]
 
 
