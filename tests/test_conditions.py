@@ -79,3 +79,16 @@ def test_knows_matches_what_encode_accepts():
     assert not continuous.knows("S6", 3200) and not continuous.knows("IP", 400)
     onehot = ConditionSpace(("S6",), (100, 1600), "onehot")
     assert onehot.knows("S6", 1600) and not onehot.knows("S6", 400)
+
+
+def test_extrapolation_reaches_one_trained_span_beyond_either_end_and_no_further():
+    space = ConditionSpace(("S6",), (100, 1600), "continuous")
+    assert space.encode("S6", 25600, 1, extrapolate=True).features[0, -1].item() == pytest.approx(3.0)
+    assert space.encode("S6", 6.25, 1, extrapolate=True).features[0, -1].item() == pytest.approx(-3.0)
+    for iso in (1e30, 26000, 6.0):
+        with pytest.raises(ValueError, match=r"beyond what extrapolation reaches from the trained range 100-1600"):
+            space.encode("S6", iso, 1, extrapolate=True)
+    single = ConditionSpace(("S6",), (800,), "continuous")  # a range of one ISO reaches a factor of 4
+    single.encode("S6", 3200, 1, extrapolate=True)
+    with pytest.raises(ValueError, match="200-3200"):
+        single.encode("S6", 3300, 1, extrapolate=True)

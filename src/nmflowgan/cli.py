@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--iso", required=True, action="extend", type=_iso_list,
                             help="ISO(s) within the trained range (comma-separated or repeated), or 'exif' to "
                                  "read each image's ISO")
-    synthesize.add_argument("--extrapolate", action="store_true", help="allow ISOs outside the trained range")
+    synthesize.add_argument("--extrapolate", action="store_true",
+                            help="allow ISOs outside the trained range, up to one trained span (log-ISO) beyond it")
     synthesize.add_argument("--seed", type=int, default=0)
     synthesize.add_argument("--tile", type=_positive_int, default=512, help="tile side in pixels (bounds the memory)")
     _device_argument(synthesize)

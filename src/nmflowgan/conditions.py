@@ -27,6 +27,10 @@ from nmflowgan.errors import BadInputError
 SIDD_CAMERAS: tuple[str, ...] = ("IP", "GP", "S6", "N6", "G4")
 SIDD_ISOS: tuple[int, ...] = (100, 400, 800, 1600, 3200)
 ISO_MODES = ("onehot", "continuous")
+# How far ``extrapolate`` may take a continuous-ISO model beyond its trained range: one trained span (in log-ISO)
+# beyond either end, and at least this factor (for a range of one ISO or a narrow one). The normalized log-ISO
+# feature then stays within [-3, 3], not far outside the [-1, 1] the networks were trained on.
+MIN_EXTRAPOLATION_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,13 @@ class ConditionSpace:
             raise BadInputError(
                 f"ISO {iso!r} is outside the trained range {low:g}-{high:g} "
                 "(pass extrapolate=True / --extrapolate to allow it)"
+            )
+        factor = max(high / low, MIN_EXTRAPOLATION_FACTOR)
+        if not low / factor * (1 - 1e-9) <= value <= high * factor * (1 + 1e-9):
+            raise BadInputError(
+                f"ISO {iso!r} is beyond what extrapolation reaches from the trained range {low:g}-{high:g}: "
+                f"{low / factor:g}-{high * factor:g} (one trained span, at least a factor of "
+                f"{MIN_EXTRAPOLATION_FACTOR:g}, either way)"
             )
         if high == low:
             return 0.0
