@@ -61,6 +61,20 @@ def test_every_command_that_computes_defaults_to_device_auto():
         assert device.default == "auto" and "cuda" in device.choices, name
 
 
+def test_the_library_functions_default_to_device_auto_like_the_command_line():
+    import dataclasses
+    import inspect
+
+    from nmflowgan import api
+    from nmflowgan.evaluation import evaluate
+
+    functions = (api.synthesize, api.denoise_files, api.evaluate_denoiser, api.evaluate_to_report, evaluate)
+    for function in functions:
+        assert inspect.signature(function).parameters["device"].default == "auto", function.__name__
+    for options in (api.NoiseTrainingOptions, api.DenoiserTrainingOptions):
+        assert next(f.default for f in dataclasses.fields(options) if f.name == "device") == "auto", options
+
+
 @pytest.mark.parametrize(("document", "command"), documented_commands())
 def test_documented_command_parses(document, command):
     build_parser().parse_args(_arguments(command))
