@@ -148,3 +148,20 @@ def test_a_short_small_run_on_simcam_beats_the_closed_form_baselines(tmp_path):
     assert models["flow-only"].kld < models["nlf"].kld < models["gaussian"].kld
     assert models["nmflowgan"].kld < models["nlf"].kld
     assert models["nmflowgan"].corr_error < 0.5 * models["flow-only"].corr_error
+
+
+def test_test_pairs_of_unknown_conditions_are_refused_or_skipped_and_named(tmp_path, simcam_tree, capsys):
+    """A model that knows only V1 scored on V1 and V2 pairs: refused by default; with --known-only the V2 pairs
+    are left out and named in the output, results.json and the report."""
+    model = NoiseModel.from_preset("small", cameras=("V1",), isos=(100, 1600)).save(tmp_path / "model")
+    arguments = ["evaluate", "--checkpoint", str(model), "--data", str(simcam_tree), "--out", str(tmp_path / "eval"),
+                 "--patch-px", "32", "--max-patches", "8", "--device", "cpu", "--quiet"]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert "test pairs have a camera/ISO this model does not know (V2 ISO 100, V2 ISO 1600)" in error
+    assert "--known-only" in error and not (tmp_path / "eval").exists()
+    assert main([*arguments, "--known-only"]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["skipped_conditions"]) == {"V2 ISO 100", "V2 ISO 1600"}
+    assert all(row["camera"] == "V1" for row in results["per_condition"])
+    assert "Not scored:" in (tmp_path / "eval" / "report.md").read_text()

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, type=Path)
     evaluate.add_argument("--split", default=None, help="test split (default: the data set's)")
     evaluate.add_argument("--train-split", default=None, help="split the baselines are fitted on")
+    evaluate.add_argument("--known-only", action="store_true",
+                          help="score only the test pairs whose camera/ISO the model knows (the others are named in "
+                               "the report and results.json); without it such pairs are refused")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for results.json and the report")
     evaluate.add_argument("--protocol", choices=["default", "official"], default="default",
                           help="default: 64x64 patches (at most 512), noise rounded to 8 bits; official: every 96x96 "
@@ -300,7 +303,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                                     train_split=args.train_split, protocol=args.protocol, patch_px=args.patch_px,
                                     max_patches=args.max_patches, seed=args.seed, overwrite=args.overwrite,
                                     progress=not args.quiet, options=SamplingOptions.named(args.sampling),
-                                    device=args.device, max_pixels=args.max_pixels)
+                                    device=args.device, max_pixels=args.max_pixels, known_only=args.known_only)
     print(report.table)
     print(f"report: {report.path} (and report.html, results.json)")
 

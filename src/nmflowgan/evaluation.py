@@ -22,7 +22,8 @@ on whether the machine has native bf16.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -99,6 +100,8 @@ class EvalResult:
         sampling: the sampling path of the model's noise (``plain`` or the optimized path's options).
         stats / histograms: per (camera, ISO) and source (and ``real``), for the plots.
         examples: ``{(camera, iso): {"clean", "real", source: noise}}`` one patch each (8-bit units).
+        skipped: ``{"camera ISO iso": test pairs}`` of the conditions the model does not know, left out of every
+            score (evaluated with ``known_only``).
     """
 
     realism: Realism
@@ -108,16 +111,17 @@ class EvalResult:
     stats: dict[Condition, dict[str, NoiseStats]]
     histograms: dict[Condition, dict[str, torch.Tensor]]
     examples: dict[Condition, dict[str, torch.Tensor]]
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"protocol": self.protocol.to_dict(), "seed": self.seed, "sampling": self.sampling,
-                **self.realism.to_dict()}
+                "skipped_conditions": self.skipped, **self.realism.to_dict()}
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, train_split: str | None = None,
              protocol: Protocol = PROTOCOLS["default"], fit_patches: int = 2000, seed: int = 0,
              batch_size: int = 32, progress: bool = True, options: SamplingOptions | None = None,
-             device: str = "auto", max_pixels: int = MAX_PIXELS) -> EvalResult:
+             device: str = "auto", max_pixels: int = MAX_PIXELS, known_only: bool = False) -> EvalResult:
     """Scores a trained noise model and the baselines on the test patches of ``data``.
 
     Args:
@@ -131,6 +135,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         device: where the model runs (``auto``, ``cpu``, ``cuda`` or ``mps``); scores are computed in float64 on
             the CPU.
         max_pixels: the largest image accepted (checked from each header before decoding).
+        known_only: score only the test pairs whose camera/ISO the model knows, and record the others in
+            :attr:`EvalResult.skipped`; without it such pairs are refused (a score over part of the test set
+            must not pass for a score over all of it).
 
     Returns:
         An :class:`EvalResult`.
@@ -148,6 +155,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     usable = [r for r in test_records if model.space.knows(r.camera, r.iso)]
     if not usable:
         raise DataError(f"{data}: no test pair has a camera/ISO this model knows ({', '.join(model.cameras)})")
+    skipped = Counter(f"{r.camera} ISO {r.iso:g}" for r in test_records if not model.space.knows(r.camera, r.iso))
+    if skipped and not known_only:
+        raise DataError(f"{data}: {sum(skipped.values())} of {len(test_records)} test pairs have a camera/ISO this "
+                        f"model does not know ({', '.join(sorted(skipped))}); pass --known-only to score the other "
+                        f"{len(usable)}")
     gaussian, nlf = fit_baselines(train_records, protocol.patch_px, fit_patches, seed, progress, max_pixels)
     test = PatchDataset(usable, protocol.patch_px, protocol.stride_px, with_oracle=True, max_pixels=max_pixels)
     indices = list(range(len(test))) if protocol.max_patches is None else test.evenly_spaced(protocol.max_patches)
@@ -172,7 +184,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
             scorer.update(clean, real, noises, conditions)
             _keep_examples(examples, batch, conditions, real, noises)
     sampling = "plain" if options.is_plain else f"optimized {options.precision}"
-    return EvalResult(scorer.result(), protocol, seed, sampling, scorer.stats(), scorer.histograms(), examples)
+    return EvalResult(scorer.result(), protocol, seed, sampling, scorer.stats(), scorer.histograms(), examples,
+                      dict(sorted(skipped.items())))
 
 
 def _keep_examples(examples: dict[Condition, dict[str, torch.Tensor]], batch: PatchBatch,

@@ -132,9 +132,13 @@ def protocol_line(result: EvalResult) -> str:
     protocol = result.protocol
     count = "every" if protocol.max_patches is None else f"at most {protocol.max_patches} evenly spread"
     recorded = "rounded and clipped to 8 bits" if protocol.rounded else "clipped to the 8-bit range, not rounded"
-    return (f"Protocol `{protocol.name}`: {count} {protocol.patch_px}x{protocol.patch_px} test patches at stride "
+    line = (f"Protocol `{protocol.name}`: {count} {protocol.patch_px}x{protocol.patch_px} test patches at stride "
             f"{protocol.stride_px} ({result.realism.n_patches} scored), generated noise {recorded}; model sampled "
             f"through the {result.sampling} path; seed {result.seed}.")
+    if result.skipped:
+        line += (f" Not scored: {sum(result.skipped.values())} test pairs of conditions the model does not know "
+                 f"({', '.join(result.skipped)}).")
+    return line
 
 
 def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluation", intro: str = "") -> Path:
@@ -230,7 +234,7 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
                        max_patches: int | None = None, fit_patches: int = 2000, seed: int = 0,
                        overwrite: bool = False, progress: bool = True, title: str = "nmflowgan evaluation",
                        options: SamplingOptions | None = None, device: str = "auto",
-                       max_pixels: int = MAX_PIXELS) -> Report:
+                       max_pixels: int = MAX_PIXELS, known_only: bool = False) -> Report:
     """Runs :func:`nmflowgan.evaluation.evaluate` and writes ``results.json``, ``report.md``, ``report.html``.
 
     ``protocol`` is ``default`` (``patch_px`` and ``max_patches`` may change it) or ``official``; ``options``
@@ -242,7 +246,7 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
         raise OutputExistsError(f"{out}: holds an evaluation already (pass --overwrite to replace it)")
     chosen = evaluation_protocol(protocol, patch_px, max_patches)
     result = evaluate(checkpoint, data, split, train_split, chosen, fit_patches, seed, progress=progress,
-                      options=options, device=device, max_pixels=max_pixels)
+                      options=options, device=device, max_pixels=max_pixels, known_only=known_only)
     path = write_report(result, out, title=title, intro=f"Checkpoint `{checkpoint}`, data `{data}`.")
     return Report(path, results_table(result.realism))
 
