@@ -2,6 +2,7 @@
 before any network is built or any output written."""
 
 import json
+import re
 import time
 
 import pytest
@@ -78,3 +79,17 @@ def test_a_model_that_draws_non_finite_noise_writes_nothing(small_model_dir, tmp
     with pytest.raises(CheckpointError, match="non-finite noise"):
         synthesize(folder, write_image(tmp_path / "in.png"), tmp_path / "out.png", ["V1"], [400], progress=False)
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_a_weight_stored_as_integers_or_booleans_is_refused_naming_it(small_model_dir, tmp_path, dtype):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.json").write_text((small_model_dir / "model.json").read_text())
+    tensors = load_file(str(small_model_dir / "model.safetensors"))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name].to(dtype)
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: {re.escape(name)} is stored as "
+                                              rf"{str(dtype).removeprefix('torch.')}, expected float32"):
+        NoiseModel.load(folder)

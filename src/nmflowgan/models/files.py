@@ -100,6 +100,9 @@ def load_weights(module: nn.Module, path: Path) -> None:
                 f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}; "
                 "was it saved with another preset?"
             )
+        if tensor.is_floating_point() != expected[name].is_floating_point():  # a cast would change the model
+            raise CheckpointError(f"{path}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')}, "
+                                  f"expected {str(expected[name].dtype).removeprefix('torch.')}")
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{path}: {name} holds non-finite values (NaN or infinity); the model is unusable")
