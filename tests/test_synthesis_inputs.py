@@ -217,3 +217,24 @@ def test_simulate_refuses_a_camera_named_twice(tmp_path, capsys):
     assert exit_code(["simulate", "--out", str(tmp_path / "d"), "--cameras", "V1", "V1", "--quiet"]) == 2
     assert "['V1'] named more than once" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_an_input_whose_own_name_is_free_keeps_it_and_only_colliding_names_are_numbered(small_model_dir, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    write_image(source / "a.png", 40)
+    write_image(source / "a_2.png", 120)
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(source / "a.jpg", quality=100)
+    assert synthesize_cli(small_model_dir, source, tmp_path / "out") == 0
+    origin = {n: json.loads((tmp_path / "out" / f"{n}.json").read_text())["source"] for n in ("a", "a_2", "a_3")}
+    assert origin == {"a": str(source / "a.png"), "a_2": str(source / "a_2.png"), "a_3": str(source / "a.jpg")}
+
+
+def test_numbered_keeps_own_names_first():
+    from pathlib import Path
+
+    from nmflowgan.outputs import numbered
+
+    targets = [Path("o/a.png"), Path("o/a.png"), Path("o/a_2.png")]  # from a.jpg, a.png, a_2.png
+    assert numbered(targets, [False, True, True]) == [Path("o/a_3.png"), Path("o/a.png"), Path("o/a_2.png")]
+    assert numbered(targets[:2]) == [Path("o/a.png"), Path("o/a_2.png")]  # no own names: in order

@@ -116,7 +116,8 @@ def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, o
     source, out = Path(source), Path(out)
     inputs = input_images(source, out, max_pixels)
     images = [image for image, _ in inputs]
-    targets = numbered([output_path(source, out, relative) for _, relative in inputs])
+    targets = numbered([output_path(source, out, relative) for _, relative in inputs],
+                       [relative.suffix.lower() == ".png" for _, relative in inputs])
     check_targets(out, targets, overwrite, images)
     model = DnCNN.load(checkpoint, map_location=resolve_device(device))
     for image, target in tqdm(list(zip(images, targets)), desc="denoise", disable=not progress):

@@ -40,20 +40,30 @@ def output_path(source: Path, out: Path, relative: Path, suffix: str = "") -> Pa
     return out / relative.parent / f"{relative.stem}{suffix}.png"
 
 
-def numbered(targets: Sequence[Path]) -> list[Path]:
-    """``targets`` with every repeat numbered: inputs ``a.jpg`` and ``a.png`` both map to ``a.png``, so the
-    second is written as ``a_2.png`` (never a name another output already has). Order is kept, so the
-    numbering follows the sorted inputs and is the same on every run."""
-    taken, unique = set(targets), []
+def numbered(targets: Sequence[Path], own: Sequence[bool] | None = None) -> list[Path]:
+    """``targets`` with every repeat numbered. ``own[i]``: target ``i`` keeps its input's own name (a PNG input
+    whose output mirrors it); such a target is never renumbered. Inputs ``a.jpg``, ``a.png`` and ``a_2.png`` map
+    to ``a.png``, ``a.png`` and ``a_2.png``: ``a.png`` and ``a_2.png`` keep their names and ``a.jpg`` is written
+    as ``a_3.png`` (never a name another output has). The numbering follows the sorted inputs, so it is the
+    same on every run."""
+    own = list(own) if own is not None else [False] * len(targets)
+    taken = set(targets)
+    chosen: list[Path | None] = [None] * len(targets)
     seen: set[Path] = set()
-    for target in targets:
+    for index, target in enumerate(targets):  # inputs that already have their output's name keep it
+        if own[index] and target not in seen:
+            chosen[index] = target
+            seen.add(target)
+    for index, target in enumerate(targets):
+        if chosen[index] is not None:
+            continue
         candidate, number = target, 1
         while candidate in seen or (number > 1 and candidate in taken):
             number += 1
             candidate = target.with_name(f"{target.stem}_{number}{target.suffix}")
         seen.add(candidate)
-        unique.append(candidate)
-    return unique
+        chosen[index] = candidate
+    return [path for path in chosen if path is not None]
 
 
 def check_targets(out: Path, targets: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:

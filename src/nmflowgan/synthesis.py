@@ -145,7 +145,8 @@ def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float |
                 value = recorded if iso == "exif" else float(iso)
                 planned.append((image, relative, camera, value, output_path(source, out, relative, suffix)))
     jobs = []
-    for (image, relative, camera, iso, _), target in zip(planned, numbered([p[-1] for p in planned])):
+    own = [p[1].suffix.lower() == ".png" for p in planned]
+    for (image, relative, camera, iso, _), target in zip(planned, numbered([p[-1] for p in planned], own)):
         name_seed = int.from_bytes(hashlib.sha256(f"{seed}/{target.relative_to(out) if target != out else ''}"
                                                   f"/{relative}".encode()).digest()[:4], "little")
         jobs.append(SynthesisJob(image, target, camera, iso, name_seed))
