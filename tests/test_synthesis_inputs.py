@@ -238,3 +238,13 @@ def test_numbered_keeps_own_names_first():
     targets = [Path("o/a.png"), Path("o/a.png"), Path("o/a_2.png")]  # from a.jpg, a.png, a_2.png
     assert numbered(targets, [False, True, True]) == [Path("o/a_3.png"), Path("o/a.png"), Path("o/a_2.png")]
     assert numbered(targets[:2]) == [Path("o/a.png"), Path("o/a_2.png")]  # no own names: in order
+
+
+def test_an_output_named_like_an_image_is_never_made_a_folder(small_model_dir, tmp_path, capsys):
+    source = write_image(tmp_path / "in.png")
+    out = tmp_path / "x.png"
+    assert exit_code(["synthesize", "--checkpoint", str(small_model_dir), "--camera", "V1", "--iso", "400,1600",
+                      "--quiet", str(source), str(out)]) == 2
+    assert "x.png: names an image file, but this run writes 4 files into it as a folder" in capsys.readouterr().err
+    assert not out.exists()
+    assert synthesize_cli(small_model_dir, source, out) == 0 and out.is_file()  # one output: the file itself

@@ -67,9 +67,14 @@ def numbered(targets: Sequence[Path], own: Sequence[bool] | None = None) -> list
 
 
 def check_targets(out: Path, targets: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
-    """Raises before any work when an output (image or sidecar) is one of the ``inputs`` (never, even with
+    """Raises before any work when ``out`` has an image file's name but would be made a folder, when an output
+    (image or sidecar) is one of the ``inputs`` (never, even with
     ``overwrite``: the input would be gone), exists and ``overwrite`` is off, or would land outside ``out``
     (:func:`refuse_outside`)."""
+    inside = [t for t in targets if out in t.parents]
+    if out.suffix.lower() in IMAGE_SUFFIXES and inside:
+        raise BadInputError(f"{out}: names an image file, but this run writes {len(inside)} files into it as a "
+                            "folder (several inputs, or several cameras/ISOs per input); name a folder instead")
     sources = {path.resolve() for path in inputs}
     clobbered = [t for t in targets if t.resolve() in sources]
     if clobbered:
