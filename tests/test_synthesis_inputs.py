@@ -248,3 +248,19 @@ def test_an_output_named_like_an_image_is_never_made_a_folder(small_model_dir, t
     assert "x.png: names an image file, but this run writes 4 files into it as a folder" in capsys.readouterr().err
     assert not out.exists()
     assert synthesize_cli(small_model_dir, source, out) == 0 and out.is_file()  # one output: the file itself
+
+
+def test_an_exif_rotated_jpeg_is_read_and_written_as_viewers_show_it(small_model_dir, tmp_path):
+    from nmflowgan.data.io import image_size
+
+    stored = np.zeros((8, 16, 3), np.uint8)  # 16 wide, 8 high as stored; its left half bright
+    stored[:, :8] = 220
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to display": 8 wide, 16 high, the bright half on top
+    Image.fromarray(stored).save(tmp_path / "in.jpg", quality=100, exif=exif)
+    assert image_size(tmp_path / "in.jpg") == (16, 8)
+    shown = read_rgb(tmp_path / "in.jpg")
+    assert shown.shape == (16, 8, 3) and shown[:8].mean() > 150 > shown[8:].mean()
+    assert synthesize_cli(small_model_dir, tmp_path / "in.jpg", tmp_path / "out.png") == 0
+    out = read_rgb(tmp_path / "out.png")
+    assert out.shape == (16, 8, 3) and out[:8].mean() > 150 > out[8:].mean()

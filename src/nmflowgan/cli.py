@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--compile", action="store_true",
                             help="torch.compile the refiner (pays back its compile time on long jobs only)")
     _max_pixels_argument(synthesize)
-    synthesize.add_argument("input", type=Path, metavar="IN", help="an image or a folder (searched recursively)")
+    synthesize.add_argument("input", type=Path, metavar="IN",
+                            help="an image or a folder (searched recursively); an EXIF orientation is applied as "
+                                 "viewers apply it")
     synthesize.add_argument("output", type=Path, metavar="OUT", help="a PNG file or a folder mirroring IN")
     _common_output(synthesize)
     synthesize.set_defaults(handler=_synthesize)
@@ -157,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--checkpoint", required=True, type=Path)
     _device_argument(denoise)
     _max_pixels_argument(denoise)
-    denoise.add_argument("input", type=Path, metavar="IN")
+    denoise.add_argument("input", type=Path, metavar="IN",
+                         help="an image or a folder; an EXIF orientation is applied as viewers apply it")
     denoise.add_argument("output", type=Path, metavar="OUT")
     _common_output(denoise)
     denoise.set_defaults(handler=_denoise)

@@ -2,7 +2,9 @@
 
 Images cross this module as ``uint8`` arrays ``(H, W, 3)`` in 8-bit units (0-255). 16-bit RGB PNG and
 TIFF files are reduced to 8-bit units by keeping the high byte, ``v // 256`` (Pillow's conversion), so
-65535 -> 255 and 0 -> 0; every noise statistic of this project works in 8-bit units anyway.
+65535 -> 255 and 0 -> 0; every noise statistic of this project works in 8-bit units anyway. An EXIF
+orientation (a camera's "rotate 90 degrees to display") is applied as image viewers apply it, so an image is
+read, and its outputs written, the way it is seen.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nmflowgan.atomic import atomic_path
 from nmflowgan.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 as stored; 2-8 mirrored and/or turned
 # The project's own bound on the pixels of one image, checked from the header before anything is decoded:
 # it guards against decompression bombs (a tiny file that decodes to gigabytes) without changing Pillow's
 # process-wide setting. It sits below Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS, about 179 MP).
@@ -65,11 +68,19 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.I
         raise DataError(f"{path}: unreadable or truncated image ({error})") from None
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of a JPEG or TIFF (1 when absent), read from its header. PNG files are not asked:
+    their EXIF may sit after the pixel data, and this check must not read a file through."""
+    return image.getexif().get(ORIENTATION_TAG, 1) if image.format in ("JPEG", "MPO", "TIFF") else 1
+
+
 def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """``(H, W)`` of an RGB image from its header, without decoding the pixels; raises :class:`DataError` naming
     the file when it is missing, unreadable, not RGB or larger than ``max_pixels``."""
     with open_rgb(path, max_pixels) as image:
         width, height = image.size
+        if _orientation(image) in (5, 6, 7, 8):  # shown turned by 90 degrees
+            width, height = height, width
     return height, width
 
 
@@ -82,7 +93,8 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """
     with open_rgb(path, max_pixels) as image:
         image.load()
-        return np.asarray(image, dtype=np.uint8).copy()
+        shown = ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
+        return np.asarray(shown, dtype=np.uint8).copy()
 
 
 def write_png(path: str | Path, image: np.ndarray, compress_level: int = 1) -> None:
