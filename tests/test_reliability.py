@@ -136,7 +136,7 @@ def test_concurrent_synthesis_into_one_folder(tmp_path):
         if path.suffix == ".png":
             assert read_rgb(path).shape == (64, 64, 3)
         else:
-            assert json.loads(path.read_text())["seed"] in range(2**32)
+            assert json.loads(path.read_text())["image_seed"] in range(2**32)
 
 
 model_for_fuzz = NoiseModel.from_preset("small", cameras=("V1", "V2"), isos=(100, 1600)).eval()

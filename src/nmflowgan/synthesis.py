@@ -131,8 +131,9 @@ def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float |
     ``max_pixels``) and, for ``"exif"``, its ISO, so that a bad input stops the job before anything is written.
 
     OUT mirrors IN's relative names as PNG; with several cameras or ISOs each name gets ``_CAMERA_isoN``;
-    inputs that would share an output name (``a.jpg`` and ``a.png``) are numbered (``a_2.png``). Per-output
-    seeds derive from the seed and the output name.
+    inputs that would share an output name (``a.jpg`` and ``a.png``) are numbered (``a_2.png``). Each output's
+    image seed (:func:`image_seed`) derives from the seed, the input's name relative to IN, the camera and the
+    ISO, not from OUT: the same ``--seed`` on the same input draws the same image into any output.
     """
     source, out = Path(source), Path(out)
     several = len(cameras) * len(isos) > 1
@@ -147,10 +148,15 @@ def plan(source: Path, out: Path, cameras: Sequence[str], isos: Sequence[float |
     jobs = []
     own = [p[1].suffix.lower() == ".png" for p in planned]
     for (image, relative, camera, iso, _), target in zip(planned, numbered([p[-1] for p in planned], own)):
-        name_seed = int.from_bytes(hashlib.sha256(f"{seed}/{target.relative_to(out) if target != out else ''}"
-                                                  f"/{relative}".encode()).digest()[:4], "little")
-        jobs.append(SynthesisJob(image, target, camera, iso, name_seed))
+        jobs.append(SynthesisJob(image, target, camera, iso, image_seed(seed, relative, camera, iso)))
     return jobs
+
+
+def image_seed(seed: int, relative: Path, camera: str, iso: float) -> int:
+    """The seed of one output (what :func:`synthesize_image` takes): a hash of the run's ``seed``, the input's
+    name relative to IN, the camera and the ISO."""
+    key = f"{seed}/{relative.as_posix()}/{camera}/{iso:g}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
 
 def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, cameras: Sequence[str],
@@ -201,8 +207,10 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
                                  extrapolate=extrapolate, options=options)
         make_parent(out, job.target)
         write_png(job.target, noisy)
-        sidecar = {"camera": job.camera, "iso": job.iso, "seed": job.seed, "checkpoint": str(checkpoint),
-                   "checkpoint_sha256": digest, "source": str(job.source), "sampling": path}
+        sidecar = {"camera": job.camera, "iso": job.iso, "seed": seed, "image_seed": job.seed,
+                   "checkpoint": str(checkpoint), "checkpoint_sha256": digest, "source": str(job.source),
+                   "sampling": path, "reproduce": "the same --seed, camera and ISO on the same input (its name "
+                   "relative to IN), checkpoint and sampling path; or synthesize_image(..., seed=image_seed)"}
         write_text(job.sidecar, json.dumps(sidecar, indent=2) + "\n")
         written.append(job.target)
     return written
