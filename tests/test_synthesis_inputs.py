@@ -284,3 +284,26 @@ def test_a_sidecar_records_what_reproduces_its_image(small_model_dir, tmp_path):
     model = NoiseModel.load(small_model_dir)
     drawn = synthesize_image(model, read_rgb(source / "b.png"), "V1", 400, seed=sidecar["image_seed"])
     assert np.array_equal(drawn, read_rgb(tmp_path / "out" / "b.png"))
+
+
+def test_wording_names_what_is_wrong(small_model_dir, simcam_tree, tmp_path, capsys, caplog):
+    import logging
+    import shutil
+
+    # simulate --size 1 says 1, not what it was rounded to
+    assert exit_code(["simulate", "--out", str(tmp_path / "sim"), "--size", "1", "--quiet"]) == 2
+    assert "at least 32 px, got 1" in capsys.readouterr().err
+    # an unusable EXIF ISO names the image
+    exif = Image.Exif()
+    exif[0x8827] = 1  # ISOSpeedRatings below any camera's
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "low.jpg", exif=exif)
+    assert synthesize_cli(small_model_dir, tmp_path / "low.jpg", tmp_path / "o.png", "--iso", "exif") == 2
+    assert "low.jpg: its EXIF ISO does not fit this model (ISO 1.0 is outside" in capsys.readouterr().err
+    # a run folder's checkpoint choice is logged once per job
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(small_model_dir, run / "checkpoints" / "step-1")
+    (run / "last").symlink_to("checkpoints/step-1")
+    with caplog.at_level(logging.INFO, logger="nmflowgan.models.files"):
+        assert synthesize_cli(run, write_image(tmp_path / "in.png"), tmp_path / "out.png") == 0
+    assert caplog.text.count("loading its last checkpoint") == 1

@@ -329,8 +329,9 @@ def _train_denoiser(args: argparse.Namespace) -> int:
         print(f"stopped by {result.interrupted} at step {result.step}/{result.total_steps}; continue with the "
               "same command plus --resume")
         return _signal_exit_code(result.interrupted)
-    best = max((v["val_psnr"] for v in result.validation), default=float("nan"))
-    print(f"trained to step {result.step}; best validation PSNR {best:.2f} dB; checkpoints in {result.run_dir}")
+    scores = [v["val_psnr"] for v in result.validation]
+    validated = f"best validation PSNR {max(scores):.2f} dB" if scores else "no validation (no test split)"
+    print(f"trained to step {result.step}; {validated}; checkpoints in {result.run_dir}")
     return 0
 
 

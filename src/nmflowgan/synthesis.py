@@ -98,13 +98,16 @@ def exif_iso(path: Path, max_pixels: int = MAX_PIXELS) -> float:
         value = value[0] if value else None
     if value is None:
         raise DataError(f"{path}: no ISO in the image's EXIF (pass --iso N instead of --iso exif)")
-    return check_iso(value)
+    try:
+        return check_iso(value)
+    except BadInputError as error:
+        raise DataError(f"{path}: its EXIF ISO is unusable ({error})") from None
 
 
-def checkpoint_hash(checkpoint: str | Path) -> str:
-    """The first 16 hex digits of the SHA-256 of the model's weights."""
+def checkpoint_hash(model_dir: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the weights in ``model_dir`` (a resolved model folder)."""
     digest = hashlib.sha256()
-    with open(resolve_model_dir(checkpoint) / WEIGHTS_FILE, "rb") as handle:
+    with open(model_dir / WEIGHTS_FILE, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
@@ -185,7 +188,8 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         raise BadInputError(f"no {'camera' if not cameras else 'ISO'} given; name at least one")
     if tile_px < 1:
         raise BadInputError(f"the tile side must be at least 1 pixel, got {tile_px}")
-    model = NoiseModel.load(checkpoint, map_location=resolve_device(device))
+    model_dir = resolve_model_dir(checkpoint)  # once: it logs which checkpoint of a run folder it takes
+    model = NoiseModel.load(model_dir, map_location=resolve_device(device))
     for camera in cameras:
         model.space.camera_index(camera)
     for iso in isos:
@@ -193,11 +197,15 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
             model.space.iso_feature(iso, extrapolate)
     out = Path(out)
     jobs = plan(Path(source), out, cameras, isos, seed, max_pixels)
-    for iso in {job.iso for job in jobs}:  # the ISOs read from EXIF among them
-        model.space.iso_feature(iso, extrapolate)
+    first_with = {job.iso: job.source for job in reversed(jobs)}  # the named ISOs passed above: these came from EXIF
+    for iso, image in first_with.items():
+        try:
+            model.space.iso_feature(iso, extrapolate)
+        except BadInputError as error:
+            raise BadInputError(f"{image}: its EXIF ISO does not fit this model ({error})") from None
     outputs = [path for job in jobs for path in (job.target, job.sidecar)]
     check_targets(out, outputs, overwrite, [job.source for job in jobs])
-    digest = checkpoint_hash(checkpoint)
+    digest = checkpoint_hash(model_dir)
     # The same seed gives the same image only on the same path: the sidecar says which one drew it.
     options = options or SamplingOptions()
     path = "plain" if options.is_plain else str(model.sampler(options).dtype).removeprefix("torch.")

@@ -123,3 +123,22 @@ def test_eval_denoiser_on_sidd_blocks_and_denoise_cli(tmp_path, simcam_tree, cap
     assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="not a denoiser checkpoint"):
         DnCNN.load(tmp_path)
+
+
+def test_a_denoiser_run_without_validation_says_so_instead_of_printing_nan(tmp_path, simcam_tree, capsys):
+    from nmflowgan.config import save_config
+    from nmflowgan.data.folders import find_pairs
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    rows = ["clean,noisy,camera,iso"]
+    for k, record in enumerate(find_pairs(simcam_tree, "train")[:4]):
+        for kind, path in (("c", record.clean), ("n", record.noisy)):
+            (folder / f"{kind}{k}.png").write_bytes(path.read_bytes())
+        rows.append(f"c{k}.png,n{k}.png,{record.camera},{record.iso:g}")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")  # no test split: nothing to validate on
+    save_config(tiny_config(), tmp_path / "tiny.json")
+    assert main(["train-denoiser", "--noise", "real", "--data", str(folder), "--config", str(tmp_path / "tiny.json"),
+                 "--steps", "2", "--out", str(tmp_path / "dn"), "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "no validation (no test split)" in out and "nan" not in out

@@ -92,13 +92,14 @@ def load_weights(module: nn.Module, path: Path) -> None:
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit this architecture (missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}); was it saved with another preset?"
+            f"unexpected {sorted(unexpected)[:5]}); was it saved with another preset, or for data with other "
+            "cameras or ISOs?"
         )
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
             raise CheckpointError(
                 f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}; "
-                "was it saved with another preset?"
+                "was it saved with another preset, or for data with other cameras or ISOs?"
             )
         if tensor.is_floating_point() != expected[name].is_floating_point():  # a cast would change the model
             raise CheckpointError(f"{path}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')}, "

@@ -103,9 +103,9 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         raise BadInputError(f"simcam ISOs must lie in {ISO_RANGE[0]:g}-{ISO_RANGE[1]:g}, got {bad}")
     if scenes < 2:
         raise BadInputError(f"simcam needs at least 2 scenes (one for train, one for test), got {scenes}")
-    size_px = size_px // 2 * 2
     if size_px < 32:
         raise BadInputError(f"simcam scenes must be at least 32 px, got {size_px}")
+    size_px = size_px // 2 * 2  # the Bayer mosaic wants an even side
     if out.exists() and not overwrite and any(out.iterdir()):
         raise OutputExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
