@@ -196,3 +196,59 @@ def test_fuzzed_cli_arguments_exit_cleanly(tmp_path_factory, camera, iso, seed):
     assert code in (0, 2)
     written = list((folder / "out").glob("*")) if (folder / "out").exists() else []
     assert all(p.suffix in (".png", ".json") for p in written)
+
+
+def test_an_output_that_appears_during_a_run_is_not_replaced_and_the_run_says_so(tmp_path, monkeypatch):
+    import nmflowgan.synthesis as synthesis_module
+    from nmflowgan.errors import OutputExistsError
+    from nmflowgan.synthesis import synthesize
+
+    model = NoiseModel.from_preset("small", cameras=("V1",), isos=(100, 1600)).save(tmp_path / "model")
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("a", "b"):
+        write_png(source / f"{name}.png", np.full((16, 16, 3), 100, np.uint8))
+    out = tmp_path / "out"
+    drawn = synthesis_module.synthesize_image
+
+    def another_program_writes_b(*args, **kwargs):
+        result = drawn(*args, **kwargs)
+        out.mkdir(exist_ok=True)
+        if not (out / "a.png").exists():  # while a.png is being drawn, b.png appears
+            (out / "b.png").write_bytes(b"someone else's")
+        return result
+
+    monkeypatch.setattr(synthesis_module, "synthesize_image", another_program_writes_b)
+    with pytest.raises(OutputExistsError, match=r"b.png: appeared while this run was working"):
+        synthesize(model, source, out, ["V1"], [400], progress=False)
+    assert (out / "b.png").read_bytes() == b"someone else's" and not (out / "b.json").exists()
+    assert (out / "a.png").is_file() and (out / "a.json").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_image_and_sidecar_land_together_or_not_at_all(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import nmflowgan.atomic as atomic_module
+
+    model = NoiseModel.from_preset("small", cameras=("V1",), isos=(100, 1600)).save(tmp_path / "model")
+    write_png(tmp_path / "a.png", np.full((16, 16, 3), 100, np.uint8))
+    calls = []
+    fsync = os.fsync
+
+    def full_disk_on_the_sidecar(descriptor):
+        calls.append(descriptor)
+        if len(calls) == 2:  # the image's temporary file is written; the sidecar's is not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(descriptor)
+
+    monkeypatch.setattr(atomic_module.os, "fsync", full_disk_on_the_sidecar)
+    out = tmp_path / "out"
+    assert main(["synthesize", "--checkpoint", str(model), "--camera", "V1", "--iso", "400", "--quiet",
+                 str(tmp_path / "a.png"), str(out)]) == 2
+    assert "out/a.json" in capsys.readouterr().err
+    assert not out.exists() or not list(out.iterdir())  # neither the image nor a temporary file
+    monkeypatch.setattr(atomic_module.os, "fsync", fsync)
+    assert main(["synthesize", "--checkpoint", str(model), "--camera", "V1", "--iso", "400", "--quiet",
+                 str(tmp_path / "a.png"), str(out)]) == 0  # a rerun is not refused: nothing "exists"
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png"]

@@ -8,6 +8,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from nmflowgan.errors import OutputExistsError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -28,6 +30,51 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if temp.exists():
             temp.unlink()
+
+
+def write_together(files: dict[Path, bytes], overwrite: bool) -> None:
+    """Writes several files so that they land together or not at all (an image and its sidecar).
+
+    Every file is first written and fsynced under a temporary name beside its target; only then are they
+    moved into place. Without ``overwrite`` each is placed by a hard link, which fails when the target has
+    appeared meanwhile (another run, another program): that file is refused with
+    :class:`~nmflowgan.errors.OutputExistsError`, and what was already placed is taken back. Any failure (a full
+    disk) is raised as ``OSError`` naming the target, and no temporary file is left.
+    """
+    temps: dict[Path, Path] = {}
+    placed: list[Path] = []
+    try:
+        for path, data in files.items():
+            temps[path] = temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            try:
+                with open(temp, "xb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as error:
+                raise OSError(error.errno, f"cannot write {path} ({error.strerror or error})") from None
+        for path, temp in temps.items():
+            if overwrite:
+                os.replace(temp, path)
+            else:
+                try:
+                    os.link(temp, path)
+                except FileExistsError:
+                    raise OutputExistsError(f"{path}: appeared while this run was working (another run or "
+                                            "program wrote it); not replaced, pass --overwrite to replace it") from None
+                except OSError:  # a file system without hard links: check, then rename (a narrow race remains)
+                    if path.exists():
+                        raise OutputExistsError(f"{path}: appeared while this run was working; not replaced, pass "
+                                                "--overwrite to replace it") from None
+                    os.replace(temp, path)
+            placed.append(path)
+    except BaseException:
+        for path in placed if not overwrite else []:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nmflowgan.atomic import write_text
+from nmflowgan.atomic import write_together
 from nmflowgan.conditions import check_iso
-from nmflowgan.data.io import MAX_PIXELS, open_image, read_rgb, write_png
+from nmflowgan.data.io import MAX_PIXELS, open_image, png_bytes, read_rgb
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, CheckpointError, DataError
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, checked_temperature, resolve_model_dir
@@ -214,12 +214,14 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         noisy = synthesize_image(model, read_rgb(job.source, max_pixels), job.camera, job.iso, job.seed, tile_px,
                                  extrapolate=extrapolate, options=options)
         make_parent(out, job.target)
-        write_png(job.target, noisy)
         sidecar = {"camera": job.camera, "iso": job.iso, "seed": seed, "image_seed": job.seed,
                    "checkpoint": str(checkpoint), "checkpoint_sha256": digest, "source": str(job.source),
                    "sampling": path, "reproduce": "the same --seed, camera and ISO on the same input (its name "
                    "relative to IN), checkpoint and sampling path; or synthesize_image(..., seed=image_seed)"}
-        write_text(job.sidecar, json.dumps(sidecar, indent=2) + "\n")
+        # image and sidecar land together or not at all; without --overwrite neither replaces a file that
+        # appeared while this run worked
+        write_together({job.target: png_bytes(noisy, name=job.target),
+                        job.sidecar: (json.dumps(sidecar, indent=2) + "\n").encode()}, overwrite)
         written.append(job.target)
     return written
 

@@ -9,6 +9,7 @@ read, and its outputs written, the way it is seen.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,13 +98,20 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return np.asarray(shown, dtype=np.uint8).copy()
 
 
+def png_bytes(image: np.ndarray, compress_level: int = 1, name: str | Path = "image") -> bytes:
+    """``uint8 (H, W, 3)`` encoded as a PNG file (``name`` is what an error names)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"{name}: can only write uint8 (H, W, 3) images, got {image.dtype}{image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
 def write_png(path: str | Path, image: np.ndarray, compress_level: int = 1) -> None:
     """Writes ``uint8 (H, W, 3)`` as PNG, atomically (a crash never leaves a half-written file)."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"{path}: can only write uint8 (H, W, 3) images, got {image.dtype}{image.shape}")
-    path = Path(path)
-    with atomic_path(path) as temp:
-        Image.fromarray(image, "RGB").save(temp, format="PNG", compress_level=compress_level)
+    data = png_bytes(image, compress_level, path)
+    with atomic_path(Path(path)) as temp:
+        temp.write_bytes(data)
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
