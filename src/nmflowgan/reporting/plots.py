@@ -46,23 +46,36 @@ def _save(figure: object, path: Path) -> Path:
     return path
 
 
-def std_vs_intensity(stats: dict, path: Path) -> Path:
-    """Rows: camera/ISO conditions; columns: R, G, B; lines: real and each model (Fig. 2 of the paper)."""
-    keys = sorted(stats)
+def _intensity_lines(lines: dict, ylabel: str, path: Path, zero_line: bool = False) -> Path:
+    """Rows: camera/ISO conditions; columns: R, G, B; one line per source against clean intensity.
+
+    Args:
+        lines: ``{(camera, iso): {"real" or source: [(x, y) for R, G, B]}}``.
+    """
+    keys = sorted(lines)
     figure, axes = _subplots(len(keys), 3, (10, 2.2 * len(keys)), sharex=True)
     for row, key in enumerate(keys):
         for channel in range(3):
             axis = axes[row][channel]
-            for name, value in stats[key].items():
-                axis.plot(value.intensity.numpy(), value.std[channel].numpy(), color=COLOURS.get(name),
+            for name, curves in lines[key].items():
+                axis.plot(*curves[channel], marker="o" if zero_line else None, ms=3, color=COLOURS.get(name),
                           lw=2.2 if name == "real" else 1.2, label=name)
+            if zero_line:
+                axis.axhline(0, color="lightgray", lw=0.8)
             axis.set_title(f"{key[0]} ISO {key[1]:g} - {CHANNELS[channel]}", fontsize=8)
             axis.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
     for axis in axes[-1]:
         axis.set_xlabel("clean intensity (0-255)", fontsize=8)
-    figure.supylabel("noise std (8-bit units)")
+    figure.supylabel(ylabel)
     return _save(figure, path)
+
+
+def std_vs_intensity(stats: dict, path: Path) -> Path:
+    """Rows: camera/ISO conditions; columns: R, G, B; lines: real and each model (Fig. 2 of the paper)."""
+    lines = {key: {name: [(value.intensity.numpy(), value.std[c].numpy()) for c in range(3)]
+                   for name, value in sources.items()} for key, sources in stats.items()}
+    return _intensity_lines(lines, "noise std (8-bit units)", path)
 
 
 def skewness_vs_intensity(moments: dict, path: Path) -> Path:
@@ -75,24 +88,12 @@ def skewness_vs_intensity(moments: dict, path: Path) -> Path:
     from nmflowgan.metrics.moments import BIN_EDGES, MIN_PIXELS
 
     centres = (np.array(BIN_EDGES[:-1]) + np.array(BIN_EDGES[1:])) / 2
-    keys = sorted(moments)
-    figure, axes = _subplots(len(keys), 3, (10, 2.2 * len(keys)), sharex=True)
-    for row, key in enumerate(keys):
-        enough = moments[key]["real"].count.numpy() >= MIN_PIXELS
-        for channel in range(3):
-            axis = axes[row][channel]
-            for name, value in moments[key].items():
-                skew = np.where(enough[channel], value.skewness[channel].numpy(), np.nan)
-                axis.plot(centres, skew, marker="o", ms=3, color=COLOURS.get(name), lw=2.2 if name == "real" else 1.2,
-                          label=name)
-            axis.axhline(0, color="lightgray", lw=0.8)
-            axis.set_title(f"{key[0]} ISO {key[1]:g} - {CHANNELS[channel]}", fontsize=8)
-            axis.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
-    for axis in axes[-1]:
-        axis.set_xlabel("clean intensity (0-255)", fontsize=8)
-    figure.supylabel("noise skewness")
-    return _save(figure, path)
+    lines = {}
+    for key, sources in moments.items():
+        enough = sources["real"].count.numpy() >= MIN_PIXELS
+        lines[key] = {name: [(centres, np.where(enough[c], value.skewness[c].numpy(), np.nan)) for c in range(3)]
+                      for name, value in sources.items()}
+    return _intensity_lines(lines, "noise skewness", path, zero_line=True)
 
 
 def correlation_vs_distance(stats: dict, path: Path) -> Path:
