@@ -237,3 +237,39 @@ def test_a_folder_in_sidds_layout_that_is_not_sidd_trains_on_every_pair(simcam_t
     assert val_split is None and {r.clean.parent for r in dataset.records} == set(folders)
     conditions = sorted({(r.camera, r.iso) for r in dataset.records})
     assert f"training on {len(pairs)} pairs (every pair of the data set), {len(conditions)} camera/ISO" in caplog.text
+
+
+def test_pairs_whose_noise_no_camera_makes_are_named_before_training(simcam_tree, tmp_path, caplog):
+    import logging
+
+    from nmflowgan.data.plausibility import implausible_pairs
+    from nmflowgan.training.run import RunOptions, training_patches
+
+    records = find_pairs(simcam_tree, "train")[:6]
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    rows = ["clean,noisy,camera,iso"]
+    for k, record in enumerate(records):
+        clean, noisy = read_rgb(record.clean), read_rgb(record.noisy)
+        if k == 1:
+            noisy = clean  # no noise
+        elif k == 2:
+            clean, noisy = noisy, clean  # swapped
+        elif k == 3:
+            noisy = np.full_like(noisy, 255)  # saturated
+        write_png(folder / f"c{k}.png", clean)
+        write_png(folder / f"n{k}.png", noisy)
+        rows.append(f"c{k}.png,n{k}.png,{record.camera},{record.iso:g}")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    found, checked = implausible_pairs(PatchDataset(read_metadata(folder / "metadata.csv"), 32, 32))
+    assert checked == 6
+    assert [(r.noisy.name, why.split(":")[0].split(" (")[0]) for r, why in found] == [
+        ("n1.png", "no noise"), ("n2.png", "the clean image is rougher than the noisy one"),
+        ("n3.png", "the noisy image is one flat value")]
+    with caplog.at_level(logging.WARNING, logger="nmflowgan.training.run"):
+        training_patches(RunOptions(data=folder, out=tmp_path / "run"), 32, 32, 4)
+    assert "3 of 6 pairs checked hold noise no camera makes" in caplog.text and "n2.png" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nmflowgan.training.run"):
+        training_patches(RunOptions(data=simcam_tree, out=tmp_path / "run"), 32, 32, 4)
+    assert "no camera makes" not in caplog.text  # real simulated pairs raise nothing

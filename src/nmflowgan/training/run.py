@@ -19,6 +19,7 @@ import torch
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.patches import PatchDataset
+from nmflowgan.data.plausibility import implausible_pairs
 from nmflowgan.errors import BadInputError, DataError, OutputExistsError, RunLockedError, TrainingError
 from nmflowgan.training.distributed import DistributedContext
 
@@ -233,6 +234,11 @@ def training_patches(options: RunOptions, patch_px: int, stride_px: int, batch_s
         raise DataError(f"{options.data}: {len(dataset)} training patches of {patch_px}x{patch_px} in {len(records)} "
                         f"pairs, fewer than one batch of {batch_size}; use more or larger images, or a config with "
                         "a smaller batch_size or patch_px")
+    implausible, checked = implausible_pairs(dataset)
+    if implausible:
+        named = "; ".join(f"{record.noisy}: {why}" for record, why in implausible[:5])
+        log.warning("%d of %d pairs checked hold noise no camera makes, and are trained on as they are: %s%s",
+                    len(implausible), checked, named, " ..." if len(implausible) > 5 else "")
     return dataset, val_split
 
 
