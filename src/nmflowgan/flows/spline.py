@@ -39,19 +39,15 @@ def _soft_clamp(v: torch.Tensor, limit: float) -> torch.Tensor:
     return v / (1 + v.abs() / limit)
 
 
-def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
-    """``(B, C, K, H, W)`` raw bin sizes -> ``(B, C, K + 1, H, W)`` knot positions from ``-bound`` to ``bound``: a
-    softmax of the soft-clamped sizes (no bin narrower than about ``MIN_SLOPE`` of a uniform one), summed up.
-    The cumulative sum of the exponentials over their total is the softmax's cumulative sum, one pass less."""
-    exps = _soft_clamp(raw, -math.log(MIN_SLOPE) / 2).exp()  # bounded: no overflow without a max subtracted
-    sums = exps.cumsum(2)
-    zero = sums.new_zeros(sums.shape[:2] + (1,) + sums.shape[3:])
-    return torch.cat([zero, sums / sums[:, :, -1:]], dim=2) * (2 * bound) - bound
-
-
 class Spline:
     """Monotone rational-quadratic splines (Durkan et al. 2019), one per pixel and channel, identity outside
     ``[-bound, bound]``.
+
+    Bin widths and heights are a softmax of their soft-clamped raw values (no bin narrower than about
+    ``MIN_SLOPE`` of a uniform one), knot slopes the exponential of theirs, 1 at both ends so that the spline
+    runs smoothly into the identity. The knots are kept as cumulative sums of the exponentials (knot ``j`` of
+    ``K`` at ``bound * (2 * sums_j / sums_K - 1)``, knot 0 at ``-bound``): a value is placed among them in that
+    scale, and only the two knots of its bin are ever turned into positions.
 
     Args:
         raw: ``(B, C, 3K - 1, H, W)`` unconstrained parameters: K bin widths, K bin heights, K - 1 inner knot
@@ -61,26 +57,35 @@ class Spline:
 
     def __init__(self, raw: torch.Tensor, bins: int, bound: float) -> None:
         widths, heights, slopes = raw.split((bins, bins, bins - 1), dim=2)
-        self.xs, self.ys = (_knots(v, bound) for v in (widths, heights))  # (B, C, K + 1, H, W)
-        slopes = _soft_clamp(slopes, -math.log(MIN_SLOPE))
-        ones = slopes.new_zeros(slopes.shape[:2] + (1,) + slopes.shape[3:])  # log slope 0 at both ends: the
-        self.slopes = torch.cat([ones, slopes, ones], dim=2).exp()  # spline runs smoothly into the identity
-        self.bins = bins
+        limit = -math.log(MIN_SLOPE)
+        # bounded exponents: no overflow without a maximum subtracted
+        self.x_sums, self.y_sums = (_soft_clamp(v, limit / 2).exp().cumsum(2) for v in (widths, heights))
+        self.log_slopes = _soft_clamp(slopes, limit)  # (B, C, K - 1, H, W), the inner knots'
+        self.bins, self.bound = bins, bound
 
-    def _bin(self, knots: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The bin of each value of ``v`` ``(B, C, H, W)`` among ``knots``, and its knots, heights and slopes."""
-        k = (knots < v.unsqueeze(2)).sum(2, keepdim=True) - 1  # (B, C, 1, H, W)
-        inside = ((k >= 0) & (k < self.bins)).squeeze(2)
-        k = k.clamp(0, self.bins - 1)
-        ends = torch.cat([k, k + 1], dim=2)
-        x0, x1 = self.xs.gather(2, ends).unbind(2)
-        y0, y1 = self.ys.gather(2, ends).unbind(2)
-        d0, d1 = self.slopes.gather(2, ends).unbind(2)
+    def _ends(self, sums: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positions of knots ``k`` and ``k + 1`` (``k`` ``(B, C, 1, H, W)`` bins) that ``sums`` places."""
+        below, above = sums.gather(2, torch.cat([(k - 1).clamp_min(0), k], 2)).split(1, 2)
+        below = torch.where(k == 0, 0.0, below)
+        scale = 2 * self.bound / sums[:, :, -1:]
+        return (below * scale - self.bound).squeeze(2), (above * scale - self.bound).squeeze(2)
+
+    def _bin(self, sums: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The bin of each value of ``v`` ``(B, C, H, W)`` among the knots ``sums`` places (the x or the y
+        knots), and that bin's knots, heights, slopes and mean slope."""
+        inside = (v > -self.bound) & (v <= self.bound)
+        position = (v.unsqueeze(2) / self.bound + 1) / 2 * sums[:, :, -1:]
+        k = (sums[:, :, :-1] < position).sum(2, keepdim=True)  # inner knots below: the bin, (B, C, 1, H, W)
+        x0, x1 = self._ends(self.x_sums, k)
+        y0, y1 = self._ends(self.y_sums, k)
+        inner = self.log_slopes.gather(2, torch.cat([(k - 1).clamp_min(0), k.clamp_max(self.bins - 2)], 2))
+        d0 = torch.where(k == 0, 0.0, inner[:, :, :1]).exp().squeeze(2)
+        d1 = torch.where(k == self.bins - 1, 0.0, inner[:, :, 1:]).exp().squeeze(2)
         return inside, x0, x1, y0, y1, d0, d1, (y1 - y0) / (x1 - x0)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y, log dy/dx)`` for ``x`` ``(B, C, H, W)``."""
-        inside, x0, x1, y0, y1, d0, d1, s = self._bin(self.xs, x)
+        inside, x0, x1, y0, y1, d0, d1, s = self._bin(self.x_sums, x)
         t = torch.where(inside, (x - x0) / (x1 - x0), 0.0)
         mix = t * (1 - t)
         denominator = s + (d0 + d1 - 2 * s) * mix
@@ -90,7 +95,7 @@ class Spline:
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``x`` with ``self(x)[0] == y``: the root of the bin's quadratic that lies in [0, 1]."""
-        inside, x0, x1, y0, y1, d0, d1, s = self._bin(self.ys, y)
+        inside, x0, x1, y0, y1, d0, d1, s = self._bin(self.y_sums, y)
         rise = torch.where(inside, y - y0, 0.0)
         a = (y1 - y0) * (s - d0) + rise * (d0 + d1 - 2 * s)
         b = (y1 - y0) * d0 - rise * (d0 + d1 - 2 * s)
