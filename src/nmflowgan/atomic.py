@@ -20,7 +20,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     # Created like any file the user writes (mode 0666 less the umask), not with mkstemp's private 0600.
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    temp = _temporary(path)
     os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield temp
@@ -30,6 +30,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if temp.exists():
             temp.unlink()
+
+
+def _temporary(path: Path) -> Path:
+    """A hidden, unique name beside ``path`` for a file that is not complete yet."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
 def write_together(files: dict[Path, bytes], overwrite: bool) -> None:
@@ -45,7 +50,7 @@ def write_together(files: dict[Path, bytes], overwrite: bool) -> None:
     placed: list[Path] = []
     try:
         for path, data in files.items():
-            temps[path] = temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            temps[path] = temp = _temporary(path)
             try:
                 with open(temp, "xb") as handle:
                     handle.write(data)

@@ -43,6 +43,12 @@ class ResidualMLP(nn.Module):
         return self.last(h)
 
 
+def with_condition_planes(meta: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``[meta as constant planes; clean]``: ``(B, E)`` condition embedding and ``(B, 3, H, W)`` clean image ->
+    ``(B, E + 3, H, W)`` in the clean image's dtype, what a pointwise (1x1) network of both reads."""
+    return torch.cat([meta.to(clean.dtype)[:, :, None, None].expand(-1, -1, *clean.shape[2:]), clean], 1)
+
+
 class ConditionalAffine(FlowLayer):
     """``z = exp(s) * x + b`` element-wise, with ``(s, b)`` from :meth:`scale_bias`: the one computation that the
     forward map, the inverse and the sampling form all share."""
@@ -126,10 +132,7 @@ class SignalDependentAffine(ConditionalAffine):
     def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         clean = context.clean_compute
         meta = self.meta(context.cond.features.to(context.clean.dtype))  # (B, E)
-        if self.folded is None:
-            hidden = torch.cat([meta.to(clean.dtype)[:, :, None, None].expand(-1, -1, *clean.shape[2:]), clean], 1)
-        else:
-            hidden = self.folded(clean, meta)
+        hidden = with_condition_planes(meta, clean) if self.folded is None else self.folded(clean, meta)
         embedding = self.pointwise(hidden).to(context.clean.dtype)  # (B, 2C, H, W)
         return embedding[:, : self.channels], embedding[:, self.channels :]
 

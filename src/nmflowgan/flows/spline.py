@@ -10,8 +10,10 @@ is diagonal, so the latent correlation keeps the flow's per-pixel marginal exact
 The spline is computed here rather than with a flows library: zuko's ``MonotonicRQSTransform`` (the same
 function: bins and heights from a softmax, knot slopes from an exponential, each raw value soft-clamped so that
 no bin or slope vanishes) keeps the bins on the last axis, and building it for a 2 x 256 x 256 batch took
-230 ms on one core against 48 ms for the convolutions that predict the knots. Here the bins lie on axis 2 of
-``(B, C, K, H, W)``, so every step runs over contiguous pixels (docs/realism.md has the measurement).
+230 ms on one core of the project's CPU against 48 ms for the convolutions that predict the knots. Here the
+bins lie on axis 2 of ``(B, C, K, H, W)``, so every step runs over contiguous pixels; the same function
+(checked against zuko's in tests/flows/test_layers.py) is 2.7x faster, and BENCHMARKS.md has its cost in
+sampling.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from nmflowgan.conditions import ConditionSpace
-from nmflowgan.flows.affine import ResidualMLP
+from nmflowgan.flows.affine import ResidualMLP, with_condition_planes
 from nmflowgan.flows.base import FlowContext, FlowLayer
 
 BINS = 8
@@ -133,8 +135,7 @@ class ConditionalSpline(FlowLayer):
         """The spline of every pixel and channel, in the dtype of ``context.clean``."""
         clean = context.clean_compute
         meta = self.meta(context.cond.features.to(context.clean.dtype))  # (B, E)
-        hidden = torch.cat([meta.to(clean.dtype)[:, :, None, None].expand(-1, -1, *clean.shape[2:]), clean], 1)
-        raw = self.pointwise(hidden).to(context.clean.dtype)  # (B, C * (3K - 1), H, W)
+        raw = self.pointwise(with_condition_planes(meta, clean)).to(context.clean.dtype)  # (B, C * (3K - 1), H, W)
         batch, _, height, width = raw.shape
         return Spline(raw.reshape(batch, self.channels, 3 * BINS - 1, height, width), BINS, BOUND)
 

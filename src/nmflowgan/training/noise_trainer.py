@@ -217,9 +217,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
             if context.is_main and validation_set is not None:
                 run.validated(step, _validate(model, validation_set, options.seed, train_config.batch_size))
 
-        what = "train (NLL + GAN)" if adversarial_game else "train (NLL)"
-        return run.loop(loader, schedule, train_step, validate, stop, what,
-                        train_config.batch_size)
+        description = "train (NLL + GAN)" if adversarial_game else "train (NLL)"
+        return run.loop(loader, schedule, train_step, validate, stop, description, train_config.batch_size)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------

@@ -133,10 +133,9 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
 
 
 def start_run(options: RunOptions, context: DistributedContext) -> tuple[Path, bool]:
-    """Prepares the run folder on rank 0 while the others wait; returns ``(run_dir, resuming)``. Every rank
-    checks the folder first (:func:`check_run_dir`)."""
+    """Prepares the run folder on rank 0 while the others wait; returns ``(run_dir, resuming)``. The folder was
+    checked (:func:`check_run_dir`) when the training's session took its lock."""
     run_dir = Path(options.out)
-    check_run_dir(options)
     if context.is_main:
         prepare_run_dir(run_dir, options.resume, options.overwrite)
     context.barrier()
