@@ -20,6 +20,7 @@ from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
+from nmflowgan.training.loop import TrainResult
 from nmflowgan.training.run import TRAINING_PRECISIONS, StopRequest
 
 
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="write a simcam data set (SIDD layout, train/ and test/)")
     simulate.add_argument("--out", required=True, help="folder to create")
-    simulate.add_argument("--cameras", nargs="+", default=None, help="built-in camera codes (default: all)")
+    simulate.add_argument("--cameras", nargs="*", default=None,
+                          help="built-in camera codes (default: all five; none named: only the --population)")
+    simulate.add_argument("--population", type=_non_negative_int, default=0,
+                          help="also draw this many cameras across the simulator's parameter space (codes A0, A1, ...)")
     simulate.add_argument("--isos", nargs="+", type=float, default=[100, 400, 1600, 3200])
     simulate.add_argument("--scenes", type=_positive_int, default=20, help="scenes (about a quarter go to test/)")
     simulate.add_argument("--size", type=_positive_int, default=512, help="side of each square scene in pixels")
@@ -73,6 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     _max_pixels_argument(train)
     _common_output(train)
     train.set_defaults(handler=_train)
+
+    adapt = sub.add_parser("adapt", help="teach a trained model (e.g. builtin) new cameras from a few image pairs")
+    adapt.add_argument("--base", required=True, help="the model to adapt: builtin, a model folder or a run folder")
+    adapt.add_argument("--data", required=True, type=Path,
+                       help="pairs of the new camera(s): a metadata.csv folder (camera and ISO per pair), or one "
+                            "with train/ and test/")
+    adapt.add_argument("--split", default=None, help="training split (default: as train)")
+    adapt.add_argument("--val-split", default=None, help="validation split (default: as train)")
+    adapt.add_argument("--out", required=True, type=Path, help="run folder")
+    adapt.add_argument("--adapt", choices=["camera", "all"], default="camera",
+                       help="camera: only the new cameras' weights (the base's cameras stay exactly as they were); "
+                            "all: every weight, pulled toward the base")
+    adapt.add_argument("--pull", type=float, default=1.0, help="--adapt all: weight of the pull toward the base")
+    adapt.add_argument("--steps", type=_positive_int, default=None, help="default 600 (minutes on a 2-core CPU)")
+    adapt.add_argument("--lr", type=float, default=None, help="default 1e-2 (camera) or 1e-3 (all)")
+    adapt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _device_argument(adapt)
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--skip-bad", action="store_true", help="log and skip unusable image pairs")
+    _max_pixels_argument(adapt)
+    _common_output(adapt)
+    adapt.set_defaults(handler=_adapt)
 
     evaluate = sub.add_parser("evaluate", help="KLD/AKLD/correlation of a model next to the baselines, with a report")
     evaluate.add_argument("--checkpoint", required=True, type=Path, help="run folder or saved model folder")
@@ -277,13 +303,18 @@ def _info(args: argparse.Namespace) -> None:
 
 def _simulate(args: argparse.Namespace) -> None:
     out = api.simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
-                       overwrite=args.overwrite, progress=not args.quiet)
+                       overwrite=args.overwrite, progress=not args.quiet, population=args.population)
     print(f"simcam data set written to {out} (train/, test/, simcam.json)")
 
 
 def _train(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
         result = api.train_noise_model(_config(args), _options(api.NoiseTrainingOptions, args), stop)
+    return _report_training(result)
+
+
+def _report_training(result: TrainResult) -> int:
+    """Prints how a noise-model run ended (train and adapt); returns the exit code."""
     if not result.is_main:  # one rank of a distributed run speaks
         return _signal_exit_code(result.interrupted) if result.interrupted else 0
     if result.interrupted:
@@ -299,6 +330,12 @@ def _train(args: argparse.Namespace) -> int:
     print(f"checkpoints: {result.run_dir / 'last'}" + (f" and {best}" if best.exists() else
           " (no 'best': no validation step was eligible, e.g. training ended within the flow warm-up)"))
     return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    with stop_on_signals() as stop:
+        result = api.adapt(_options(api.NoiseTrainingOptions, args), args.lr, stop)
+    return _report_training(result)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

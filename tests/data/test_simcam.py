@@ -135,6 +135,46 @@ def test_refuses_to_overwrite_and_validates(tmp_path, simcam_tree):
         simulate(simcam_tree, scenes=2, size_px=32, progress=False)
     with pytest.raises(BadInputError, match="S6"):
         simulate(tmp_path / "x", cameras=["S6"], progress=False)
-    with pytest.raises(BadInputError, match="50-10000"):
+    with pytest.raises(BadInputError, match="50-12800"):
         simulate(tmp_path / "x", isos=[20000], progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_drawn_population_spans_the_parameter_space_and_is_a_function_of_its_seed():
+    from nmflowgan.data.simcam.camera import camera_population
+
+    cameras = camera_population(48, seed=0)
+    codes = [c.code for c in cameras]
+    assert len(set(codes)) == 48 and not (SIDD_CODES | {c.code for c in builtin_cameras()}) & set(codes)
+    assert camera_population(5, seed=0) == cameras[:5]  # camera i does not depend on the count
+    assert camera_population(5, seed=1) != cameras[:5]
+    assert {c.bayer for c in cameras} == {"RGGB", "BGGR", "GRBG", "GBRG"}
+    assert {c.demosaic for c in cameras} == {"nearest", "bilinear", "chroma"}
+    assert any(c.jpeg_quality is None for c in cameras) and any(c.jpeg_quality for c in cameras)
+    shots = [c.shot_at_100 for c in cameras]
+    assert max(shots) / min(shots) > 10  # small and large sensors
+    for camera in cameras:
+        assert np.allclose(np.sum(camera.rgb_from_cam, axis=1), 1.0, atol=1e-3)
+
+
+def test_a_jpeg_camera_compresses_the_noise_and_correlates_it_like_a_camera_jpeg():
+    import dataclasses
+
+    scene = make_scene("dead_leaves", 3, 128)
+    png = builtin_cameras()[2]  # nearest demosaic, no in-camera denoising: the least correlated camera
+    jpeg = dataclasses.replace(png, jpeg_quality=70)
+    _, png_noise = _noise(png, scene, 3200)
+    _, jpeg_noise = _noise(jpeg, scene, 3200)
+    assert jpeg_noise[0].std() < png_noise[0].std()  # quantized DCT coefficients drop fine noise
+    assert _corr(jpeg_noise[0], 1) > _corr(png_noise[0], 1) + 0.05
+
+
+def test_the_iso_range_reaches_12800_and_the_population_writes_a_usable_tree(tmp_path):
+    out = simulate(tmp_path / "pop", cameras=[], isos=[50, 12800], scenes=2, size_px=64, population=3,
+                   progress=False)
+    pairs = find_pairs(out, "train") + find_pairs(out, "test")
+    assert sorted({p.camera for p in pairs}) == ["A0", "A1", "A2"] and {p.iso for p in pairs} == {50, 12800}
+    meta = json.loads((out / "simcam.json").read_text())
+    assert [c["code"] for c in meta["cameras"]] == ["A0", "A1", "A2"]
+    with pytest.raises(BadInputError, match="no cameras"):
+        simulate(tmp_path / "none", cameras=[], scenes=2, size_px=64, progress=False)

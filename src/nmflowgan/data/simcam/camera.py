@@ -6,26 +6,30 @@ The pipeline follows Brooks et al. 2019 ("Unprocessing Images for Learned Raw De
          -> Bayer mosaic = clean raw in [0, 1]
     noisy raw = clip(raw + N(0, shot(ISO) * raw + read(ISO)), 0, 1)
     raw -> demosaic -> white balance -> colour matrix -> denoise / sharpen -> gamma -> tone curve -> 8 bit
+         -> JPEG (cameras that compress)
 
 Clean and noisy raw go through the same processing, so the sRGB noise is signal-dependent (shot noise,
 then the gamma and tone curve), channel-correlated (colour matrix, chroma smoothing) and spatially
-correlated (demosaicing, in-camera denoising and sharpening), as a phone's is.
+correlated (demosaicing, in-camera denoising and sharpening, JPEG's blocks and chroma subsampling), as a
+phone's is. :func:`camera_population` draws any number of cameras across this parameter space.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from nmflowgan.errors import BadInputError
 
 BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 DEMOSAIC_METHODS = ("nearest", "bilinear", "chroma")
-ISO_RANGE = (50.0, 10000.0)
+ISO_RANGE = (50.0, 12800.0)
 _CHANNEL = {"R": 0, "G": 1, "B": 2}
 
 
@@ -46,6 +50,7 @@ class VirtualCamera:
             the blend grows with ISO (``amount * log2(ISO/100)/5``, clipped to [0, amount]).
         sharpen_amount: unsharp-mask strength (1-pixel Gaussian) after denoising.
         tone_strength: blend between no tone curve (0) and a smoothstep S-curve (1).
+        jpeg_quality: the camera saves JPEG at this quality (4:2:0 chroma), or PNG when None.
     """
 
     code: str
@@ -60,6 +65,7 @@ class VirtualCamera:
     denoise_amount: float
     sharpen_amount: float
     tone_strength: float
+    jpeg_quality: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.code) != 2:
@@ -68,6 +74,8 @@ class VirtualCamera:
             raise BadInputError(f"Bayer pattern {self.bayer!r} is not one of {BAYER_PATTERNS}")
         if self.demosaic not in DEMOSAIC_METHODS:
             raise BadInputError(f"demosaic method {self.demosaic!r} is not one of {DEMOSAIC_METHODS}")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:
+            raise BadInputError(f"JPEG quality {self.jpeg_quality} is outside 1-95")
 
     # ---- the noise level function -----------------------------------------------------------------
 
@@ -122,7 +130,7 @@ class VirtualCamera:
 
         Args:
             scene: ``uint8 (H, W, 3)`` sRGB (H and W are cropped to even numbers).
-            iso: in 50-10000.
+            iso: in 50-12800.
             draws: K, the number of independent noisy images (K >= 2 gives the oracle of evaluation).
             generator: the source of the raw noise (CPU).
 
@@ -136,6 +144,8 @@ class VirtualCamera:
         """As :meth:`capture`, from the ``(1, 1, H, W)`` clean raw that :meth:`unprocess` made."""
         noisy = torch.cat([self.add_noise(raw, iso, generator) for _ in range(draws)])
         images = self.process(torch.cat([raw, noisy]), iso).permute(0, 2, 3, 1).numpy()
+        if self.jpeg_quality is not None:
+            images = np.stack([jpeg_round_trip(image, self.jpeg_quality) for image in images])
         return images[0], images[1:]
 
     # ---- helpers ----------------------------------------------------------------------------------
@@ -199,6 +209,15 @@ def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return sum(w / total * padded[..., i : i + height, :] for i, w in enumerate(taps))
 
 
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """``uint8 (H, W, 3)`` saved as a baseline JPEG (4:2:0) at ``quality`` and read back."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=2)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"))
+
+
 def srgb_to_linear(srgb: torch.Tensor) -> torch.Tensor:
     return torch.where(srgb <= 0.04045, srgb / 12.92, ((srgb.clamp_min(0) + 0.055) / 1.055) ** 2.4)
 
@@ -242,3 +261,58 @@ def builtin_cameras() -> tuple[VirtualCamera, ...]:
                       shot_at_100=4.0e-4, read_at_100=3.0e-7, read_floor=1.5e-6, demosaic="chroma",
                       denoise_sigma_px=1.0, denoise_amount=0.2, sharpen_amount=0.2, tone_strength=0.6),
     )
+
+
+# Codes of drawn cameras: a letter outside SIDD's and the built-ins' first letters, then a digit or letter.
+POPULATION_LETTERS = "ABCDEFHJKLMOQRTUWXYZ"
+POPULATION_SYMBOLS = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+def population_code(index: int) -> str:
+    """The two-character code of the ``index``-th drawn camera: ``A0, A1, ..., A9, AA, ...``."""
+    letter, symbol = divmod(index, len(POPULATION_SYMBOLS))
+    if letter >= len(POPULATION_LETTERS):
+        raise BadInputError(f"a camera population holds at most {len(POPULATION_LETTERS) * len(POPULATION_SYMBOLS)} "
+                            f"cameras, asked for camera {index + 1}")
+    return POPULATION_LETTERS[letter] + POPULATION_SYMBOLS[symbol]
+
+
+def random_camera(code: str, rng: np.random.Generator) -> VirtualCamera:
+    """One camera drawn across the simulator's parameter space.
+
+    Ranges (uniform unless said): shot noise 1e-5-8e-4 and read noise 2e-8-8e-7 per unit at ISO 100 and a
+    read floor of 1e-7-6e-6 (all log-uniform: phones to large-sensor cameras); any Bayer pattern and
+    demosaicing method; red and blue gains 1.5-2.6 and 1.3-2.1; a colour matrix with diagonal 1.3-2.0 (rows
+    sum to 1); in-camera denoising of 0.6-1.6 px blended up to 0-0.8; sharpening 0-0.7 in half of the
+    cameras; tone strength 0-0.7; JPEG at quality 60-95 in two cameras of three, PNG otherwise.
+    """
+
+    def log_uniform(low: float, high: float) -> float:
+        return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+    matrix = []
+    for channel in range(3):
+        diagonal = rng.uniform(1.3, 2.0)
+        share = rng.uniform(0.1, 0.9)  # how the excess splits between the other two channels
+        row = [0.0, 0.0, 0.0]
+        others = [c for c in range(3) if c != channel]
+        row[channel] = diagonal
+        row[others[0]], row[others[1]] = -(diagonal - 1) * share, -(diagonal - 1) * (1 - share)
+        matrix.append(tuple(round(v, 4) for v in row))
+    return VirtualCamera(
+        code=code, bayer=str(rng.choice(BAYER_PATTERNS)),
+        wb_gains=(round(rng.uniform(1.5, 2.6), 3), round(rng.uniform(1.3, 2.1), 3)),
+        rgb_from_cam=tuple(matrix),
+        shot_at_100=log_uniform(1e-5, 8e-4), read_at_100=log_uniform(2e-8, 8e-7), read_floor=log_uniform(1e-7, 6e-6),
+        demosaic=str(rng.choice(DEMOSAIC_METHODS)),
+        denoise_sigma_px=round(rng.uniform(0.6, 1.6), 3), denoise_amount=round(rng.uniform(0.0, 0.8), 3),
+        sharpen_amount=round(rng.uniform(0.0, 0.7), 3) if rng.uniform() < 0.5 else 0.0,
+        tone_strength=round(rng.uniform(0.0, 0.7), 3),
+        jpeg_quality=int(rng.integers(60, 96)) if rng.uniform() < 2 / 3 else None,
+    )
+
+
+def camera_population(count: int, seed: int) -> tuple[VirtualCamera, ...]:
+    """``count`` cameras drawn by :func:`random_camera`, coded ``A0, A1, ...``; a pure function of its arguments
+    (camera ``i`` is the same whatever ``count``)."""
+    return tuple(random_camera(population_code(i), np.random.default_rng([seed, i])) for i in range(count))

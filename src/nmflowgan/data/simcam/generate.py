@@ -23,7 +23,7 @@ from nmflowgan import __version__
 from nmflowgan.atomic import write_text
 from nmflowgan.data.io import write_png
 from nmflowgan.data.sidd import SiddFolder
-from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, scene_tensor
+from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, camera_population, scene_tensor
 from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
 from nmflowgan.errors import BadInputError, OutputExistsError
 
@@ -61,8 +61,18 @@ def plan_scenes(count: int, seed: int, photos: Sequence[str]) -> list[SceneSpec]
     return specs
 
 
-def camera_by_code(codes: Sequence[str] | None) -> list[VirtualCamera]:
-    """The built-in cameras named by ``codes`` (all when None)."""
+def camera_by_code(codes: Sequence[str] | None, population: int = 0, seed: int = 0) -> list[VirtualCamera]:
+    """The built-in cameras named by ``codes`` (all five when None; none when ``codes`` is empty), followed by
+    ``population`` cameras drawn by :func:`~nmflowgan.data.simcam.camera.camera_population` from ``seed``."""
+    if population < 0:
+        raise BadInputError(f"a camera population cannot be negative, got {population}")
+    drawn = list(camera_population(population, seed))
+    if codes is not None and not codes and not drawn:
+        raise BadInputError("no cameras: name built-in cameras or draw a population")
+    return _builtin_by_code(codes) + drawn
+
+
+def _builtin_by_code(codes: Sequence[str] | None) -> list[VirtualCamera]:
     cameras = {c.code: c for c in builtin_cameras()}
     if codes is None:
         return list(cameras.values())
@@ -81,22 +91,24 @@ def noise_seed(seed: int, scene: int, camera: int, iso: float) -> int:
 
 def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequence[float] = DEFAULT_ISOS,
              scenes: int = 20, size_px: int = 512, seed: int = 0, overwrite: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, population: int = 0) -> Path:
     """Generates a simcam data set.
 
     Args:
         out: the folder to create (refused if it exists, unless ``overwrite``).
-        cameras: built-in camera codes (default: all five).
-        isos: ISOs in 50-10000.
+        cameras: built-in camera codes (default: all five; ``[]``: none, with a population).
+        isos: ISOs in 50-12800.
         scenes: number of scenes; about a quarter go to ``test``.
         size_px: side of each square scene (rounded down to even).
         seed: the whole data set is a pure function of its arguments.
+        population: this many more cameras, drawn across the simulator's parameter space from ``seed``
+            (codes ``A0, A1, ...``; see :func:`~nmflowgan.data.simcam.camera.random_camera`).
 
     Returns:
         ``out``.
     """
     out = Path(out)
-    chosen = camera_by_code(cameras)
+    chosen = camera_by_code(cameras, population, seed)
     isos = sorted({float(i) for i in isos})
     bad = [i for i in isos if not ISO_RANGE[0] <= i <= ISO_RANGE[1]]
     if bad:
