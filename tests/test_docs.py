@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Tiny sizes in place of the documented ones, so that every documented command runs in seconds.
 SHRINK = [(r"--preset paper", "--config $TINY"), (r"--epochs \d+", "--steps 2"), (r"--scenes \d+", "--scenes 2"),
-          (r"--size \d+", "--size 64")]
+          (r"--size \d+", "--size 64"), (r"--steps \d+", "--steps 2"), (r"--population \d+", "--population 2")]
 
 
 def _blocks(path: Path, language: str) -> list[str]:
@@ -55,7 +55,7 @@ def test_every_command_that_computes_defaults_to_device_auto():
     import argparse
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    computing = ("train", "evaluate", "synthesize", "train-denoiser", "eval-denoiser", "denoise")
+    computing = ("train", "adapt", "evaluate", "synthesize", "train-denoiser", "eval-denoiser", "denoise")
     for name in computing:
         device = next(a for a in commands[name]._actions if a.dest == "device")
         assert device.default == "auto" and "cuda" in device.choices, name
@@ -115,11 +115,22 @@ def tiny_world(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(images / "photo.jpg", exif=exif)
     tiny = root / "tiny.json"
     save_config(tiny_config(), tiny)
-    variables = {"SIDD": sidd, "SIDD_BLOCKS": blocks, "IN": images, "TINY": tiny, "ROOT": root}
+    pairs = root / "pairs"  # pairs of a camera the built-in model does not know, for "Add your camera"
+    for split, count in (("train", 4), ("test", 2)):
+        (pairs / split).mkdir(parents=True)
+        rows = ["clean,noisy,camera,iso"]
+        for index in range(count):
+            image = rng.integers(40, 220, (1, 1, 3), dtype=np.uint8).repeat(96, 0).repeat(96, 1)
+            clean, noisy = builtin_cameras()[0].capture(image, (800, 3200)[index % 2], 1, generator)
+            write_png(pairs / split / f"c{index}.png", clean)
+            write_png(pairs / split / f"n{index}.png", noisy[0])
+            rows.append(f"c{index}.png,n{index}.png,MyCam,{(800, 3200)[index % 2]}")
+        (pairs / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    variables = {"SIDD": sidd, "SIDD_BLOCKS": blocks, "IN": images, "TINY": tiny, "ROOT": root, "PAIRS": pairs}
     return {k: str(v) for k, v in variables.items()}
 
 
-OUTPUTS = ("RUN", "EVAL", "DENOISER", "OUT", "DATA")
+OUTPUTS = ("RUN", "EVAL", "DENOISER", "OUT", "DATA", "ADAPTED")
 
 
 def _outputs(world: dict, document: str) -> dict:
@@ -130,7 +141,7 @@ def _outputs(world: dict, document: str) -> dict:
 def _run(command: str, variables: dict) -> subprocess.CompletedProcess:
     for pattern, replacement in SHRINK:
         command = re.sub(pattern, replacement, command)
-    if command.split()[1] in ("train", "train-denoiser") and "--steps" not in command:
+    if command.split()[1] in ("train", "train-denoiser", "adapt") and "--steps" not in command:
         command += " --steps 2"
     arguments = _arguments(command)
     for name in sorted(variables, key=len, reverse=True):  # $SIDD_BLOCKS before $SIDD
@@ -148,11 +159,16 @@ def test_documented_commands_run(document, tiny_world):
         assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
 
 
-def test_readme_python_example_runs(tmp_path):
-    (example,) = _blocks(ROOT / "README.md", "python")
+def test_readme_python_examples_run(tmp_path):
+    sampling, pairs = _blocks(ROOT / "README.md", "python")
     from nmflowgan import NoiseModel
 
     run = NoiseModel.from_preset("small", cameras=("S6", "N6"), isos=(100, 3200)).save(tmp_path / "model")
     namespace: dict = {}
-    exec(example.replace('"runs/sidd"', repr(str(run))), namespace)  # noqa: S102 - our own README's code
+    exec(sampling.replace('"runs/sidd"', repr(str(run))), namespace)  # noqa: S102 - our own README's code
     assert namespace["noisy"].shape == (4, 3, 256, 256)
+    adapted = NoiseModel.from_preset("small", cameras=("MyCam",), isos=(400, 3200)).save(tmp_path / "adapted")
+    exec(pairs.replace('"runs/my-camera"', repr(str(adapted))), namespace)  # noqa: S102
+    batch = namespace["batch"]
+    assert batch["noisy"].shape == batch["clean"].shape == (4, 64, 64, 3) and batch["noisy"].dtype == torch.uint8
+    assert not torch.equal(batch["noisy"], batch["clean"])

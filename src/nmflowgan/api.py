@@ -9,6 +9,7 @@ command                   function
 ``info``                  :func:`model_summary`
 ``simulate``              :func:`simulate`
 ``train``                 :func:`train_noise_model` with :class:`NoiseTrainingOptions`
+``adapt``                 :func:`adapt` with :class:`NoiseTrainingOptions` (its ``base`` set)
 ``evaluate``              :func:`evaluate_to_report`
 ``synthesize``            :func:`synthesize`
 ``train-denoiser``        :func:`train_denoiser` with :class:`DenoiserTrainingOptions`
@@ -36,10 +37,11 @@ from nmflowgan.reporting.report import Report, evaluate_to_report
 from nmflowgan.synthesis import synthesize
 from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
+from nmflowgan.training.noise_trainer import adapt_noise_model as adapt
 
-__all__ = ["DenoiserTrainingOptions", "ModelSummary", "NoiseTrainingOptions", "Report", "demo", "denoise_files",
-           "evaluate_denoiser", "evaluate_to_report", "model_summary", "simulate", "synthesize", "train_denoiser",
-           "train_noise_model"]
+__all__ = ["DenoiserTrainingOptions", "ModelSummary", "NoiseTrainingOptions", "Report", "adapt", "demo",
+           "denoise_files", "evaluate_denoiser", "evaluate_to_report", "model_summary", "simulate", "synthesize",
+           "train_denoiser", "train_noise_model"]
 log = logging.getLogger(__name__)
 
 

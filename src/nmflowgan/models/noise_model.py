@@ -26,6 +26,9 @@ from nmflowgan.models.unet import UNetRefiner
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 FORMAT = "nmflowgan-noise-model"
+# The name of the model that ships inside the package (docs/models.md says what it knows and how it was made).
+BUILTIN = "builtin"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 
 
 class NoiseModel(ComposedNoise):
@@ -190,7 +193,8 @@ class NoiseModel(ComposedNoise):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> NoiseModel:
-        """Loads a model saved by :meth:`save`, or the ``best`` (else ``last``) model of a run folder.
+        """Loads a model saved by :meth:`save`, or the ``best`` (else ``last``) model of a run folder, or the model
+        that ships in the package when ``path`` is ``"builtin"`` (docs/models.md).
 
         Raises:
             CheckpointError: naming the file, when it is missing, corrupt, truncated or of another kind.
@@ -239,5 +243,11 @@ def quantize(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """``path`` itself if it holds a saved noise model, else its ``best/`` or ``last/`` sub-folder."""
+    """The package's own model for ``"builtin"``; else ``path`` itself if it holds a saved noise model, else its
+    ``best/`` or ``last/`` sub-folder."""
+    if str(path) == BUILTIN:
+        if not (BUILTIN_DIR / META_FILE).is_file():
+            raise CheckpointError(f"{BUILTIN_DIR}: the built-in model is missing from this installation of nmflowgan "
+                                  "(reinstall the package)")
+        return BUILTIN_DIR
     return resolve_checkpoint_dir(path, META_FILE, "noise-model")

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,11 +30,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from nmflowgan.conditions import Condition
-from nmflowgan.config import Config, TrainConfig, to_dict
+from nmflowgan.config import Config, TrainConfig, small, to_dict
 from nmflowgan.data.folders import find_pairs
-from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
+from nmflowgan.data.patches import PatchBatch, PatchDataset, collate, evenly_spaced
 from nmflowgan.errors import BadInputError, DataError
 from nmflowgan.metrics.realism import RealismScorer
+from nmflowgan.models.adaptation import (
+    ADAPTED_PARAMETERS,
+    check_adaptable,
+    extended_state,
+    nearest_cameras,
+    pull_toward,
+    restrict_to_new_cameras,
+)
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.files import built_within_budget
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, quantize
@@ -46,6 +56,9 @@ from nmflowgan.training.run import RunOptions, StopRequest, training_patches
 
 log = logging.getLogger(__name__)
 STAGES = ("joint", "flow")
+# adapt's defaults, from the measurements in docs/adapt.md
+ADAPT_STEPS = 600
+ADAPT_LR = {"camera": 1e-2, "all": 1e-3}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,10 +68,25 @@ class NoiseTrainingOptions(RunOptions):
     Attributes:
         stage: ``joint`` (NLL + GAN, unless the preset's ``weight_gan`` is 0) or ``flow`` (no GAN).
         channels_last: channels-last memory format for refiner and critic.
+        base: adapt this trained model (a model or run folder, or ``builtin``) to the data's cameras instead of
+            training a new one: the result knows the base's cameras and the data's (see
+            :mod:`nmflowgan.models.adaptation`). The config's model part must be the base's.
+        adapt: what adapts: ``camera`` (the new cameras' columns only; the base's cameras stay exactly as they
+            were) or ``all`` (every weight, pulled toward the base with weight ``pull``).
     """
 
     stage: str = "joint"
     channels_last: bool = False
+    base: Path | str | None = None
+    adapt: str = "camera"
+    pull: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adapt not in ADAPTED_PARAMETERS:
+            raise BadInputError(f"adapt {self.adapt!r} is not one of {', '.join(ADAPTED_PARAMETERS)}")
+        if not (math.isfinite(self.pull) and self.pull >= 0):
+            raise BadInputError(f"pull must be a finite number >= 0, got {self.pull!r}")
 
 
 class GeneratorObjective(nn.Module):
@@ -108,15 +136,21 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                                               train_config.batch_size)
         cameras = sorted({r.camera for r in dataset.records})
         isos = sorted({float(r.iso) for r in dataset.records})
-        with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's global RNG
-            torch.manual_seed(options.seed)
-            what = f"config {config.name!r}"
-            model = built_within_budget(lambda: NoiseModel(model_config, cameras, isos), what).to(device)
-            critic = (built_within_budget(lambda: Critic(config.critic, model.space.feature_dim), what).to(device)
-                      if adversarial_game else None)
-        parameter_groups = [{"params": [*model.flow.parameters(),
-                                        *(model.correlation.parameters() if model.correlation else [])],
-                             "lr": train_config.lr}]
+        anchor, sources = None, None
+        if options.base is not None:
+            model, trainable, anchor, sources = _adapted(options, dataset, cameras, isos, train_config)
+            model.to(device)
+            anchor = {name: value.to(device) for name, value in anchor.items()} if anchor is not None else None
+            critic = None
+        else:
+            with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the global RNG
+                torch.manual_seed(options.seed)
+                what = f"config {config.name!r}"
+                model = built_within_budget(lambda: NoiseModel(model_config, cameras, isos), what).to(device)
+                critic = (built_within_budget(lambda: Critic(config.critic, model.space.feature_dim), what).to(device)
+                          if adversarial_game else None)
+            trainable = [*model.flow.parameters(), *(model.correlation.parameters() if model.correlation else [])]
+        parameter_groups = [{"params": trainable, "lr": train_config.lr}]
         modules, optimizers = {}, {}
         if critic is not None:
             if options.channels_last:
@@ -144,13 +178,14 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         # ---- the run: folder, resume, checkpoints ----------------------------------------------------------
         info = {"stage": options.stage, "seed": options.seed, "steps_per_epoch": steps_per_epoch,
                 "global_batch": train_config.batch_size, "total_steps": schedule.total_steps, "preset": config.name,
-                "config": to_dict(config), "options": options.to_dict()}
+                "config": to_dict(config), "options": options.to_dict(),
+                "base": None if options.base is None else str(options.base), "adapted_from": sources}
         state = TrainingState(0, modules, optimizers, info)
         run = TrainingRun(options, context, model, WEIGHTS_FILE, state,
                           ("config", "steps_per_epoch", "global_batch", "stage", "seed"), "val_kld", eligible=eligible)
         if run.resumed:
             log.info("resuming %s from step %d", run.run_dir, run.start)
-        else:
+        elif options.base is None:  # an adapted model starts from its base, not from the data
             # The whole first global batch on every rank, so all ranks start from the same initialization.
             batch = collate([dataset[(index, 0)] for index in probe.global_indices(0).tolist()])
             clean, real = _as_float(batch, device)
@@ -201,6 +236,10 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                     if correlation_loss is not None:
                         loss_g = loss_g + train_config.weight_correlation * correlation_loss.float()
                         losses["correlation"] = correlation_loss.item()
+                    if anchor is not None:
+                        pull = pull_toward(model, anchor)
+                        loss_g = loss_g + options.pull * pull
+                        losses["pull"] = pull.item()
                     if fake is not None:
                         adversarial_loss = generator_adversarial_loss(critic, fake, clean, cond.features).float()
                         loss_g = loss_g + train_config.weight_gan * adversarial_loss
@@ -221,7 +260,63 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         return run.loop(loader, schedule, train_step, validate, stop, description, train_config.batch_size)
 
 
+def adapt_noise_model(options: NoiseTrainingOptions, lr: float | None = None, stop: StopRequest | None = None
+                      ) -> TrainResult:
+    """Adapts ``options.base`` to the cameras of ``options.data`` (``nmflowgan adapt``): a run folder like any
+    training's, whose model knows the base's cameras and the new ones.
+
+    The run trains with ``small``'s schedule (48 px patches, batches of 16) for ``options.steps`` (default
+    :data:`ADAPT_STEPS`) at rate ``lr`` (default :data:`ADAPT_LR` of ``options.adapt``), halved every third of
+    the run; no adversarial game.
+    """
+    if options.base is None:
+        raise BadInputError("adapt needs a base model (a model or run folder, or 'builtin')")
+    if options.steps is None and options.epochs is None:
+        options = dataclasses.replace(options, steps=ADAPT_STEPS)
+    base = NoiseModel.load(options.base)
+    preset = small()
+    steps = options.steps or ADAPT_STEPS
+    train = dataclasses.replace(preset.train, lr=lr if lr is not None else ADAPT_LR[options.adapt],
+                                lr_decay_every=max(1, steps // 3 + 1), weight_gan=0.0)
+    return train_noise_model(dataclasses.replace(preset, name="adapt", model=base.config, train=train), options, stop)
+
+
 # ---- helpers ------------------------------------------------------------------------------------------
+
+
+def _adapted(options: NoiseTrainingOptions, dataset: PatchDataset, cameras: list[str], isos: list[float],
+             train_config: TrainConfig
+             ) -> tuple[NoiseModel, list[nn.Parameter], dict[str, torch.Tensor] | None, dict[str, str]]:
+    """The base model extended by the data's cameras, each started from the base camera that explains its
+    noise best; the parameters to train; the weights to pull toward (``all``; else None); which base camera
+    each new one started from. Refuses data the base cannot be adapted to before any work."""
+    base = NoiseModel.load(options.base)
+    check_adaptable(base.space, cameras, isos, len(dataset.records), str(options.data))
+    model = NoiseModel(base.config, base.cameras + tuple(cameras), base.isos)
+    chosen = []  # up to 64 patches of each new camera, spread over its pairs
+    for camera in cameras:
+        indices = [i for pair, record in enumerate(dataset.records) if record.camera == camera
+                   for i in range(dataset.starts[pair], dataset.starts[pair + 1])]
+        chosen += [indices[i] for i in evenly_spaced(len(indices), 64)]
+    patches = collate([dataset[(index, 0)] for index in chosen])
+    clean, noise = patches.clean.float() / 255.0, patches.noisy.float() - patches.clean.float()
+    uniform = torch.rand(noise.shape, generator=torch.Generator().manual_seed(options.seed))
+
+    def score(new: str, source: str) -> float:
+        mine = torch.tensor([camera == new for camera in patches.cameras])
+        cond = base.encode(source, patches.isos[mine].tolist(), int(mine.sum()))
+        _, log_prob = base.flow.latent_and_log_prob(noise[mine], clean[mine], cond, uniform=uniform[mine],
+                                                    censored=train_config.censor_ends)
+        return -float(log_prob.mean())
+
+    sources = nearest_cameras(score, base.cameras, cameras)
+    log.info("adapting %s: new camera(s) start from the base's %s", options.base,
+             ", ".join(f"{new} <- {source}" for new, source in sources.items()))
+    columns = extended_state(base, base.space, model, [sources[c] for c in cameras])
+    if options.adapt == "camera":
+        return model, restrict_to_new_cameras(model, columns), None, sources
+    anchor = {name: value.detach().clone() for name, value in model.named_parameters()}
+    return model, list(model.parameters()), anchor, sources
 
 
 def _as_float(batch: PatchBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

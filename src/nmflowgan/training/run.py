@@ -217,6 +217,19 @@ def _holds_progress(run_dir: Path) -> bool:
             or any((run_dir / "checkpoints").glob("step-*")))
 
 
+def describe_conditions(conditions: list[tuple[str, float]], most: int = 20) -> str:
+    """``conditions`` (sorted ``(camera, ISO)``) in words: each one when there are at most ``most``, else the
+    ISOs of each camera, and at most ``most`` cameras named."""
+    if len(conditions) <= most:
+        return ", ".join(f"{camera} ISO {iso:g}" for camera, iso in conditions)
+    by_camera: dict[str, list[float]] = {}
+    for camera, iso in conditions:
+        by_camera.setdefault(camera, []).append(iso)
+    described = [f"{camera} ISO {'/'.join(f'{iso:g}' for iso in isos)}" for camera, isos in by_camera.items()]
+    more = len(described) - most
+    return "; ".join(described[:most]) + (f"; and {more} more cameras" if more > 0 else "")
+
+
 def training_patches(options: RunOptions, patch_px: int, stride_px: int, batch_size: int = 1
                      ) -> tuple[PatchDataset, str | None]:
     """The augmented training patches of the run's data set and the name of its validation split; a data set
@@ -226,7 +239,7 @@ def training_patches(options: RunOptions, patch_px: int, stride_px: int, batch_s
     conditions = sorted({(r.camera, float(r.iso)) for r in records})
     log.info("training on %d pairs%s, %d camera/ISO conditions: %s", len(records),
              f" (split {split})" if split else " (every pair of the data set)", len(conditions),
-             ", ".join(f"{camera} ISO {iso:g}" for camera, iso in conditions))
+             describe_conditions(conditions))
     dataset = PatchDataset(records, patch_px, stride_px, augment=True, seed=options.seed,
                            skip_bad=options.skip_bad, max_pixels=options.max_pixels)
     if len(dataset) < batch_size:

@@ -1,0 +1,100 @@
+"""Data folders for the adaptation study (docs/adapt.md): K training pairs per camera of a real paired set.
+
+For each K and seed it writes ``OUT/NAME-kK-sS/`` with ``train/`` (K pairs per camera drawn with the seed,
+all of a camera's pairs where it has fewer; ``all``: every pair) and ``test/`` (the whole test split), each with
+its metadata.csv. Images are hard links to the originals (no copy of the data). With ``--scenes N`` it also
+writes ``OUT/NAME-kK-sS-clean/``: the subset's clean images plus N simulator scenes, each scene given one of
+the subset's (camera, ISO) conditions in turn (its "noisy" file is a copy of the clean one: a denoiser trained
+from it synthesizes the noise), for a denoiser trained on synthesized pairs.
+
+Usage::
+
+    python docs/studies/adapt_subsets.py --data ../shared/data/real/polyu --name polyu --out /tmp/subsets \\
+        --pairs 1 3 5 all --seeds 0 1 2 [--scenes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+from nmflowgan.data.io import write_png
+from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
+
+
+def read_rows(metadata: Path) -> list[dict[str, str]]:
+    with open(metadata, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_folder(rows: list[dict[str, str]], source: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        for column in ("clean", "noisy"):
+            target = folder / row[column]
+            if not target.exists():
+                os.link(source / row[column], target)
+    with open(folder / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["clean", "noisy", "camera", "iso"])
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in ("clean", "noisy", "camera", "iso")} for row in rows)
+
+
+def chosen_pairs(rows: list[dict[str, str]], pairs: str, seed: int) -> list[dict[str, str]]:
+    if pairs == "all":
+        return rows
+    by_camera: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_camera.setdefault(row["camera"], []).append(row)
+    rng = random.Random(seed)
+    picked = []
+    for camera in sorted(by_camera):
+        picked += rng.sample(by_camera[camera], min(int(pairs), len(by_camera[camera])))
+    return picked
+
+
+def write_clean_folder(rows: list[dict[str, str]], source: Path, folder: Path, scenes: int, seed: int) -> None:
+    write_folder(rows, source, folder)  # the subset's own pairs (a denoiser trained from it uses their clean)
+    conditions = sorted({(row["camera"], row["iso"]) for row in rows})
+    kinds = [f"photo:{p}" for p in available_photos()] + list(PROCEDURAL)
+    extra = []
+    for index in range(scenes):
+        scene = make_scene(kinds[index % len(kinds)], seed * 1000 + index, 512)
+        name = f"scene_{index:03d}.png"
+        write_png(folder / name, np.ascontiguousarray(scene))
+        camera, iso = conditions[index % len(conditions)]
+        extra.append({"clean": name, "noisy": name, "camera": camera, "iso": iso})
+    with open(folder / "metadata.csv", "a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=["clean", "noisy", "camera", "iso"]).writerows(extra)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--pairs", nargs="+", default=["1", "3", "5", "all"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--scenes", type=int, default=0)
+    args = parser.parse_args()
+    train, test = read_rows(args.data / "train" / "metadata.csv"), read_rows(args.data / "test" / "metadata.csv")
+    for pairs in args.pairs:
+        for seed in args.seeds if pairs != "all" else [0]:
+            name = f"{args.name}-k{pairs}-s{seed}"
+            picked = chosen_pairs(train, pairs, seed)
+            write_folder(picked, args.data / "train", args.out / name / "train")
+            write_folder(test, args.data / "test", args.out / name / "test")
+            if args.scenes:
+                write_clean_folder(picked, args.data / "train", args.out / f"{name}-clean" / "train", args.scenes,
+                                   seed)
+                write_folder(test, args.data / "test", args.out / f"{name}-clean" / "test")
+            print(f"{args.out / name}: {len(picked)} training pairs")
+
+
+if __name__ == "__main__":
+    main()

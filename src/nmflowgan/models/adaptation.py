@@ -1,0 +1,117 @@
+"""A trained model taught new cameras: its vocabulary extended, each new camera started from the base camera
+that explains its noise best, and only what the adaptation may change left free to train.
+
+Every network of a model reads the camera as a one-hot block of its condition features (``[cameras; ISO]``,
+:mod:`nmflowgan.conditions`), and the features are always the last ``D`` inputs of the layer that reads them
+(a linear layer's columns, or the refiner's condition planes). A camera is therefore one column of each such
+layer: a new camera is a new column, and a copy of base camera ``b``'s columns makes the new camera draw
+exactly ``b``'s noise. Training only the new columns (``camera``) leaves every base camera's noise exactly as
+it was; ``all`` trains every weight, pulled toward the base by a quadratic penalty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nmflowgan.conditions import ConditionSpace
+from nmflowgan.errors import BadInputError
+
+ADAPTED_PARAMETERS = ("camera", "all")
+MIN_ADAPTATION_PAIRS = 3
+
+
+@dataclass(frozen=True)
+class CameraColumns:
+    """Where a parameter holds the per-camera columns: ``axis`` of the tensor and the new cameras' ``span``."""
+
+    axis: int
+    span: slice
+
+
+def check_adaptable(space: ConditionSpace, cameras: Sequence[str], isos: Sequence[float], pairs: int,
+                    where: str) -> None:
+    """Refuses, before any work, data a base of ``space`` cannot be adapted to: a one-hot ISO base, fewer than
+    :data:`MIN_ADAPTATION_PAIRS` pairs, a camera the base already knows, or an ISO outside the base's range.
+    ``where`` names the data in the message."""
+    if space.iso_mode != "continuous":
+        raise BadInputError("adapt needs a base model with continuous ISO (a one-hot ISO model knows only its "
+                            "training ISOs)")
+    if pairs < MIN_ADAPTATION_PAIRS:
+        raise BadInputError(f"{where}: {pairs} image pair(s); adapting needs at least {MIN_ADAPTATION_PAIRS}")
+    known = sorted(set(cameras) & set(space.cameras))
+    if known:
+        raise BadInputError(f"{where}: camera(s) {', '.join(known)} are already in the base model; give a new "
+                            "camera a name of its own (the base knows " + ", ".join(space.cameras) + ")")
+    low, high = space.iso_range
+    outside = sorted({float(i) for i in isos if not low * (1 - 1e-9) <= float(i) <= high * (1 + 1e-9)})
+    if outside:
+        raise BadInputError(f"{where}: ISO {', '.join(f'{i:g}' for i in outside)} outside the base model's range "
+                            f"{low:g}-{high:g}")
+
+
+def extended_state(base: nn.Module, base_space: ConditionSpace, extended: nn.Module, sources: Sequence[str]
+                   ) -> dict[str, CameraColumns]:
+    """Copies ``base``'s weights into ``extended`` (the same architecture over ``base_space``'s cameras followed
+    by ``len(sources)`` new ones) and starts new camera ``i`` as a copy of base camera ``sources[i]``.
+
+    Returns:
+        For each parameter that reads the camera, where its new cameras' columns are.
+    """
+    base_state = base.state_dict()
+    n_old, added = len(base_space.cameras), len(sources)
+    source_index = [base_space.camera_index(s) for s in sources]
+    columns: dict[str, CameraColumns] = {}
+    with torch.no_grad():
+        for name, target in extended.state_dict().items():
+            old = base_state[name]
+            if old.shape == target.shape:
+                target.copy_(old)
+                continue
+            axes = [a for a in range(old.dim()) if old.shape[a] != target.shape[a]]
+            if len(axes) != 1 or target.shape[axes[0]] - old.shape[axes[0]] != added:
+                raise BadInputError(f"cannot extend {name}: shapes {tuple(old.shape)} -> {tuple(target.shape)}")
+            axis = axes[0]
+            offset = old.shape[axis] - base_space.feature_dim  # the features are the layer's last inputs
+            before = old.narrow(axis, 0, offset + n_old)  # inputs before the features, then the base cameras
+            after = old.narrow(axis, offset + n_old, old.shape[axis] - offset - n_old)  # the ISO features
+            copies = old.index_select(axis, torch.tensor([offset + i for i in source_index], device=old.device))
+            target.copy_(torch.cat([before, copies, after], dim=axis))
+            columns[name] = CameraColumns(axis, slice(offset + n_old, offset + n_old + added))
+    return columns
+
+
+def restrict_to_new_cameras(model: nn.Module, columns: dict[str, CameraColumns]) -> list[nn.Parameter]:
+    """Freezes every parameter but the new cameras' columns; returns the parameters left to train (their
+    gradients are zero outside those columns, so Adam leaves the base cameras' columns exactly as they are)."""
+    trainable = []
+    for name, parameter in model.named_parameters():
+        place = columns.get(name)
+        parameter.requires_grad_(place is not None)
+        if place is None:
+            continue
+        mask = torch.zeros_like(parameter)
+        mask.narrow(place.axis, place.span.start, place.span.stop - place.span.start).fill_(1)
+        parameter.register_hook(lambda grad, mask=mask: grad * mask)
+        trainable.append(parameter)
+    return trainable
+
+
+def pull_toward(model: nn.Module, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``sum ||w - w_anchor||^2`` over the parameters ``anchor`` names (the ``all`` adaptation's penalty)."""
+    parameters = dict(model.named_parameters())
+    return sum((parameters[name] - value).square().sum() for name, value in anchor.items())
+
+
+@torch.no_grad()
+def nearest_cameras(score: callable, base_cameras: Sequence[str], new_cameras: Sequence[str]) -> dict[str, str]:
+    """For each new camera, the base camera under which its noise is most likely.
+
+    Args:
+        score: ``score(new_camera, base_camera)`` -> the mean NLL of the new camera's patches when drawn as
+            ``base_camera`` (lower is better).
+    """
+    return {new: min(base_cameras, key=lambda base: score(new, base)) for new in new_cameras}

@@ -1,0 +1,148 @@
+"""`adapt`: a trained model learns new cameras from a few pairs, and its own cameras stay as they were."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nmflowgan import api
+from nmflowgan.data.io import write_png
+from nmflowgan.data.simcam.camera import random_camera
+from nmflowgan.data.simcam.scenes import PROCEDURAL, make_scene
+from nmflowgan.errors import BadInputError
+from nmflowgan.models.adaptation import extended_state, restrict_to_new_cameras
+from nmflowgan.models.noise_model import NoiseModel
+from tests.conftest import exit_code
+
+
+def _perturbed(cameras=("AA", "BB"), seed=0):
+    """A small model whose weights are all random, so that every camera draws different noise."""
+    model = NoiseModel.from_preset("small", cameras=cameras, isos=(100, 3200))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+def _draw(model, camera, iso=800):
+    clean = torch.linspace(0.05, 0.95, 3 * 24 * 24).view(1, 3, 24, 24)
+    latent = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    return model.noise(clean, model.encode(camera, iso, 1), latent=latent)
+
+
+def test_a_new_camera_copied_from_a_base_camera_draws_exactly_its_noise_and_the_base_cameras_are_unchanged():
+    base = _perturbed()
+    extended = NoiseModel(base.config, base.cameras + ("CC", "DD"), base.isos).eval()
+    columns = extended_state(base, base.space, extended, ["BB", "AA"])
+    assert columns  # the camera is read by several layers (flow conditioning, latent correlation)
+    assert torch.allclose(_draw(extended, "CC"), _draw(base, "BB"), atol=1e-5)
+    assert torch.allclose(_draw(extended, "DD"), _draw(base, "AA"), atol=1e-5)
+    for camera in base.cameras:
+        assert torch.allclose(_draw(extended, camera), _draw(base, camera), atol=1e-5)
+    assert not torch.allclose(_draw(base, "AA"), _draw(base, "BB"), atol=1e-2)
+
+
+def test_adapting_the_camera_only_changes_the_new_cameras_columns_and_nothing_else():
+    base = _perturbed()
+    model = NoiseModel(base.config, base.cameras + ("CC",), base.isos)
+    columns = extended_state(base, base.space, model, ["AA"])
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trainable = restrict_to_new_cameras(model, columns)
+    optimizer = torch.optim.Adam(trainable, lr=0.05)
+    clean = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    noise = (8 * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))).round()
+    for camera in ("CC", "AA", "BB"):  # batches of base cameras must not move their columns either
+        optimizer.zero_grad()
+        cond = model.encode(camera, 800, 2)
+        z, nll = model.flow.latent_and_nll_per_dim(noise, clean, cond, generator=torch.Generator().manual_seed(4))
+        (nll + model.correlation.loss(z, cond.features)).backward()  # what adapt trains on
+        optimizer.step()
+    for name, value in model.state_dict().items():
+        place = columns.get(name)
+        if place is None:
+            assert torch.equal(value, before[name]), name
+            continue
+        new = value.narrow(place.axis, place.span.start, 1)
+        assert not torch.equal(new, before[name].narrow(place.axis, place.span.start, 1)), name
+        kept = torch.cat([value.narrow(place.axis, 0, place.span.start),
+                          value.narrow(place.axis, place.span.stop, value.shape[place.axis] - place.span.stop)],
+                         place.axis)
+        expected = torch.cat([before[name].narrow(place.axis, 0, place.span.start),
+                              before[name].narrow(place.axis, place.span.stop,
+                                                  value.shape[place.axis] - place.span.stop)], place.axis)
+        assert torch.equal(kept, expected), name
+    for camera in base.cameras:
+        assert torch.allclose(_draw(model, camera), _draw(base, camera), atol=1e-5)
+
+
+def _new_camera_pairs(folder, count, seed=0, size=192, isos=(400, 1600), code="ZZ"):
+    """``count`` pairs of one drawn camera (named ``code``) as a metadata.csv folder, scenes drawn with ``seed``."""
+    camera = dataclasses.replace(random_camera("A0", np.random.default_rng([99])), code=code)
+    folder.mkdir(parents=True)
+    rows = ["clean,noisy,camera,iso"]
+    for i in range(count):
+        iso = isos[i % len(isos)]
+        clean, noisy = camera.capture(make_scene(PROCEDURAL[i % len(PROCEDURAL)], 100 * seed + i, size), iso, 1,
+                                      torch.Generator().manual_seed(i))
+        write_png(folder / f"c{i}.png", clean)
+        write_png(folder / f"n{i}.png", noisy[0])
+        rows.append(f"c{i}.png,n{i}.png,{code},{iso}")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _nll(model, folder, camera):
+    from nmflowgan.data.folders import find_pairs
+    from nmflowgan.data.patches import PatchDataset, collate
+
+    dataset = PatchDataset(find_pairs(folder), 48, 48)
+    batch = collate([dataset[(i, 0)] for i in range(len(dataset))])
+    clean, noise = batch.clean.float() / 255, batch.noisy.float() - batch.clean.float()
+    uniform = torch.rand(noise.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, nll = model.flow.latent_and_nll_per_dim(noise, clean, model.encode(camera, batch.isos.tolist(), len(noise)),
+                                                   uniform=uniform, censored=True)
+    return float(nll)
+
+
+def test_adapting_the_builtin_model_to_a_new_simulated_camera_improves_on_the_base(tmp_path):
+    base = NoiseModel.load("builtin")
+    train = _new_camera_pairs(tmp_path / "train", 3, seed=0)
+    held_out = _new_camera_pairs(tmp_path / "held_out", 4, seed=1)
+    result = api.adapt(api.NoiseTrainingOptions(data=train, out=tmp_path / "run", base="builtin", steps=60,
+                                                device="cpu", quiet=True))
+    adapted = NoiseModel.load(result.run_dir)
+    assert adapted.cameras == base.cameras + ("ZZ",) and adapted.isos == base.isos
+    started_from = json.loads((result.run_dir / "last" / "training.json").read_text())["info"]["adapted_from"]["ZZ"]
+    assert started_from in base.cameras
+    before, after = _nll(base, held_out, started_from), _nll(adapted, held_out, "ZZ")
+    assert after < before - 0.02, (before, after)  # bits per value, on pairs it never saw
+    for camera in base.cameras[:3] + base.cameras[-2:]:  # the base's own cameras draw exactly what they drew
+        assert torch.allclose(_draw(adapted, camera), _draw(base, camera), atol=1e-4)
+    assert torch.isfinite(_draw(adapted, "ZZ", iso=800)).all()  # between its two measured ISOs
+
+
+def test_adapt_refuses_what_it_cannot_use_before_any_work(tmp_path, capsys):
+    three = _new_camera_pairs(tmp_path / "three", 3)
+    two = _new_camera_pairs(tmp_path / "two", 2)
+    known = _new_camera_pairs(tmp_path / "known", 3, code="V1")
+    beyond = _new_camera_pairs(tmp_path / "beyond", 3, isos=(1600,))
+    (beyond / "metadata.csv").write_text((beyond / "metadata.csv").read_text().replace(",1600", ",25600"))
+    mismatched = _new_camera_pairs(tmp_path / "mismatched", 3)
+    write_png(mismatched / "n1.png", np.zeros((144, 192, 3), np.uint8))
+    cases = [(two, "2 image pair(s); adapting needs at least 3"), (known, "V1 are already in the base model"),
+             (beyond, "ISO 25600 outside the base model's range 50-12800"), (mismatched, "n1.png")]
+    for data, message in cases:
+        out = tmp_path / f"run-{data.name}"
+        assert exit_code(["adapt", "--base", "builtin", "--data", str(data), "--out", str(out), "--quiet"]) == 2
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1, error
+        assert not out.exists()
+    onehot = NoiseModel.from_preset("paper", cameras=("V1",), isos=(100, 1600)).save(tmp_path / "onehot")
+    with pytest.raises(BadInputError, match="continuous ISO"):
+        api.adapt(api.NoiseTrainingOptions(data=three, out=tmp_path / "run-onehot", base=onehot, quiet=True))
+    assert exit_code(["adapt", "--base", "builtin", "--data", str(three), "--out", str(tmp_path / "r"),
+                      "--adapt", "everything"]) == 2
