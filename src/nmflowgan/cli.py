@@ -86,12 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--split", default=None, help="training split (default: as train)")
     adapt.add_argument("--val-split", default=None, help="validation split (default: as train)")
     adapt.add_argument("--out", required=True, type=Path, help="run folder")
-    adapt.add_argument("--adapt", choices=["camera", "all"], default="camera",
-                       help="camera: only the new cameras' weights (the base's cameras stay exactly as they were); "
-                            "all: every weight, pulled toward the base")
-    adapt.add_argument("--pull", type=float, default=1.0, help="--adapt all: weight of the pull toward the base")
-    adapt.add_argument("--steps", type=_positive_int, default=None, help="default 600 (minutes on a 2-core CPU)")
-    adapt.add_argument("--lr", type=float, default=None, help="default 1e-2 (camera) or 1e-3 (all)")
+    adapt.add_argument("--adapt", choices=["all", "camera"], default="all",
+                       help="all: every weight, on the new pairs and on the base's own noise for its cameras; camera: "
+                            "only the new cameras' weights (the base's cameras draw exactly what they drew)")
+    adapt.add_argument("--steps", type=_positive_int, default=None, help="default 400 (minutes on a 2-core CPU)")
+    adapt.add_argument("--lr", type=float, default=None, help="default 1e-3 (all) or 1e-2 (camera)")
     adapt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _device_argument(adapt)
     adapt.add_argument("--seed", type=int, default=0)

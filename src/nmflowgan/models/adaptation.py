@@ -6,7 +6,8 @@ Every network of a model reads the camera as a one-hot block of its condition fe
 (a linear layer's columns, or the refiner's condition planes). A camera is therefore one column of each such
 layer: a new camera is a new column, and a copy of base camera ``b``'s columns makes the new camera draw
 exactly ``b``'s noise. Training only the new columns (``camera``) leaves every base camera's noise exactly as
-it was; ``all`` trains every weight, pulled toward the base by a quadratic penalty.
+it was; ``all`` trains every weight, on the new pairs and on noise the frozen base draws for its own cameras
+(:class:`BaseReplay`), so that what the new cameras teach the shared weights does not unteach the old ones.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nmflowgan.conditions import ConditionSpace
+from nmflowgan.conditions import Condition, ConditionSpace
 from nmflowgan.errors import BadInputError
 
 ADAPTED_PARAMETERS = ("camera", "all")
@@ -100,10 +101,34 @@ def restrict_to_new_cameras(model: nn.Module, columns: dict[str, CameraColumns])
     return trainable
 
 
-def pull_toward(model: nn.Module, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``sum ||w - w_anchor||^2`` over the parameters ``anchor`` names (the ``all`` adaptation's penalty)."""
-    parameters = dict(model.named_parameters())
-    return sum((parameters[name] - value).square().sum() for name, value in anchor.items())
+class BaseReplay:
+    """Noise the frozen base model draws for its own cameras, to train the adapted model on beside the new
+    pairs: each sample gets a base camera drawn uniformly and an ISO drawn log-uniformly over the base's range.
+
+    Args:
+        base: the base model (kept unchanged; drawn through its plain float32 path).
+    """
+
+    def __init__(self, base: nn.Module) -> None:
+        self.base = base.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def draw(self, clean: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[str], list[float]]:
+        """``(noise, cameras, isos)`` for ``(B, 3, H, W)`` clean patches in [0, 1]: quantized noise in 8-bit
+        units as a camera records it, and the condition of each sample."""
+        from nmflowgan.models.noise_model import quantize
+        from nmflowgan.models.sampler import SamplingOptions
+
+        batch = clean.shape[0]
+        space: ConditionSpace = self.base.space
+        picks = torch.randint(len(space.cameras), (batch,), generator=generator).tolist()
+        low, high = (torch.tensor(space.iso_range, dtype=torch.float64).log()).tolist()
+        isos = (low + (high - low) * torch.rand(batch, generator=generator, dtype=torch.float64)).exp().tolist()
+        cameras = [space.cameras[i] for i in picks]
+        cond: Condition = self.base.encode(cameras, isos, batch)
+        latent = torch.randn(clean.shape, generator=generator).to(clean.device)
+        noise = self.base.draw(clean, cond, latent=latent, options=SamplingOptions.plain())
+        return quantize(clean, noise), cameras, isos
 
 
 @torch.no_grad()

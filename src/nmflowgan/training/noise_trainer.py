@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +36,10 @@ from nmflowgan.errors import BadInputError, DataError
 from nmflowgan.metrics.realism import RealismScorer
 from nmflowgan.models.adaptation import (
     ADAPTED_PARAMETERS,
+    BaseReplay,
     check_adaptable,
     extended_state,
     nearest_cameras,
-    pull_toward,
     restrict_to_new_cameras,
 )
 from nmflowgan.models.critic import Critic
@@ -57,7 +56,7 @@ from nmflowgan.training.run import RunOptions, StopRequest, training_patches
 log = logging.getLogger(__name__)
 STAGES = ("joint", "flow")
 # adapt's defaults, from the measurements in docs/adapt.md
-ADAPT_STEPS = 600
+ADAPT_STEPS = 400
 ADAPT_LR = {"camera": 1e-2, "all": 1e-3}
 
 
@@ -72,21 +71,19 @@ class NoiseTrainingOptions(RunOptions):
             training a new one: the result knows the base's cameras and the data's (see
             :mod:`nmflowgan.models.adaptation`). The config's model part must be the base's.
         adapt: what adapts: ``camera`` (the new cameras' columns only; the base's cameras stay exactly as they
-            were) or ``all`` (every weight, pulled toward the base with weight ``pull``).
+            were) or ``all`` (every weight, on the new pairs and on the base's own noise for its cameras, drawn by
+            the frozen base on the same clean patches).
     """
 
     stage: str = "joint"
     channels_last: bool = False
     base: Path | str | None = None
-    adapt: str = "camera"
-    pull: float = 1.0
+    adapt: str = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.adapt not in ADAPTED_PARAMETERS:
             raise BadInputError(f"adapt {self.adapt!r} is not one of {', '.join(ADAPTED_PARAMETERS)}")
-        if not (math.isfinite(self.pull) and self.pull >= 0):
-            raise BadInputError(f"pull must be a finite number >= 0, got {self.pull!r}")
 
 
 class GeneratorObjective(nn.Module):
@@ -136,11 +133,12 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                                               train_config.batch_size)
         cameras = sorted({r.camera for r in dataset.records})
         isos = sorted({float(r.iso) for r in dataset.records})
-        anchor, sources = None, None
+        replay, sources = None, None
         if options.base is not None:
-            model, trainable, anchor, sources = _adapted(options, dataset, cameras, isos, train_config)
+            model, trainable, replay, sources = _adapted(options, dataset, cameras, isos, train_config)
             model.to(device)
-            anchor = {name: value.to(device) for name, value in anchor.items()} if anchor is not None else None
+            if replay is not None:
+                replay.base.to(device)
             critic = None
         else:
             with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the global RNG
@@ -236,10 +234,17 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                     if correlation_loss is not None:
                         loss_g = loss_g + train_config.weight_correlation * correlation_loss.float()
                         losses["correlation"] = correlation_loss.item()
-                    if anchor is not None:
-                        pull = pull_toward(model, anchor)
-                        loss_g = loss_g + options.pull * pull
-                        losses["pull"] = pull.item()
+                    if replay is not None:  # the base's own noise for its cameras, on the same clean patches
+                        replay_rng = step_generator(options.seed, step, 1)
+                        noise, replay_cameras, replay_isos = replay.draw(clean, replay_rng)
+                        replay_cond = model.encode(replay_cameras, replay_isos, clean.shape[0])
+                        replay_uniform = torch.rand(patch_shape, generator=replay_rng)[local].to(device)
+                        replay_nll, replay_correlation, _ = generator_objective(noise, clean, replay_cond,
+                                                                                replay_uniform, None)
+                        loss_g = loss_g + train_config.weight_nll * replay_nll.float()
+                        if replay_correlation is not None:
+                            loss_g = loss_g + train_config.weight_correlation * replay_correlation.float()
+                        losses["replay_nll"] = replay_nll.item()
                     if fake is not None:
                         adversarial_loss = generator_adversarial_loss(critic, fake, clean, cond.features).float()
                         loss_g = loss_g + train_config.weight_gan * adversarial_loss
@@ -286,10 +291,10 @@ def adapt_noise_model(options: NoiseTrainingOptions, lr: float | None = None, st
 
 def _adapted(options: NoiseTrainingOptions, dataset: PatchDataset, cameras: list[str], isos: list[float],
              train_config: TrainConfig
-             ) -> tuple[NoiseModel, list[nn.Parameter], dict[str, torch.Tensor] | None, dict[str, str]]:
+             ) -> tuple[NoiseModel, list[nn.Parameter], BaseReplay | None, dict[str, str]]:
     """The base model extended by the data's cameras, each started from the base camera that explains its
-    noise best; the parameters to train; the weights to pull toward (``all``; else None); which base camera
-    each new one started from. Refuses data the base cannot be adapted to before any work."""
+    noise best; the parameters to train; the base's replay (``all``; else None); which base camera each new one
+    started from. Refuses data the base cannot be adapted to before any work."""
     base = NoiseModel.load(options.base)
     check_adaptable(base.space, cameras, isos, len(dataset.records), str(options.data))
     model = NoiseModel(base.config, base.cameras + tuple(cameras), base.isos)
@@ -315,8 +320,7 @@ def _adapted(options: NoiseTrainingOptions, dataset: PatchDataset, cameras: list
     columns = extended_state(base, base.space, model, [sources[c] for c in cameras])
     if options.adapt == "camera":
         return model, restrict_to_new_cameras(model, columns), None, sources
-    anchor = {name: value.detach().clone() for name, value in model.named_parameters()}
-    return model, list(model.parameters()), anchor, sources
+    return model, list(model.parameters()), BaseReplay(base), sources
 
 
 def _as_float(batch: PatchBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
