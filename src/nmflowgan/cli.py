@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--adapt", choices=["all", "camera"], default="all",
                        help="all: every weight, on the new pairs and on the base's own noise for its cameras; camera: "
                             "only the new cameras' weights (the base's cameras draw exactly what they drew)")
+    adapt.add_argument("--replay", type=float, default=1.0,
+                       help="--adapt all: weight of the base's own noise beside the new pairs (0: none; the base's "
+                            "cameras then drift)")
     adapt.add_argument("--steps", type=_positive_int, default=None, help="default 400 (minutes on a 2-core CPU)")
     adapt.add_argument("--lr", type=float, default=None, help="default 1e-3 (all) or 1e-2 (camera)")
     adapt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -211,6 +211,15 @@ class NoiseModel(ComposedNoise):
         return model.to(map_location).eval()
 
 
+def saved_config(path: str | Path) -> ModelConfig:
+    """The architecture of the saved model at ``path`` (as :meth:`NoiseModel.load` finds it), without its weights."""
+    directory = resolve_model_dir(path)
+    try:
+        return from_dict(ModelConfig, read_meta(directory / META_FILE, FORMAT)["config"])
+    except (KeyError, TypeError, BadInputError) as error:
+        raise CheckpointError(f"{directory / META_FILE}: invalid model description ({error})") from None
+
+
 def weight_versions(module: nn.Module) -> tuple:
     """What identifies the current weights of ``module``: each tensor's storage, device and version counter
     (which every in-place change bumps). An inference-mode tensor has no counter: its values stand in."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from nmflowgan.models.adaptation import (
 )
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.files import built_within_budget
-from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, quantize
+from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, quantize, saved_config
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState
@@ -73,17 +74,22 @@ class NoiseTrainingOptions(RunOptions):
         adapt: what adapts: ``camera`` (the new cameras' columns only; the base's cameras stay exactly as they
             were) or ``all`` (every weight, on the new pairs and on the base's own noise for its cameras, drawn by
             the frozen base on the same clean patches).
+        replay: with ``all``, the weight of the base's own noise in the loss (0: none, and the base's cameras
+            drift freely toward the new ones).
     """
 
     stage: str = "joint"
     channels_last: bool = False
     base: Path | str | None = None
     adapt: str = "all"
+    replay: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.adapt not in ADAPTED_PARAMETERS:
             raise BadInputError(f"adapt {self.adapt!r} is not one of {', '.join(ADAPTED_PARAMETERS)}")
+        if not (isinstance(self.replay, int | float) and math.isfinite(self.replay) and self.replay >= 0):
+            raise BadInputError(f"replay must be a finite number >= 0, got {self.replay!r}")
 
 
 class GeneratorObjective(nn.Module):
@@ -241,9 +247,10 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                         replay_uniform = torch.rand(patch_shape, generator=replay_rng)[local].to(device)
                         replay_nll, replay_correlation, _ = generator_objective(noise, clean, replay_cond,
                                                                                 replay_uniform, None)
-                        loss_g = loss_g + train_config.weight_nll * replay_nll.float()
+                        replay_loss = train_config.weight_nll * replay_nll.float()
                         if replay_correlation is not None:
-                            loss_g = loss_g + train_config.weight_correlation * replay_correlation.float()
+                            replay_loss = replay_loss + train_config.weight_correlation * replay_correlation.float()
+                        loss_g = loss_g + options.replay * replay_loss
                         losses["replay_nll"] = replay_nll.item()
                     if fake is not None:
                         adversarial_loss = generator_adversarial_loss(critic, fake, clean, cond.features).float()
@@ -278,12 +285,12 @@ def adapt_noise_model(options: NoiseTrainingOptions, lr: float | None = None, st
         raise BadInputError("adapt needs a base model (a model or run folder, or 'builtin')")
     if options.steps is None and options.epochs is None:
         options = dataclasses.replace(options, steps=ADAPT_STEPS)
-    base = NoiseModel.load(options.base)
     preset = small()
     steps = options.steps or ADAPT_STEPS
     train = dataclasses.replace(preset.train, lr=lr if lr is not None else ADAPT_LR[options.adapt],
                                 lr_decay_every=max(1, steps // 3 + 1), weight_gan=0.0)
-    return train_noise_model(dataclasses.replace(preset, name="adapt", model=base.config, train=train), options, stop)
+    config = dataclasses.replace(preset, name="adapt", model=saved_config(options.base), train=train)
+    return train_noise_model(config, options, stop)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -320,7 +327,7 @@ def _adapted(options: NoiseTrainingOptions, dataset: PatchDataset, cameras: list
     columns = extended_state(base, base.space, model, [sources[c] for c in cameras])
     if options.adapt == "camera":
         return model, restrict_to_new_cameras(model, columns), None, sources
-    return model, list(model.parameters()), BaseReplay(base), sources
+    return model, list(model.parameters()), BaseReplay(base) if options.replay > 0 else None, sources
 
 
 def _as_float(batch: PatchBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
