@@ -1,8 +1,10 @@
 """Data folders for the adaptation study (docs/adapt.md): K training pairs per camera of a real paired set.
 
 For each K and seed it writes ``OUT/NAME-kK-sS/`` with ``train/`` (K pairs per camera drawn with the seed,
-all of a camera's pairs where it has fewer; ``all``: every pair) and ``test/`` (the whole test split), each with
-its metadata.csv. Images are hard links to the originals (no copy of the data). With ``--scenes N`` it also
+all of a camera's pairs where it has fewer; ``all``: every pair) and ``test/`` (the test pairs of the (camera,
+ISO) cells ``train/`` has: the baselines, NLF among them, are fitted per cell, so a test pair of a cell without
+training pairs has nothing to compare with; with K=5 and all, that is the whole test split), each with its
+metadata.csv. Images are hard links to the originals (no copy of the data). With ``--scenes N`` it also
 writes ``OUT/NAME-kK-sS-clean/``: the subset's clean images plus N simulator scenes, each scene given one of
 the subset's (camera, ISO) conditions in turn (its "noisy" file is a copy of the clean one: a denoiser trained
 from it synthesizes the noise), for a denoiser trained on synthesized pairs.
@@ -87,13 +89,15 @@ def main() -> None:
         for seed in args.seeds if pairs != "all" else [0]:
             name = f"{args.name}-k{pairs}-s{seed}"
             picked = chosen_pairs(train, pairs, seed)
+            cells = {(row["camera"], float(row["iso"])) for row in picked}
+            tested = [row for row in test if (row["camera"], float(row["iso"])) in cells]
             write_folder(picked, args.data / "train", args.out / name / "train")
-            write_folder(test, args.data / "test", args.out / name / "test")
+            write_folder(tested, args.data / "test", args.out / name / "test")
             if args.scenes:
                 write_clean_folder(picked, args.data / "train", args.out / f"{name}-clean" / "train", args.scenes,
                                    seed)
-                write_folder(test, args.data / "test", args.out / f"{name}-clean" / "test")
-            print(f"{args.out / name}: {len(picked)} training pairs")
+                write_folder(tested, args.data / "test", args.out / f"{name}-clean" / "test")
+            print(f"{args.out / name}: {len(picked)} training pairs, {len(tested)} of {len(test)} test pairs")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,8 @@ def test_adapting_the_builtin_model_to_a_new_simulated_camera_improves_on_the_ba
     assert started_from in base.cameras
     before, after = _nll(base, held_out, started_from), _nll(adapted, held_out, "ZZ")
     assert after < before - 0.02, (before, after)  # bits per value, on pairs it never saw
-    assert torch.isfinite(_draw(adapted, "ZZ", iso=800)).all()  # between its two measured ISOs
+    low, middle, high = (float(_draw(adapted, "ZZ", iso).std()) for iso in (400, 800, 1600))
+    assert low < middle < high  # an ISO between its two measured ones lands between them
     for camera, iso in (("V2", 1600), ("A5", 100), ("AX", 6400)):
         if adapt == "camera":  # the base's own cameras draw exactly what they drew
             assert torch.allclose(_draw(adapted, camera, iso), _draw(base, camera, iso), atol=1e-4)
