@@ -12,14 +12,17 @@ it was; ``all`` trains every weight, on the new pairs and on noise the frozen ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from nmflowgan.conditions import Condition, ConditionSpace
+from nmflowgan.conditions import ConditionSpace
 from nmflowgan.errors import BadInputError
+from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.models.sampler import SamplingOptions
 
 ADAPTED_PARAMETERS = ("camera", "all")
 MIN_ADAPTATION_PAIRS = 3
@@ -109,30 +112,28 @@ class BaseReplay:
         base: the base model (kept unchanged; drawn through its plain float32 path).
     """
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, base: NoiseModel) -> None:
         self.base = base.eval().requires_grad_(False)
 
     @torch.no_grad()
     def draw(self, clean: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[str], list[float]]:
         """``(noise, cameras, isos)`` for ``(B, 3, H, W)`` clean patches in [0, 1]: quantized noise in 8-bit
         units as a camera records it, and the condition of each sample."""
-        from nmflowgan.models.noise_model import quantize
-        from nmflowgan.models.sampler import SamplingOptions
-
         batch = clean.shape[0]
-        space: ConditionSpace = self.base.space
+        space = self.base.space
         picks = torch.randint(len(space.cameras), (batch,), generator=generator).tolist()
-        low, high = (torch.tensor(space.iso_range, dtype=torch.float64).log()).tolist()
+        low, high = (math.log(iso) for iso in space.iso_range)
         isos = (low + (high - low) * torch.rand(batch, generator=generator, dtype=torch.float64)).exp().tolist()
         cameras = [space.cameras[i] for i in picks]
-        cond: Condition = self.base.encode(cameras, isos, batch)
+        cond = self.base.encode(cameras, isos, batch)
         latent = torch.randn(clean.shape, generator=generator).to(clean.device)
-        noise = self.base.draw(clean, cond, latent=latent, options=SamplingOptions.plain())
-        return quantize(clean, noise), cameras, isos
+        noise = self.base.quantized_noise(clean, cond, latent=latent, options=SamplingOptions.plain())
+        return noise, cameras, isos
 
 
 @torch.no_grad()
-def nearest_cameras(score: callable, base_cameras: Sequence[str], new_cameras: Sequence[str]) -> dict[str, str]:
+def nearest_cameras(score: Callable[[str, str], float], base_cameras: Sequence[str], new_cameras: Sequence[str]
+                    ) -> dict[str, str]:
     """For each new camera, the base camera under which its noise is most likely.
 
     Args:

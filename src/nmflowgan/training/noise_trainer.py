@@ -313,9 +313,10 @@ def _adapted(options: NoiseTrainingOptions, dataset: PatchDataset, cameras: list
     patches = collate([dataset[(index, 0)] for index in chosen])
     clean, noise = patches.clean.float() / 255.0, patches.noisy.float() - patches.clean.float()
     uniform = torch.rand(noise.shape, generator=torch.Generator().manual_seed(options.seed))
+    of_camera = {new: torch.tensor([camera == new for camera in patches.cameras]) for new in cameras}
 
     def score(new: str, source: str) -> float:
-        mine = torch.tensor([camera == new for camera in patches.cameras])
+        mine = of_camera[new]
         cond = base.encode(source, patches.isos[mine].tolist(), int(mine.sum()))
         _, log_prob = base.flow.latent_and_log_prob(noise[mine], clean[mine], cond, uniform=uniform[mine],
                                                     censored=train_config.censor_ends)
