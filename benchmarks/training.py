@@ -45,10 +45,11 @@ def benchmark_config(name: str, batch: int | None) -> Config:
     step, and almost no validation."""
     config = preset(name)
     train = dataclasses.replace(config.train, batch_size=batch or config.train.batch_size, patch_px=PATCH_PX,
-                                stride_px=PATCH_PX, flow_warmup_steps=0, val_every=10**6, val_patches=8)
+                                stride_px=PATCH_PX, val_every=10**6, val_patches=8)
+    gan = dataclasses.replace(config.gan, flow_warmup_steps=0) if config.gan is not None else None
     denoise = dataclasses.replace(config.denoiser_train, batch_size=batch or config.denoiser_train.batch_size,
                                   patch_px=PATCH_PX, stride_px=PATCH_PX)
-    return dataclasses.replace(config, train=train, denoiser_train=denoise)
+    return dataclasses.replace(config, train=train, gan=gan, denoiser_train=denoise)
 
 
 def noise_run(config: Config, data: Path, out: Path, steps: int, window: int, precision: str, device: str) -> None:

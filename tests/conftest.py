@@ -31,17 +31,17 @@ def tiny_config():
     game on (``small`` turns it off) so that every training path is exercised."""
     import dataclasses
 
-    from nmflowgan.config import CriticConfig, DenoiserConfig, FlowConfig, ModelConfig, RefinerConfig, small
+    from nmflowgan.config import SMALL_GAN, CriticConfig, DenoiserConfig, FlowConfig, ModelConfig, RefinerConfig, small
 
     config = small()
     return dataclasses.replace(
         config, name="tiny",
         model=ModelConfig(FlowConfig(conv_features=4, receptive_field_px=3, meta_hidden=4, meta_blocks=1),
                           RefinerConfig(depth=2, width=4, sees_clean=True), "continuous"),
-        critic=CriticConfig(variant="any", width=4),
         train=dataclasses.replace(config.train, patch_px=32, stride_px=32, batch_size=4, val_every=4,
-                                  val_patches=8, flow_warmup_steps=2, generator_every=2, lr_decay_every=6,
-                                  weight_gan=1.0),
+                                  val_patches=8, lr_decay_every=6),
+        gan=dataclasses.replace(SMALL_GAN, critic=CriticConfig(variant="any", width=4), flow_warmup_steps=2,
+                                generator_every=2),
         denoiser=DenoiserConfig(depth=3, width=8),
         denoiser_train=dataclasses.replace(config.denoiser_train, patch_px=32, stride_px=32, batch_size=4,
                                            lr_decay_every=6),

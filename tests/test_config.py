@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nmflowgan.config import (
+    SMALL_GAN,
     SMALL_REFINER,
     Config,
     FlowConfig,
@@ -50,7 +51,7 @@ def test_paper_preset_builds_the_official_networks():
     assert widths == [64, 128, 256, 512, 1024]
     noise, clean = torch.randn(1, 3, 40, 40) * 9, torch.rand(1, 3, 40, 40)
     assert torch.equal(model.refiner(noise, clean, None), noise)
-    critic = Critic(config.critic, model.space.feature_dim)
+    critic = Critic(config.gan.critic, model.space.feature_dim)
     assert critic(torch.randn(2, 3, 96, 96), torch.rand(2, 3, 96, 96)).shape == (2,)
     with pytest.raises(BadInputError, match="96x96"):
         critic(torch.randn(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
@@ -86,3 +87,22 @@ def test_any_valid_config_round_trips(width, depth, iso_mode):
         small().model, iso_mode=iso_mode,
         refiner=dataclasses.replace(SMALL_REFINER, width=width, depth=depth)))
     assert from_dict(Config, to_dict(config)) == config
+
+
+def _written_before_gan_config(config: Config) -> dict:
+    """``config`` as JSON in the form of versions before GanConfig: a top-level critic and the game's fields (with
+    ``weight_gan`` 0 for no game) in ``train``."""
+    data = to_dict(config)
+    gan = data.pop("gan")
+    game = gan or to_dict(SMALL_GAN) | {"weight": 0.0}
+    data["critic"] = game["critic"]
+    data["train"].update(weight_gan=game["weight"], gp_lambda=game["gp_lambda"],
+                         generator_every=game["generator_every"], flow_warmup_steps=game["flow_warmup_steps"],
+                         critic_lr=game["critic_lr"], refiner_lr=game["refiner_lr"])
+    return data
+
+
+@pytest.mark.parametrize("make", [paper, small])
+def test_a_config_file_from_before_the_gan_section_loads_as_the_same_config(make, tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps(_written_before_gan_config(make())))
+    assert load_config(tmp_path / "old.json") == make()  # small's weight_gan 0 is no game at all

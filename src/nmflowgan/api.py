@@ -9,7 +9,7 @@ command                   function
 ``info``                  :func:`model_summary`
 ``simulate``              :func:`simulate`
 ``train``                 :func:`train_noise_model` with :class:`NoiseTrainingOptions`
-``adapt``                 :func:`adapt` with :class:`NoiseTrainingOptions` (its ``base`` set)
+``adapt``                 :func:`adapt` with :class:`NoiseTrainingOptions` and :class:`AdaptationOptions`
 ``evaluate``              :func:`evaluate_to_report`
 ``synthesize``            :func:`synthesize`
 ``train-denoiser``        :func:`train_denoiser` with :class:`DenoiserTrainingOptions`
@@ -35,13 +35,14 @@ from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.reporting.report import Report, evaluate_to_report
 from nmflowgan.synthesis import synthesize
+from nmflowgan.training.adaptation import AdaptationOptions
+from nmflowgan.training.adaptation import adapt_noise_model as adapt
 from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
-from nmflowgan.training.noise_trainer import adapt_noise_model as adapt
 
-__all__ = ["DenoiserTrainingOptions", "ModelSummary", "NoiseTrainingOptions", "Report", "adapt", "demo",
-           "denoise_files", "evaluate_denoiser", "evaluate_to_report", "model_summary", "simulate", "synthesize",
-           "train_denoiser", "train_noise_model"]
+__all__ = ["AdaptationOptions", "DenoiserTrainingOptions", "ModelSummary", "NoiseTrainingOptions", "Report", "adapt",
+           "demo", "denoise_files", "evaluate_denoiser", "evaluate_to_report", "model_summary", "simulate",
+           "synthesize", "train_denoiser", "train_noise_model"]
 log = logging.getLogger(__name__)
 
 
@@ -78,5 +79,5 @@ def model_summary(name: str) -> ModelSummary:
     """Parameter counts of preset ``name`` with SIDD's vocabulary (5 cameras, 5 ISOs)."""
     config = preset(name)
     model = NoiseModel(config.model)
-    critic = Critic(config.critic, model.space.feature_dim) if model.refiner is not None else None
+    critic = Critic(config.gan.critic, model.space.feature_dim) if config.gan is not None else None
     return ModelSummary(name, _count(model.flow), _count(model.refiner), _count(critic), _count(DnCNN(config.denoiser)))

@@ -21,6 +21,7 @@ from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
 from nmflowgan.training.loop import TrainResult
+from nmflowgan.training.noise_trainer import STAGES
 from nmflowgan.training.run import TRAINING_PRECISIONS, StopRequest
 
 
@@ -58,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-split", default=None,
                        help="test | sidd-test (default: test/ beside train/; sidd-test with --split sidd-train)")
     _preset_arguments(train)
-    train.add_argument("--stage", choices=["joint", "flow"], default="joint",
-                       help="joint: NLL (+ latent correlation) + GAN (the paper; presets with weight_gan 0 "
-                            "skip the GAN); flow: no GAN whatever the preset (ablation)")
+    train.add_argument("--stage", choices=STAGES, default="joint",
+                       help="joint: NLL (+ latent correlation) + GAN (the paper; a config without a gan section "
+                            "skips the GAN); flow: no GAN whatever the preset (ablation)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive_int, default=None)
     length.add_argument("--epochs", type=_positive_int, default=None)
@@ -336,7 +337,7 @@ def _report_training(result: TrainResult) -> int:
 
 def _adapt(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
-        result = api.adapt(_options(api.NoiseTrainingOptions, args), args.lr, stop)
+        result = api.adapt(_options(api.NoiseTrainingOptions, args), _options(api.AdaptationOptions, args), stop)
     return _report_training(result)
 
 

@@ -19,6 +19,7 @@ from nmflowgan.conditions import ISO_MODES
 from nmflowgan.errors import BadInputError
 
 FLOW_LAYER_NAMES = ("UD", "NE", "SAL", "SDL", "CL2", "RQS")
+LR_DECAY_UNITS = ("epoch", "step", "run")
 
 
 def _check_positive(owner: object, *names: str) -> None:
@@ -172,7 +173,8 @@ class ScheduleConfig:
         batch_size: global batch (split across ranks).
         lr: Adam learning rate.
         lr_decay_every: learning rate is multiplied by ``lr_gamma`` every this many ``lr_decay_unit``
-            (``epoch`` or ``step``).
+            (``epoch`` or ``step``); with ``run``, the run is cut into this many equal parts and the rate is
+            multiplied at the start of each part after the first (a decay that follows the run's own length).
         epochs: default length when neither ``--steps`` nor ``--epochs`` is given.
     """
 
@@ -187,45 +189,61 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "patch_px", "stride_px", "batch_size", "lr", "lr_decay_every", "epochs")
-        if self.lr_decay_unit not in ("epoch", "step"):
-            raise BadInputError(f"lr_decay_unit {self.lr_decay_unit!r} is not 'epoch' or 'step'")
+        if self.lr_decay_unit not in LR_DECAY_UNITS:
+            raise BadInputError(f"lr_decay_unit {self.lr_decay_unit!r} is not one of {', '.join(LR_DECAY_UNITS)}")
 
 
 @dataclass(frozen=True)
 class TrainConfig(ScheduleConfig):
-    """Noise-model training (NLL + WGAN-GP); the schedule fields as in :class:`ScheduleConfig`.
+    """Noise-model training by the NLL of the real noise (the schedule fields as in :class:`ScheduleConfig`; the
+    adversarial game, when there is one, is :class:`GanConfig`).
 
     Attributes:
-        betas: Adam betas; critic_lr / refiner_lr: the critic's and the
-            refiner's rates (None: ``lr``). The refiner's output is scaled by 256 into 8-bit units, so a
-            short high-rate CPU run needs a lower rate there than for the flow.
-        weight_nll, weight_gan: loss weights (``weight_gan=0``: no adversarial game, the critic and the refiner
-            are not trained); gp_lambda: gradient-penalty weight.
-        weight_correlation: weight of the latent-correlation loss (models with ``correlation_px``).
-        generator_every: the flow and refiner are updated every this many critic steps.
+        betas: Adam betas.
+        weight_nll: weight of the NLL loss; weight_correlation: weight of the latent-correlation loss (models with
+            ``correlation_px``).
         val_every: steps between validation passes; val_patches: patches per validation.
-        flow_warmup_steps: steps of NLL-only training of the flow before the adversarial game starts
-            (0 in the paper; the short CPU preset starts the GAN on a flow that already fits).
         censor_ends: score noisy values of 0 and 255 as clipped (the probability of every value beyond, see
-            :meth:`~nmflowgan.flows.flow.NoiseFlow.log_prob`) instead of as a density (the paper's NLL).
+            :meth:`~nmflowgan.flows.flow.NoiseFlow.latent_and_log_prob`) instead of as a density (the paper's NLL).
     """
 
     betas: tuple[float, float] = (0.9, 0.999)
-    critic_lr: float | None = None
-    refiner_lr: float | None = None
     weight_nll: float = 1.0
-    weight_gan: float = 1.0
     weight_correlation: float = 1.0
-    gp_lambda: float = 10.0
-    generator_every: int = 5
     val_every: int = 1000
     val_patches: int = 256
-    flow_warmup_steps: int = 0
     censor_ends: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive(self, "generator_every", "val_every", "val_patches")
+        _check_positive(self, "val_every", "val_patches")
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """The adversarial game that trains the refiner (WGAN-GP, as NM-FlowGAN): a config without one trains the
+    flow (and latent correlation) by their own losses alone, and its model needs no refiner.
+
+    Attributes:
+        critic: the critic's architecture.
+        weight: weight of the adversarial loss beside the NLL; gp_lambda: gradient-penalty weight.
+        generator_every: the flow and refiner are updated every this many critic steps.
+        flow_warmup_steps: steps of NLL-only training of the flow before the game starts (0 in the paper; a
+            short CPU run starts the game on a flow that already fits).
+        critic_lr / refiner_lr: the critic's and the refiner's rates (None: the training's ``lr``). The refiner's
+            output is scaled into 8-bit units, so a short high-rate CPU run needs a lower rate there than the flow.
+    """
+
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    weight: float = 1.0
+    gp_lambda: float = 10.0
+    generator_every: int = 5
+    flow_warmup_steps: int = 0
+    critic_lr: float | None = None
+    refiner_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "weight", "generator_every")
         if self.flow_warmup_steps < 0:
             raise BadInputError(f"flow_warmup_steps must be >= 0, got {self.flow_warmup_steps}")
 
@@ -240,12 +258,13 @@ class DenoiserTrainConfig(ScheduleConfig):
 
 @dataclass(frozen=True)
 class Config:
-    """A whole preset: noise model, critic, denoiser, and their training."""
+    """A whole preset: noise model and its training (with its adversarial game, or None), denoiser and its
+    training."""
 
     name: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
-    critic: CriticConfig = field(default_factory=CriticConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gan: GanConfig | None = field(default_factory=GanConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     denoiser_train: DenoiserTrainConfig = field(default_factory=DenoiserTrainConfig)
 
@@ -258,16 +277,18 @@ def paper() -> Config:
     return Config(
         name="paper",
         model=ModelConfig(FlowConfig(), RefinerConfig(depth=5, width=64, sees_clean=False), "onehot"),
-        critic=CriticConfig(variant="paper", width=64),
         train=TrainConfig(),
+        gan=GanConfig(critic=CriticConfig(variant="paper", width=64)),
         denoiser=DenoiserConfig(depth=18, width=64, batch_norm=True),
         denoiser_train=DenoiserTrainConfig(),
     )
 
 
-# The refiner that the ``small`` preset's adversarial game would train: a run turns the game on by setting
-# ``model.refiner`` to it and ``train.weight_gan`` above 0.
+# The refiner and the game that the ``small`` preset would train with an adversarial game: a run turns it on by
+# setting ``model.refiner`` to SMALL_REFINER and ``gan`` to SMALL_GAN.
 SMALL_REFINER = RefinerConfig(depth=3, width=16, sees_clean=True, preserve_variance=True, noise_scale=16.0)
+SMALL_GAN = GanConfig(critic=CriticConfig(variant="any", width=16, noise_scale=16.0), generator_every=5,
+                      flow_warmup_steps=300, critic_lr=2e-4, refiner_lr=3e-4)
 
 
 def small() -> Config:
@@ -278,21 +299,20 @@ def small() -> Config:
     and 255 scored as clipped (``censor_ends``: on simcam the flow's KLD 0.0101 -> 0.0096 and its skewness matched
     the real noise's in 76% of the intensity cells instead of 66%).
 
-    No adversarial refiner (``refiner=None``, ``weight_gan=0``): at this training length it cost KLD without
-    adding correlation that the latent filter had not already added (docs/realism.md). The settings for runs
-    that turn it on stay: :data:`SMALL_REFINER` (a 3-level UNet of width 16 that sees the clean image and
-    preserves the flow's local variance), a width-16 critic, noise read at scale 16 by both, 300 steps of flow
-    warm-up, a gentler critic (2e-4) and refiner (3e-4) than flow, Adam betas (0.5, 0.9) as usual for WGAN-GP."""
+    No adversarial refiner (``refiner=None``, ``gan=None``): at this training length it cost KLD without adding
+    correlation that the latent filter had not already added (docs/realism.md). The settings for runs that turn it
+    on stay: :data:`SMALL_REFINER` (a 3-level UNet of width 16 that sees the clean image and preserves the flow's
+    local variance) and :data:`SMALL_GAN` (a width-16 critic, noise read at scale 16 by both, 300 steps of flow
+    warm-up, a gentler critic (2e-4) and refiner (3e-4) than flow); Adam betas (0.5, 0.9) as usual for WGAN-GP."""
     return Config(
         name="small",
         model=ModelConfig(FlowConfig(spec="UD|NE|SAL|SDL|CL2|SAL|SDL|CL2|RQS", conv_features=16, meta_hidden=16,
                                      meta_blocks=1), None, "continuous", correlation_px=5),
-        critic=CriticConfig(variant="any", width=16, noise_scale=16.0),
         train=TrainConfig(
-            patch_px=48, stride_px=48, batch_size=16, lr=1e-3, betas=(0.5, 0.9), critic_lr=2e-4, refiner_lr=3e-4,
-            lr_decay_every=2000, lr_decay_unit="step", lr_gamma=0.5, generator_every=5, epochs=1, val_every=100,
-            val_patches=64, flow_warmup_steps=300, weight_gan=0.0, censor_ends=True,
+            patch_px=48, stride_px=48, batch_size=16, lr=1e-3, betas=(0.5, 0.9), lr_decay_every=2000,
+            lr_decay_unit="step", lr_gamma=0.5, epochs=1, val_every=100, val_patches=64, censor_ends=True,
         ),
+        gan=None,
         denoiser=DenoiserConfig(depth=8, width=32, batch_norm=True),
         denoiser_train=DenoiserTrainConfig(
             patch_px=48, stride_px=48, batch_size=16, lr=1e-3, lr_decay_every=500, lr_decay_unit="step",
@@ -384,6 +404,25 @@ def load_config(path: str | Path) -> Config:
     except RecursionError:
         raise BadInputError(f"{path}: cannot read config JSON (nested too deeply)") from None
     try:
-        return from_dict(Config, data)  # type: ignore[return-value]
+        return from_dict(Config, upgraded(data))  # type: ignore[return-value]
     except BadInputError as error:
         raise BadInputError(f"{path}: {error}") from None
+
+
+# The adversarial game's fields as configs before GanConfig held them: the key in ``train`` -> GanConfig's.
+_LEGACY_GAN_FIELDS = {"weight_gan": "weight", "gp_lambda": "gp_lambda", "generator_every": "generator_every",
+                      "flow_warmup_steps": "flow_warmup_steps", "critic_lr": "critic_lr", "refiner_lr": "refiner_lr"}
+
+
+def upgraded(data: object) -> object:
+    """A whole config's JSON as this version reads it: a config written before :class:`GanConfig` (a top-level
+    ``critic`` and the game's fields in ``train``) gets a ``gan`` section built from them, or ``None`` where its
+    ``weight_gan`` was 0. Anything else is returned as it is (and checked by :func:`from_dict`)."""
+    if not isinstance(data, dict) or "gan" in data or "critic" not in data or not isinstance(data.get("train"), dict):
+        return data
+    data, train = dict(data), dict(data["train"])
+    gan = {new: train.pop(old) for old, new in _LEGACY_GAN_FIELDS.items() if old in train}
+    gan["critic"] = data.pop("critic")
+    data["train"] = train
+    data["gan"] = gan if gan.get("weight", 1.0) else None
+    return data

@@ -176,11 +176,13 @@ def simulate_data(run: DemoRun) -> None:
 
 def _train_noise(run: DemoRun, folder: Path, steps: int, resume: bool = False, val_every: int | None = None,
                  log_every: int = 10) -> TrainResult:
-    """The ``small`` noise model for ``steps`` steps in ``folder``, its warm-up and validation scaled to the length."""
+    """The ``small`` noise model for ``steps`` steps in ``folder``, its validation (and a game's warm-up, when the
+    config has one) scaled to the length."""
     config = run.config
-    warmup = max(10, int(config.train.flow_warmup_steps * min(1.0, steps / REFERENCE_STEPS["noise model"])))
-    sized_config = replace(config, train=replace(config.train, val_every=val_every or max(10, steps // 10),
-                                                 flow_warmup_steps=warmup))
+    sized_config = replace(config, train=replace(config.train, val_every=val_every or max(10, steps // 10)))
+    if config.gan is not None:
+        warmup = max(10, int(config.gan.flow_warmup_steps * min(1.0, steps / REFERENCE_STEPS["noise model"])))
+        sized_config = replace(sized_config, gan=replace(config.gan, flow_warmup_steps=warmup))
     return train_noise_model(sized_config, NoiseTrainingOptions(
         data=run.data, out=folder, steps=steps, resume=resume, overwrite=not resume, device="cpu", seed=run.seed,
         quiet=not run.progress, log_every=log_every), run.stop)

@@ -223,7 +223,7 @@ def test_a_folder_in_sidds_layout_that_is_not_sidd_trains_on_every_pair(simcam_t
     import logging
 
     from nmflowgan.data.folders import default_splits
-    from nmflowgan.training.run import RunOptions, training_patches
+    from nmflowgan.data.training_data import training_data
 
     tree = simcam_tree / "train"
     folders = [p for p in tree.iterdir() if p.is_dir()]
@@ -232,9 +232,10 @@ def test_a_folder_in_sidds_layout_that_is_not_sidd_trains_on_every_pair(simcam_t
     assert {r.clean.parent for r in pairs} == set(folders)
     assert default_splits(tree, "sidd-train", None) == ("sidd-train", "sidd-test")
     assert default_splits(tree, None, "sidd-test") == ("sidd-train", "sidd-test")
-    with caplog.at_level(logging.INFO, logger="nmflowgan.training.run"):
-        dataset, val_split = training_patches(RunOptions(data=tree, out=tmp_path / "run"), 32, 32)
-    assert val_split is None and {r.clean.parent for r in dataset.records} == set(folders)
+    with caplog.at_level(logging.INFO, logger="nmflowgan.data.training_data"):
+        data = training_data(tree, None, None, 32, 32, 1)
+    dataset = data.patches
+    assert data.validation == [] and {r.clean.parent for r in dataset.records} == set(folders)
     conditions = sorted({(r.camera, r.iso) for r in dataset.records})
     assert f"training on {len(pairs)} pairs (every pair of the data set), {len(conditions)} camera/ISO" in caplog.text
 
@@ -243,7 +244,7 @@ def test_pairs_whose_noise_no_camera_makes_are_named_before_training(simcam_tree
     import logging
 
     from nmflowgan.data.plausibility import implausible_pairs
-    from nmflowgan.training.run import RunOptions, training_patches
+    from nmflowgan.data.training_data import training_data
 
     records = find_pairs(simcam_tree, "train")[:6]
     folder = tmp_path / "pairs"
@@ -266,10 +267,10 @@ def test_pairs_whose_noise_no_camera_makes_are_named_before_training(simcam_tree
     assert [(r.noisy.name, why.split(":")[0].split(" (")[0]) for r, why in found] == [
         ("n1.png", "no noise"), ("n2.png", "the clean image is rougher than the noisy one"),
         ("n3.png", "the noisy image is one flat value")]
-    with caplog.at_level(logging.WARNING, logger="nmflowgan.training.run"):
-        training_patches(RunOptions(data=folder, out=tmp_path / "run"), 32, 32, 4)
+    with caplog.at_level(logging.WARNING, logger="nmflowgan.data.training_data"):
+        training_data(folder, None, None, 32, 32, 4)
     assert "3 of 6 pairs checked hold noise no camera makes" in caplog.text and "n2.png" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="nmflowgan.training.run"):
-        training_patches(RunOptions(data=simcam_tree, out=tmp_path / "run"), 32, 32, 4)
+    with caplog.at_level(logging.WARNING, logger="nmflowgan.data.training_data"):
+        training_data(simcam_tree, None, None, 32, 32, 4)
     assert "no camera makes" not in caplog.text  # real simulated pairs raise nothing

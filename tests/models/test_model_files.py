@@ -49,7 +49,7 @@ def test_deeply_nested_json_is_refused_in_one_line(small_model_dir, tmp_path):
 
 def test_a_training_config_over_the_parameter_budget_is_refused(tmp_path, simcam_tree, capsys):
     config = to_dict(tiny_config())
-    config["critic"]["width"] = 100000
+    config["gan"]["critic"]["width"] = 100000
     (tmp_path / "huge.json").write_text(json.dumps(config))
     code = main(["train", "--data", str(simcam_tree), "--config", str(tmp_path / "huge.json"), "--steps", "2",
                  "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"])

@@ -39,7 +39,7 @@ def test_any_critic_takes_patches_from_32(patch):
 def test_critic_refuses_small_patches_and_paper_critic_needs_96():
     with pytest.raises(BadInputError, match="at least 32x32"):
         Critic(CriticConfig(variant="any", width=8))(torch.randn(1, 3, 31, 40), torch.rand(1, 3, 31, 40))
-    paper_critic = Critic(paper().critic)
+    paper_critic = Critic(paper().gan.critic)
     assert paper_critic(torch.randn(2, 3, 96, 96), torch.rand(2, 3, 96, 96)).shape == (2,)
     with pytest.raises(BadInputError, match="96x96"):
         paper_critic(torch.randn(1, 3, 128, 128), torch.rand(1, 3, 128, 128))

@@ -12,7 +12,7 @@ from nmflowgan.data.io import write_png
 from nmflowgan.data.simcam.camera import random_camera
 from nmflowgan.data.simcam.scenes import PROCEDURAL, make_scene
 from nmflowgan.errors import BadInputError
-from nmflowgan.models.adaptation import extended_state, restrict_to_new_cameras
+from nmflowgan.models.adaptation import grown_model, restrict_to_new_cameras
 from nmflowgan.models.noise_model import NoiseModel
 from tests.conftest import exit_code
 
@@ -30,13 +30,19 @@ def _perturbed(cameras=("AA", "BB"), seed=0):
 def _draw(model, camera, iso=800):
     clean = torch.linspace(0.05, 0.95, 3 * 24 * 24).view(1, 3, 24, 24)
     latent = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
-    return model.noise(clean, model.encode(camera, iso, 1), latent=latent)
+    return model.compose(clean, model.encode(camera, iso, 1), latent)
+
+
+def _nll_per_value(model, noise, clean, cond, **score):
+    """The flow's NLL of ``noise`` in nats per value, and its latent."""
+    z, log_prob = model.flow.latent_and_log_prob(noise, clean, cond, **score)
+    return z, -log_prob.mean() / noise[0].numel()
 
 
 def test_a_new_camera_copied_from_a_base_camera_draws_exactly_its_noise_and_the_base_cameras_are_unchanged():
     base = _perturbed()
-    extended = NoiseModel(base.config, base.cameras + ("CC", "DD"), base.isos).eval()
-    columns = extended_state(base, base.space, extended, ["BB", "AA"])
+    extended, columns = grown_model(base, ["BB", "AA"], ["CC", "DD"])
+    extended.eval()
     assert columns  # the camera is read by several layers (flow conditioning, latent correlation)
     assert torch.allclose(_draw(extended, "CC"), _draw(base, "BB"), atol=1e-5)
     assert torch.allclose(_draw(extended, "DD"), _draw(base, "AA"), atol=1e-5)
@@ -47,8 +53,7 @@ def test_a_new_camera_copied_from_a_base_camera_draws_exactly_its_noise_and_the_
 
 def test_adapting_the_camera_only_changes_the_new_cameras_columns_and_nothing_else():
     base = _perturbed()
-    model = NoiseModel(base.config, base.cameras + ("CC",), base.isos)
-    columns = extended_state(base, base.space, model, ["AA"])
+    model, columns = grown_model(base, ["AA"], ["CC"])
     before = {name: value.clone() for name, value in model.state_dict().items()}
     trainable = restrict_to_new_cameras(model, columns)
     optimizer = torch.optim.Adam(trainable, lr=0.05)
@@ -57,23 +62,17 @@ def test_adapting_the_camera_only_changes_the_new_cameras_columns_and_nothing_el
     for camera in ("CC", "AA", "BB"):  # batches of base cameras must not move their columns either
         optimizer.zero_grad()
         cond = model.encode(camera, 800, 2)
-        z, nll = model.flow.latent_and_nll_per_dim(noise, clean, cond, generator=torch.Generator().manual_seed(4))
+        z, nll = _nll_per_value(model, noise, clean, cond, generator=torch.Generator().manual_seed(4))
         (nll + model.correlation.loss(z, cond.features)).backward()  # what adapt trains on
         optimizer.step()
     for name, value in model.state_dict().items():
-        place = columns.get(name)
-        if place is None:
+        span = columns.get(name)
+        if span is None:
             assert torch.equal(value, before[name]), name
             continue
-        new = value.narrow(place.axis, place.span.start, 1)
-        assert not torch.equal(new, before[name].narrow(place.axis, place.span.start, 1)), name
-        kept = torch.cat([value.narrow(place.axis, 0, place.span.start),
-                          value.narrow(place.axis, place.span.stop, value.shape[place.axis] - place.span.stop)],
-                         place.axis)
-        expected = torch.cat([before[name].narrow(place.axis, 0, place.span.start),
-                              before[name].narrow(place.axis, place.span.stop,
-                                                  value.shape[place.axis] - place.span.stop)], place.axis)
-        assert torch.equal(kept, expected), name
+        assert not torch.equal(value[:, span], before[name][:, span]), name
+        others = [i for i in range(value.shape[1]) if not span.start <= i < span.stop]
+        assert torch.equal(value[:, others], before[name][:, others]), name
     for camera in base.cameras:
         assert torch.allclose(_draw(model, camera), _draw(base, camera), atol=1e-5)
 
@@ -103,8 +102,8 @@ def _nll(model, folder, camera):
     clean, noise = batch.clean.float() / 255, batch.noisy.float() - batch.clean.float()
     uniform = torch.rand(noise.shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        _, nll = model.flow.latent_and_nll_per_dim(noise, clean, model.encode(camera, batch.isos.tolist(), len(noise)),
-                                                   uniform=uniform, censored=True)
+        _, nll = _nll_per_value(model, noise, clean, model.encode(camera, batch.isos.tolist(), len(noise)),
+                                uniform=uniform, censored=True)
     return float(nll)
 
 
@@ -115,8 +114,7 @@ def _replayed_nll(model, base, camera, iso):
     noise = base.quantized_noise(clean, cond, torch.Generator().manual_seed(5))
     uniform = torch.rand(noise.shape, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
-        _, nll = model.flow.latent_and_nll_per_dim(noise, clean, model.encode(camera, iso, 8), uniform=uniform,
-                                                   censored=True)
+        _, nll = _nll_per_value(model, noise, clean, model.encode(camera, iso, 8), uniform=uniform, censored=True)
     return float(nll)
 
 
@@ -130,11 +128,12 @@ def new_camera(tmp_path_factory):
 def test_adapting_the_builtin_model_to_a_new_simulated_camera_improves_on_the_base(tmp_path, new_camera, adapt):
     base = NoiseModel.load("builtin")
     train, held_out = new_camera
-    result = api.adapt(api.NoiseTrainingOptions(data=train, out=tmp_path / "run", base="builtin", steps=40,
-                                                adapt=adapt, device="cpu", quiet=True))
+    result = api.adapt(api.NoiseTrainingOptions(data=train, out=tmp_path / "run", steps=40, device="cpu", quiet=True),
+                       api.AdaptationOptions(base="builtin", adapt=adapt))
     adapted = NoiseModel.load(result.run_dir)
     assert adapted.cameras == base.cameras + ("ZZ",) and adapted.isos == base.isos
-    started_from = json.loads((result.run_dir / "last" / "training.json").read_text())["info"]["adapted_from"]["ZZ"]
+    info = json.loads((result.run_dir / "last" / "training.json").read_text())["info"]
+    started_from = info["adaptation"]["adapted_from"]["ZZ"]
     assert started_from in base.cameras
     before, after = _nll(base, held_out, started_from), _nll(adapted, held_out, "ZZ")
     assert after < before - 0.02, (before, after)  # bits per value, on pairs it never saw
@@ -166,6 +165,7 @@ def test_adapt_refuses_what_it_cannot_use_before_any_work(tmp_path, capsys):
         assert not out.exists()
     onehot = NoiseModel.from_preset("paper", cameras=("V1",), isos=(100, 1600)).save(tmp_path / "onehot")
     with pytest.raises(BadInputError, match="continuous ISO"):
-        api.adapt(api.NoiseTrainingOptions(data=three, out=tmp_path / "run-onehot", base=onehot, quiet=True))
+        api.adapt(api.NoiseTrainingOptions(data=three, out=tmp_path / "run-onehot", quiet=True),
+                  api.AdaptationOptions(base=onehot))
     assert exit_code(["adapt", "--base", "builtin", "--data", str(three), "--out", str(tmp_path / "r"),
                       "--adapt", "everything"]) == 2

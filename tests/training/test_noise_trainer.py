@@ -15,9 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from nmflowgan.config import save_config, to_dict
+from nmflowgan.data.folders import find_pairs
+from nmflowgan.data.training_data import validation_patches
 from nmflowgan.errors import BadInputError, CheckpointError, OutputExistsError, TrainingError
 from nmflowgan.models.noise_model import NoiseModel
-from nmflowgan.training.noise_trainer import NoiseTrainingOptions, _validate, _validation_set, train_noise_model
+from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model, validation_scores
 from nmflowgan.training.run import read_metrics
 from tests.conftest import tiny_config
 
@@ -50,10 +52,10 @@ def test_training_writes_a_complete_run(tmp_path, simcam_tree):
     model = NoiseModel.load(run)
     assert model.cameras == ("V1", "V2") and model.isos == (100, 1600)
     # the logged best score is the score of the saved best model, recomputed from scratch
-    options = NoiseTrainingOptions(data=simcam_tree, out=run, steps=8, device="cpu")
-    config = tiny_config().train
-    rescored = _validate(model, _validation_set(options, "test", model, config), options.seed, config.batch_size)
-    eligible = [v for v in validations if v["step"] > config.flow_warmup_steps]
+    config = tiny_config()
+    patches = validation_patches(find_pairs(simcam_tree, "test"), config.train.patch_px, config.train.val_patches)
+    rescored = validation_scores(model, patches, 0, config.train.batch_size)
+    eligible = [v for v in validations if v["step"] > config.gan.flow_warmup_steps]
     assert rescored["val_kld"] == pytest.approx(min(v["val_kld"] for v in eligible), rel=1e-6)
 
 
@@ -122,7 +124,7 @@ def test_a_folder_holding_a_run_is_refused_before_the_data_is_read(tmp_path, sim
     import nmflowgan.training.noise_trainer as trainer
 
     _train(simcam_tree, tmp_path / "run", 2)
-    monkeypatch.setattr(trainer, "training_patches", lambda *args: pytest.fail("the data was scanned first"))
+    monkeypatch.setattr(trainer, "training_data", lambda *args: pytest.fail("the data was scanned first"))
     with pytest.raises(OutputExistsError, match="holds another run"):
         _train(simcam_tree, tmp_path / "run", 2)
     (tmp_path / "run" / "last").unlink()
@@ -136,11 +138,11 @@ def test_flow_stage_trains_no_critic(tmp_path, simcam_tree):
     assert lines and not any("critic" in m for m in lines)
 
 
-@pytest.mark.parametrize("how", [{"stage": "flow"}, {"weight_gan": 0.0}])
+@pytest.mark.parametrize("how", [{"stage": "flow"}, {"gan": None}])
 def test_a_run_without_an_adversarial_game_builds_saves_and_draws_no_refiner_or_critic(tmp_path, simcam_tree, how):
     config = tiny_config()
-    if "weight_gan" in how:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, weight_gan=how["weight_gan"]))
+    if "gan" in how:
+        config = dataclasses.replace(config, gan=None)
     options = NoiseTrainingOptions(data=simcam_tree, out=tmp_path / "run", steps=3, device="cpu", quiet=True,
                                    stage=how.get("stage", "joint"))
     train_noise_model(config, options)
@@ -154,7 +156,7 @@ def test_a_run_without_an_adversarial_game_builds_saves_and_draws_no_refiner_or_
 def test_an_adversarial_game_without_a_refiner_is_refused(tmp_path, simcam_tree):
     config = tiny_config()
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, refiner=None))
-    with pytest.raises(BadInputError, match="weight_gan=1.0 but no refiner"):
+    with pytest.raises(BadInputError, match=r"has an adversarial game \(gan\) but no refiner"):
         train_noise_model(config, NoiseTrainingOptions(data=simcam_tree, out=tmp_path / "run", steps=2,
                                                        device="cpu", quiet=True))
     assert not (tmp_path / "run").exists()
@@ -229,8 +231,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, simcam_tree):
     # round-off) and the refiner learns from it, so there such elements are common: each may have taken two
     # steps the other way. The flow learns from the NLL, whose gradients are not ~0: nearly every element must
     # agree to float32 round-off.
-    train = tiny_config().train
-    critic_step, generator_step = train.critic_lr, max(train.lr, train.refiner_lr or train.lr)
+    train, gan = tiny_config().train, tiny_config().gan
+    critic_step, generator_step = gan.critic_lr, max(train.lr, gan.refiner_lr or train.lr)
     close = total = 0
     for key in one:
         a, b = one[key].double(), two[key].double()

@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmflowgan.condition_input import ConditionInput
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.flows.base import FlowContext, FlowLayer, summed
 
 
 class ResidualMLP(nn.Module):
-    """Embeds condition features: ``Linear -> [ReLU, Linear, ReLU, Linear] + skip (x blocks) -> Linear``.
+    """Embeds condition features: ``ConditionInput -> [ReLU, Linear, ReLU, Linear] + skip (x blocks) -> Linear``.
 
     Args:
         in_features: D of the input; out_features: size of the embedding.
@@ -28,7 +29,7 @@ class ResidualMLP(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, hidden: int, blocks: int) -> None:
         super().__init__()
-        self.first = nn.Linear(in_features, hidden)
+        self.first = ConditionInput(in_features, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
             for _ in range(blocks)
@@ -164,7 +165,7 @@ class ConditionalLinear(ConditionalAffine):
             self.bias = nn.Parameter(torch.zeros(space.n_cells, channels))
         else:
             self.net = nn.Sequential(
-                nn.Linear(space.feature_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * channels)
+                ConditionInput(space.feature_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * channels)
             )
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)

@@ -1,24 +1,23 @@
-"""A trained model taught new cameras: its vocabulary extended, each new camera started from the base camera
-that explains its noise best, and only what the adaptation may change left free to train.
+"""A trained model taught new cameras: its vocabulary extended, each new camera started as a copy of a base camera,
+and only what the adaptation may change left free to train.
 
-Every network of a model reads the camera as a one-hot block of its condition features (``[cameras; ISO]``,
-:mod:`nmflowgan.conditions`), and the features are always the last ``D`` inputs of the layer that reads them
-(a linear layer's columns, or the refiner's condition planes). A camera is therefore one column of each such
-layer: a new camera is a new column, and a copy of base camera ``b``'s columns makes the new camera draw
-exactly ``b``'s noise. Training only the new columns (``camera``) leaves every base camera's noise exactly as
-it was; ``all`` trains every weight, on the new pairs and on noise the frozen base draws for its own cameras
-(:class:`BaseReplay`), so that what the new cameras teach the shared weights does not unteach the old ones.
+A camera is one input column of each layer that reads the condition (:mod:`nmflowgan.condition_input`): a new
+camera is a new column, and a copy of base camera ``b``'s columns makes the new camera draw exactly ``b``'s noise.
+Training only the new columns (``camera``) leaves every base camera's noise exactly as it was; ``all`` trains every
+weight, on the new pairs and on noise the frozen base draws for its own cameras (:class:`BaseReplay`), so that what
+the new cameras teach the shared weights does not unteach the old ones. The stage that runs an adaptation is
+:mod:`nmflowgan.training.adaptation`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from nmflowgan.condition_input import grow_cameras
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.errors import BadInputError
 from nmflowgan.models.noise_model import NoiseModel
@@ -26,14 +25,6 @@ from nmflowgan.models.sampler import SamplingOptions
 
 ADAPTED_PARAMETERS = ("camera", "all")
 MIN_ADAPTATION_PAIRS = 3
-
-
-@dataclass(frozen=True)
-class CameraColumns:
-    """Where a parameter holds the per-camera columns: ``axis`` of the tensor and the new cameras' ``span``."""
-
-    axis: int
-    span: slice
 
 
 def check_adaptable(space: ConditionSpace, cameras: Sequence[str], isos: Sequence[float], pairs: int,
@@ -57,48 +48,26 @@ def check_adaptable(space: ConditionSpace, cameras: Sequence[str], isos: Sequenc
                             f"{low:g}-{high:g}")
 
 
-def extended_state(base: nn.Module, base_space: ConditionSpace, extended: nn.Module, sources: Sequence[str]
-                   ) -> dict[str, CameraColumns]:
-    """Copies ``base``'s weights into ``extended`` (the same architecture over ``base_space``'s cameras followed
-    by ``len(sources)`` new ones) and starts new camera ``i`` as a copy of base camera ``sources[i]``.
-
-    Returns:
-        For each parameter that reads the camera, where its new cameras' columns are.
-    """
-    base_state = base.state_dict()
-    n_old, added = len(base_space.cameras), len(sources)
-    source_index = [base_space.camera_index(s) for s in sources]
-    columns: dict[str, CameraColumns] = {}
-    with torch.no_grad():
-        for name, target in extended.state_dict().items():
-            old = base_state[name]
-            if old.shape == target.shape:
-                target.copy_(old)
-                continue
-            axes = [a for a in range(old.dim()) if old.shape[a] != target.shape[a]]
-            if len(axes) != 1 or target.shape[axes[0]] - old.shape[axes[0]] != added:
-                raise BadInputError(f"cannot extend {name}: shapes {tuple(old.shape)} -> {tuple(target.shape)}")
-            axis = axes[0]
-            offset = old.shape[axis] - base_space.feature_dim  # the features are the layer's last inputs
-            before = old.narrow(axis, 0, offset + n_old)  # inputs before the features, then the base cameras
-            after = old.narrow(axis, offset + n_old, old.shape[axis] - offset - n_old)  # the ISO features
-            copies = old.index_select(axis, torch.tensor([offset + i for i in source_index], device=old.device))
-            target.copy_(torch.cat([before, copies, after], dim=axis))
-            columns[name] = CameraColumns(axis, slice(offset + n_old, offset + n_old + added))
-    return columns
+def grown_model(base: NoiseModel, sources: Sequence[str], cameras: Sequence[str]
+                ) -> tuple[NoiseModel, dict[str, slice]]:
+    """``base`` over its cameras followed by ``cameras``, new camera ``i`` a copy of base camera ``sources[i]``; and,
+    for each weight that reads the camera, the new cameras' columns (axis 1)."""
+    model = NoiseModel(base.config, base.cameras + tuple(cameras), base.isos)
+    columns = grow_cameras(base, model, len(base.cameras), [base.space.camera_index(s) for s in sources])
+    return model, columns
 
 
-def restrict_to_new_cameras(model: nn.Module, columns: dict[str, CameraColumns]) -> list[nn.Parameter]:
+def restrict_to_new_cameras(model: nn.Module, columns: dict[str, slice]) -> list[nn.Parameter]:
     """Freezes every parameter but the new cameras' columns; returns the parameters left to train (their
     gradients are zero outside those columns, so Adam leaves the base cameras' columns exactly as they are)."""
     trainable = []
     for name, parameter in model.named_parameters():
-        place = columns.get(name)
-        parameter.requires_grad_(place is not None)
-        if place is None:
+        span = columns.get(name)
+        parameter.requires_grad_(span is not None)
+        if span is None:
             continue
         mask = torch.zeros_like(parameter)
-        mask.narrow(place.axis, place.span.start, place.span.stop - place.span.start).fill_(1)
+        mask[:, span] = 1
         parameter.register_hook(lambda grad, mask=mask: grad * mask)
         trainable.append(parameter)
     return trainable

@@ -34,17 +34,20 @@ class ComposedNoise(nn.Module):
         return FlowContext(clean, cond)
 
     def compose(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor, correlate: bool = True,
-                refine: bool = True) -> torch.Tensor:
+                refine: bool = True, refiner_only: bool = False) -> torch.Tensor:
         """Noise in 8-bit units (not quantized) for ``clean (B, 3, H, W)`` in [0, 1] and a standard-normal
         ``latent`` of the same shape.
 
         Args:
             correlate: pass the latent through the latent correlation (when the model has one).
             refine: pass the flow's noise through the refiner (when the model has one).
+            refiner_only: differentiable in the refiner alone (the flow's noise drawn without a graph): what the
+                adversarial loss trains.
         """
-        if correlate and self.correlation is not None:
-            latent = self.correlation(latent, cond.features)
-        noise = invert_layers(self.flow_layers, latent, self.flow_context(clean, cond)) - clean * 255.0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not refiner_only):
+            if correlate and self.correlation is not None:
+                latent = self.correlation(latent, cond.features)
+            noise = invert_layers(self.flow_layers, latent, self.flow_context(clean, cond)) - clean * 255.0
         if refine and self.refiner is not None:
             noise = self.refiner(noise, clean, cond.features)
         return noise

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmflowgan.condition_input import ConditionInput
+
 CHANNELS = 3
 
 
@@ -68,7 +70,7 @@ class LatentCorrelation(nn.Module):
         if kernel_px < 1 or kernel_px % 2 == 0:
             raise ValueError(f"kernel_px must be odd and positive, got {kernel_px}")
         self.kernel_px = kernel_px
-        self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.Tanh(),
+        self.net = nn.Sequential(ConditionInput(feature_dim, hidden), nn.Tanh(),
                                  nn.Linear(hidden, CHANNELS * CHANNELS * kernel_px**2))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)

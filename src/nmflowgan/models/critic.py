@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nmflowgan.condition_input import ConditionPlanes, condition_channels
 from nmflowgan.config import CriticConfig
 from nmflowgan.errors import BadInputError
-from nmflowgan.models.unet import condition_channels
 
 PAPER_PATCH_PX = 96
 
@@ -36,8 +36,9 @@ class Critic(nn.Module):
         w = config.width
         norm = config.variant == "paper"
         stages = [(w, w), (w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 8 * w)]
-        in_channels = 6 + (condition_dim if config.sees_condition else 0)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, w, 7, padding=3)]
+        planes = condition_dim if config.sees_condition else 0
+        first = ConditionPlanes(6, planes, w, 7, padding=3) if planes else nn.Conv2d(6, w, 7, padding=3)
+        layers: list[nn.Module] = [first]
         for index, (c_in, c_out) in enumerate(stages):
             if index > 0:
                 layers.append(_block(c_in, c_out, 3, 1, norm))

@@ -9,14 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmflowgan.condition_input import ConditionPlanes, condition_channels
 from nmflowgan.config import RefinerConfig
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(),
-    )
+def _conv_block(in_channels: int, out_channels: int, condition_dim: int = 0) -> nn.Sequential:
+    """Two 3x3 convolutions with ReLUs; the first also reads ``condition_dim`` condition planes after its
+    ``in_channels`` image channels."""
+    first = (ConditionPlanes(in_channels, condition_dim, out_channels, 3, padding=1) if condition_dim
+             else nn.Conv2d(in_channels, out_channels, 3, padding=1))
+    return nn.Sequential(first, nn.ReLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU())
 
 
 def local_second_moment(noise: torch.Tensor, sigma_px: float = 1.4, radius_px: int = 3) -> torch.Tensor:
@@ -30,13 +32,6 @@ def local_second_moment(noise: torch.Tensor, sigma_px: float = 1.4, radius_px: i
     square = F.conv2d(square, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     square = F.conv2d(square, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
     return square.clamp_min(1e-3)
-
-
-def condition_channels(condition: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """``(B, D)`` features -> ``(B, D, H, W)`` constant channels shaped like ``like`` ``(B, C, H, W)``."""
-    if condition is None:
-        raise ValueError("this network sees the camera/ISO condition: pass its (B, D) features")
-    return condition.to(like.dtype)[:, :, None, None].expand(-1, -1, *like.shape[-2:])
 
 
 class UNetRefiner(nn.Module):
@@ -55,11 +50,12 @@ class UNetRefiner(nn.Module):
     def __init__(self, config: RefinerConfig, condition_dim: int = 0) -> None:
         super().__init__()
         self.config = config
-        in_channels = 3 + (3 if config.sees_clean else 0) + (condition_dim if config.sees_condition else 0)
+        in_channels = 3 + (3 if config.sees_clean else 0)
+        planes = condition_dim if config.sees_condition else 0
         widths = [config.width * 2**level for level in range(config.depth)]
         self.down = nn.ModuleList()
-        for width in widths:
-            self.down.append(_conv_block(in_channels, width))
+        for level, width in enumerate(widths):
+            self.down.append(_conv_block(in_channels, width, planes if level == 0 else 0))
             in_channels = width
         self.up = nn.ModuleList()
         self.up_blocks = nn.ModuleList()

@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from nmflowgan.config import Config, to_dict
-from nmflowgan.data.folders import find_pairs
-from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
+from nmflowgan.data.patches import PatchBatch, collate
+from nmflowgan.data.training_data import training_data, validation_patches
 from nmflowgan.errors import BadInputError
 from nmflowgan.models.dncnn import WEIGHTS_FILE, DnCNN
 from nmflowgan.models.files import built_within_budget
@@ -32,7 +32,7 @@ from nmflowgan.noise_sources import baseline_noise, fit_baselines, model_noise
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState
 from nmflowgan.training.loop import Schedule, TrainingRun, TrainResult, session, step_generator
-from nmflowgan.training.run import RunOptions, StopRequest, training_patches
+from nmflowgan.training.run import RunOptions, StopRequest
 
 log = logging.getLogger(__name__)
 # (clean patches (B, 3, P, P) in [0, 1], their batch, a generator) -> noisy patches in [0, 1]
@@ -86,10 +86,15 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
     stop = stop if stop is not None else StopRequest()  # an unset request is falsy
     train_config = config.denoiser_train
     with session(options) as (device, context):
-        dataset, val_split = training_patches(options, train_config.patch_px, train_config.stride_px,
-                                              train_config.batch_size)
+        data = training_data(options.data, options.split, options.val_split, train_config.patch_px,
+                             train_config.stride_px, train_config.batch_size, options.seed, options.skip_bad,
+                             options.max_pixels)
+        dataset = data.patches
         source = noise_source(options, dataset.records, train_config.patch_px, device)
-        validation = _validation_patches(options, val_split, train_config.patch_px)
+        validation = validation_patches(data.validation, train_config.patch_px, options.val_patches,
+                                        options.skip_bad, options.max_pixels)
+        if validation is not None:
+            validation = (validation.clean.float() / 255.0, validation.noisy.float() / 255.0)
         with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the global RNG
             torch.manual_seed(options.seed)
             model = built_within_budget(lambda: DnCNN(config.denoiser), f"config {config.name!r}").to(device)
@@ -127,17 +132,6 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
 
         return run.loop(loader, schedule, train_step, validate, stop, f"denoiser ({options.noise})",
                         train_config.batch_size, validate_first=False)
-
-
-def _validation_patches(options: DenoiserTrainingOptions, split: str | None, patch_px: int
-                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(clean, noisy)`` real validation patches in [0, 1], evenly spread over the split."""
-    if split is None:
-        return None
-    dataset = PatchDataset(find_pairs(options.data, split, options.skip_bad), patch_px, patch_px,
-                           skip_bad=options.skip_bad, max_pixels=options.max_pixels)
-    batch = collate([dataset[i] for i in dataset.evenly_spaced(options.val_patches)])
-    return batch.clean.float() / 255.0, batch.noisy.float() / 255.0
 
 
 @torch.no_grad()

@@ -93,9 +93,12 @@ class Schedule:
         ``lr_decay_every``, ``lr_decay_unit``): ``--steps``, else ``--epochs``, else the preset's epochs;
         checkpoints every ``--checkpoint-every``, else every ``val_every`` steps."""
         total_steps = options.steps or (options.epochs or train.epochs) * steps_per_epoch
-        unit = steps_per_epoch if train.lr_decay_unit == "epoch" else 1
+        if train.lr_decay_unit == "run":  # lr_decay_every equal parts of this run, however long
+            decay_steps = total_steps // train.lr_decay_every + 1
+        else:
+            decay_steps = train.lr_decay_every * (steps_per_epoch if train.lr_decay_unit == "epoch" else 1)
         return cls(total_steps, steps_per_epoch, options.log_every, val_every, options.checkpoint_every or val_every,
-                   train.lr_gamma, train.lr_decay_every * unit)
+                   train.lr_gamma, decay_steps)
 
 
 class TrainingRun:

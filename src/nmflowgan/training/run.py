@@ -16,11 +16,8 @@ from pathlib import Path
 
 import torch
 
-from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.io import MAX_PIXELS
-from nmflowgan.data.patches import PatchDataset
-from nmflowgan.data.plausibility import implausible_pairs
-from nmflowgan.errors import BadInputError, DataError, OutputExistsError, RunLockedError, TrainingError
+from nmflowgan.errors import BadInputError, OutputExistsError, RunLockedError, TrainingError
 from nmflowgan.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
@@ -215,43 +212,6 @@ def _holds_progress(run_dir: Path) -> bool:
     metrics = run_dir / METRICS_FILE
     return ((metrics.is_file() and metrics.stat().st_size > 0) or (run_dir / "last").is_symlink()
             or any((run_dir / "checkpoints").glob("step-*")))
-
-
-def describe_conditions(conditions: list[tuple[str, float]], most: int = 20) -> str:
-    """``conditions`` (sorted ``(camera, ISO)``) in words: each one when there are at most ``most``, else the
-    ISOs of each camera, and at most ``most`` cameras named."""
-    if len(conditions) <= most:
-        return ", ".join(f"{camera} ISO {iso:g}" for camera, iso in conditions)
-    by_camera: dict[str, list[float]] = {}
-    for camera, iso in conditions:
-        by_camera.setdefault(camera, []).append(iso)
-    described = [f"{camera} ISO {'/'.join(f'{iso:g}' for iso in isos)}" for camera, isos in by_camera.items()]
-    more = len(described) - most
-    return "; ".join(described[:most]) + (f"; and {more} more cameras" if more > 0 else "")
-
-
-def training_patches(options: RunOptions, patch_px: int, stride_px: int, batch_size: int = 1
-                     ) -> tuple[PatchDataset, str | None]:
-    """The augmented training patches of the run's data set and the name of its validation split; a data set
-    with fewer patches than one ``batch_size`` is refused, with both numbers."""
-    split, val_split = default_splits(options.data, options.split, options.val_split)
-    records = find_pairs(options.data, split, options.skip_bad)
-    conditions = sorted({(r.camera, float(r.iso)) for r in records})
-    log.info("training on %d pairs%s, %d camera/ISO conditions: %s", len(records),
-             f" (split {split})" if split else " (every pair of the data set)", len(conditions),
-             describe_conditions(conditions))
-    dataset = PatchDataset(records, patch_px, stride_px, augment=True, seed=options.seed,
-                           skip_bad=options.skip_bad, max_pixels=options.max_pixels)
-    if len(dataset) < batch_size:
-        raise DataError(f"{options.data}: {len(dataset)} training patches of {patch_px}x{patch_px} in {len(records)} "
-                        f"pairs, fewer than one batch of {batch_size}; use more or larger images, or a config with "
-                        "a smaller batch_size or patch_px")
-    implausible, checked = implausible_pairs(dataset)
-    if implausible:
-        named = "; ".join(f"{record.noisy}: {why}" for record, why in implausible[:5])
-        log.warning("%d of %d pairs checked hold noise no camera makes, and are trained on as they are: %s%s",
-                    len(implausible), checked, named, " ..." if len(implausible) > 5 else "")
-    return dataset, val_split
 
 
 class MetricsLog:

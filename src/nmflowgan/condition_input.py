@@ -1,0 +1,82 @@
+"""The layers through which a network reads the camera/ISO condition, and how a model grows by new cameras.
+
+Every network of a noise model reads the condition features (:attr:`~nmflowgan.conditions.Condition.features`,
+a camera one-hot followed by the ISO feature) through one of two layers, and through nothing else:
+
+* :class:`ConditionInput`: a linear map of the features, the first layer of every condition network (the flow
+  layers' condition MLPs, CL, the latent correlation);
+* :class:`ConditionPlanes`: a convolution of an image's channels followed by the features as constant planes (a
+  refiner or critic that sees the condition).
+
+In both, input column ``first_feature + c`` of the weight (axis 1) reads camera ``c``. :func:`grow_cameras` relies
+on that alone: it copies a base model into the same architecture over more cameras, starts each new camera's
+column as a copy of a base camera's (so the new camera draws exactly that camera's noise), and refuses any other
+parameter whose shape changed, so a layer that read the features another way could not be grown wrongly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nmflowgan.errors import BadInputError
+
+
+class ConditionInput(nn.Linear):
+    """``(B, D)`` condition features -> ``(B, out_features)``: a linear layer whose every input is a feature."""
+
+    first_feature = 0
+
+    def __init__(self, feature_dim: int, out_features: int) -> None:
+        super().__init__(feature_dim, out_features)
+
+
+class ConditionPlanes(nn.Conv2d):
+    """A convolution of ``(B, image_channels + D, H, W)``: an image's channels, then the ``D`` condition features
+    as constant planes (:func:`condition_channels`)."""
+
+    def __init__(self, image_channels: int, feature_dim: int, out_channels: int, kernel_size: int, **conv: object
+                 ) -> None:
+        super().__init__(image_channels + feature_dim, out_channels, kernel_size, **conv)
+        self.first_feature = image_channels
+
+
+def condition_channels(features: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` features -> ``(B, D, H, W)`` constant channels shaped like ``like`` ``(B, C, H, W)``, in its dtype."""
+    if features is None:
+        raise ValueError("this network sees the camera/ISO condition: pass its (B, D) features")
+    return features.to(like.dtype)[:, :, None, None].expand(-1, -1, *like.shape[-2:])
+
+
+def grow_cameras(base: nn.Module, grown: nn.Module, base_cameras: int, sources: Sequence[int]) -> dict[str, slice]:
+    """Copies ``base``'s weights into ``grown`` (the same architecture over the base's ``base_cameras`` cameras
+    followed by ``len(sources)`` new ones) and starts new camera ``i`` as a copy of base camera ``sources[i]``.
+
+    Returns:
+        For each weight that reads the camera, the new cameras' columns (along axis 1).
+
+    Raises:
+        BadInputError: a parameter whose shape changed is not the weight of a :class:`ConditionInput` or
+            :class:`ConditionPlanes` (it reads the condition some other way, e.g. a table per (camera, ISO) cell).
+    """
+    readers = {f"{name}.weight": module for name, module in grown.named_modules()
+               if isinstance(module, ConditionInput | ConditionPlanes)}
+    base_state = base.state_dict()
+    columns: dict[str, slice] = {}
+    with torch.no_grad():
+        for name, target in grown.state_dict().items():
+            old = base_state[name]
+            reader = readers.get(name)
+            if reader is None:
+                if old.shape != target.shape:
+                    raise BadInputError(f"cannot grow {name} from {tuple(old.shape)} to {tuple(target.shape)}: only "
+                                        "ConditionInput and ConditionPlanes weights read the camera")
+                target.copy_(old)
+                continue
+            cut = reader.first_feature + base_cameras  # the first column after the base's cameras
+            copies = old[:, [reader.first_feature + source for source in sources]]
+            target.copy_(torch.cat([old[:, :cut], copies, old[:, cut:]], dim=1))
+            columns[name] = slice(cut, cut + len(sources))
+    return columns
