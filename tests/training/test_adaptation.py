@@ -77,9 +77,24 @@ def test_adapting_the_camera_only_changes_the_new_cameras_columns_and_nothing_el
         assert torch.allclose(_draw(model, camera), _draw(base, camera), atol=1e-5)
 
 
+def _new_camera(code="ZZ"):
+    return dataclasses.replace(random_camera("A0", np.random.default_rng([99])), code=code)
+
+
+def _noise_std_against_the_camera(model, camera, iso):
+    """``(std of the noise model draws as camera, std of the drawn camera's own noise)`` (8-bit units) on the
+    camera's clean image of a 96 px scene it never trained on."""
+    clean, noisy = _new_camera().capture(make_scene(PROCEDURAL[0], 777, 96), iso, 1, torch.Generator().manual_seed(3))
+    true = noisy[0].astype(np.float64) - clean
+    clean01 = torch.from_numpy(clean).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        drawn = model.sample(clean01, camera, iso, generator=torch.Generator().manual_seed(4)) * 255 - clean01 * 255
+    return float(drawn.std()), float(true.std())
+
+
 def _new_camera_pairs(folder, count, seed=0, size=192, isos=(400, 1600), code="ZZ"):
     """``count`` pairs of one drawn camera (named ``code``) as a metadata.csv folder, scenes drawn with ``seed``."""
-    camera = dataclasses.replace(random_camera("A0", np.random.default_rng([99])), code=code)
+    camera = _new_camera(code)
     folder.mkdir(parents=True)
     rows = ["clean,noisy,camera,iso"]
     for i in range(count):
@@ -137,8 +152,10 @@ def test_adapting_the_builtin_model_to_a_new_simulated_camera_improves_on_the_ba
     assert started_from in base.cameras
     before, after = _nll(base, held_out, started_from), _nll(adapted, held_out, "ZZ")
     assert after < before - 0.02, (before, after)  # bits per value, on pairs it never saw
-    low, middle, high = (float(_draw(adapted, "ZZ", iso).std()) for iso in (400, 800, 1600))
-    assert low < middle < high  # an ISO between its two measured ones lands between them
+    # an ISO between its two measured ones: nearer the camera's true noise there than the camera it started from
+    drawn, true = _noise_std_against_the_camera(adapted, "ZZ", 800)
+    started, _ = _noise_std_against_the_camera(base, started_from, 800)
+    assert abs(drawn - true) < abs(started - true), (true, drawn, started)
     for camera, iso in (("V2", 1600), ("A5", 100), ("AX", 6400)):
         if adapt == "camera":  # the base's own cameras draw exactly what they drew
             assert torch.allclose(_draw(adapted, camera, iso), _draw(base, camera, iso), atol=1e-4)
@@ -169,3 +186,30 @@ def test_adapt_refuses_what_it_cannot_use_before_any_work(tmp_path, capsys):
                   api.AdaptationOptions(base=onehot))
     assert exit_code(["adapt", "--base", "builtin", "--data", str(three), "--out", str(tmp_path / "r"),
                       "--adapt", "everything"]) == 2
+
+
+@pytest.mark.parametrize("steps", [30, 400, 901])
+def test_adapts_rate_halves_at_each_third_of_the_run_however_long_it_is(steps, tmp_path):
+    from nmflowgan.training.adaptation import AdaptationOptions, adaptation_config
+    from nmflowgan.training.loop import Schedule
+
+    config = adaptation_config(NoiseModel.load("builtin"), AdaptationOptions(base="builtin"))
+    options = api.NoiseTrainingOptions(data=tmp_path, out=tmp_path / "run", steps=steps)
+    schedule = Schedule.of(options, config.train, steps_per_epoch=7, val_every=10)
+    rates = [schedule.lr_gamma ** (step // schedule.decay_steps) for step in range(steps)]
+    assert [rates.count(rate) for rate in (1.0, 0.5, 0.25)] == [schedule.decay_steps] * 2 + [
+        steps - 2 * schedule.decay_steps]
+    assert min(rates) == 0.25 and abs(schedule.decay_steps - steps / 3) <= 1
+
+
+def test_a_resumed_adaptation_must_start_from_the_same_base_and_options(tmp_path, new_camera):
+    from nmflowgan.errors import TrainingError
+
+    train, _ = new_camera
+    options = api.NoiseTrainingOptions(data=train, out=tmp_path / "run", steps=2, device="cpu", quiet=True)
+    api.adapt(options, api.AdaptationOptions(base="builtin"))
+    resumed = dataclasses.replace(options, steps=4, resume=True)
+    differs = r"cannot resume, the checkpoint's adaptation differs in adaptation.replay \(1.0 there, 0 here\)"
+    with pytest.raises(TrainingError, match=differs):
+        api.adapt(resumed, api.AdaptationOptions(base="builtin", replay=0))
+    assert api.adapt(resumed, api.AdaptationOptions(base="builtin")).step == 4
