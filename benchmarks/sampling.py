@@ -96,7 +96,7 @@ def measure(model: NoiseModel, clean: torch.Tensor, cond: object, refine: bool, 
     megapixels = clean[:, 0].numel() / 1e6
 
     def draw() -> torch.Tensor:
-        return model.quantized_noise(clean, cond, generator, refine=refine, options=options)
+        return model.draw(clean, cond, generator, refine=refine, options=options)
 
     seconds = seconds_per_call(draw, device, min_seconds)
     gflop_per_mp = flops_of(draw) / megapixels / 1e9
@@ -110,10 +110,10 @@ def realism_check(model: NoiseModel, device: torch.device, draws: int = 4) -> di
     generator = torch.Generator().manual_seed(1)
     clean = torch.rand(4, 3, 256, 256, generator=generator).to(device)
     cond = model.encode("S6", 800, 4)
-    reference = model.quantized_noise(clean, cond, generator, options=SamplingOptions.plain())
+    reference = model.draw(clean, cond, generator, options=SamplingOptions.plain())
     scores = {}
     for path, options in {"plain": SamplingOptions.plain(), "default": SamplingOptions()}.items():
-        draws_k = [model.quantized_noise(clean, cond, torch.Generator().manual_seed(10 + k), options=options)
+        draws_k = [model.draw(clean, cond, torch.Generator().manual_seed(10 + k), options=options)
                    for k in range(draws)]
         scores[path] = [float(kld_per_patch(reference, noise).mean()) for noise in draws_k]
     spread = torch.tensor(scores["plain"]).std().item()

@@ -77,7 +77,7 @@ def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: flo
 
     def draw(tile: torch.Tensor, top: int, left: int) -> torch.Tensor:
         latent = latent_window(seed, top, left, *tile.shape[-2:]).to(device) * temperature
-        noise = model.quantized_noise(tile, cond, latent=latent, refine=refine, options=options)
+        noise = model.draw(tile, cond, latent=latent, refine=refine, options=options)
         if not bool(torch.isfinite(noise).all()):
             raise CheckpointError(f"the noise model drew non-finite noise for {camera} ISO {iso:g}; its weights "
                                   "are unusable")

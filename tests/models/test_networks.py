@@ -102,7 +102,7 @@ def test_uint8_sample_rounds_a_sum_that_misses_the_integer(monkeypatch):
     def slightly_low(clean, *args, **kwargs):
         return target - clean * 255.0 - 1e-3
 
-    monkeypatch.setattr(model, "quantized_noise", slightly_low)
+    monkeypatch.setattr(model, "draw", slightly_low)
     assert torch.equal(model.sample(u8, "S6", 800), target.to(torch.uint8))
 
 

@@ -54,12 +54,12 @@ def test_fp32_optimized_path_equals_plain(batch, height, width, iso_mode, sees_c
     latent = torch.randn(clean.shape, generator=generator)
     sampler = model.sampler(SamplingOptions(precision="fp32", channels_last=channels_last, fold=fold))
     with torch.no_grad():
-        pixelwise = model.noise(clean, cond, latent=latent, refine=False)
+        pixelwise = model.compose(clean, cond, latent, correlate=False, refine=False)
         refined = model.refiner(pixelwise, clean, cond.features)
     torch.testing.assert_close(sampler.noise(clean, cond, latent, refine=False), pixelwise, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(sampler.refiner(pixelwise, clean, cond.features), refined, rtol=1e-5, atol=1e-4)
     with torch.no_grad():
-        full = model.noise(clean, cond, latent=latent)
+        full = model.compose(clean, cond, latent)
     torch.testing.assert_close(sampler.noise(clean, cond, latent), full, rtol=1e-5, atol=1e-3)
 
 
@@ -67,8 +67,8 @@ def test_dequantizing_flow_gives_integer_noise_like_plain():
     model = _busy(NoiseModel(_config("continuous", ud=True), CAMERAS, ISOS))
     clean = torch.randint(0, 256, (2, 3, 32, 32)).float() / 255.0
     cond = model.encode("S6", 800, 2)
-    plain = model.quantized_noise(clean, cond, torch.Generator().manual_seed(4), options=SamplingOptions.plain())
-    fast = model.quantized_noise(clean, cond, torch.Generator().manual_seed(4), options=FP32)
+    plain = model.draw(clean, cond, torch.Generator().manual_seed(4), options=SamplingOptions.plain())
+    fast = model.draw(clean, cond, torch.Generator().manual_seed(4), options=FP32)
     assert (fast - fast.round()).abs().max() < 1e-3  # 8-bit levels (clean * 255 is integer up to rounding)
     same = ((fast - plain).abs() < 1e-3).float().mean()
     assert same > 0.999  # float32 reassociation may move a floor() boundary at a rare pixel
@@ -84,7 +84,7 @@ def _fit_flow(model: NoiseModel, steps: int) -> None:
         if first:
             model.flow.initialize(real, clean, cond, generator)
             first = False
-        loss = model.flow.nll_per_dim(real, clean, cond, generator)
+        loss = -model.flow.latent_and_log_prob(real, clean, cond, generator)[1].mean() / real[0].numel()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -113,7 +113,7 @@ def test_bf16_samples_are_as_realistic_as_float32():
     scores = {}
     for name, options in {"fp32": SamplingOptions.plain(), "bf16": SamplingOptions(precision="bf16")}.items():
         scores[name] = torch.tensor([
-            float(kld_per_patch(real, model.quantized_noise(clean, cond, torch.Generator().manual_seed(seed),
+            float(kld_per_patch(real, model.draw(clean, cond, torch.Generator().manual_seed(seed),
                                                             options=options)).mean())
             for seed in range(8)])
     # two standard errors of the difference of two 8-draw means: what independent draws vary by
@@ -147,11 +147,11 @@ def test_sampler_is_reused_while_the_weights_stay_and_rebuilt_when_they_change()
 def test_sampler_follows_new_weights():
     model = _busy(NoiseModel(_config("continuous"), CAMERAS, ISOS))
     clean, cond = torch.rand(1, 3, 16, 16), model.encode("IP", 100, 1)
-    before = model.quantized_noise(clean, cond, torch.Generator().manual_seed(0), options=FP32)
+    before = model.draw(clean, cond, torch.Generator().manual_seed(0), options=FP32)
     with torch.no_grad():
         model.refiner.last.bias.add_(3.0)
-    after = model.quantized_noise(clean, cond, torch.Generator().manual_seed(0), options=FP32)
-    plain = model.quantized_noise(clean, cond, torch.Generator().manual_seed(0), options=SamplingOptions.plain())
+    after = model.draw(clean, cond, torch.Generator().manual_seed(0), options=FP32)
+    plain = model.draw(clean, cond, torch.Generator().manual_seed(0), options=SamplingOptions.plain())
     assert (before - after).abs().max() > 1.0
     assert ((after - plain).abs() < 1e-3).float().mean() > 0.99
 

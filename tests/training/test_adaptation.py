@@ -126,7 +126,7 @@ def _replayed_nll(model, base, camera, iso):
     """NLL (bits per value) under ``model`` of the noise ``base`` draws for ``camera`` at ``iso`` on a ramp."""
     clean = torch.linspace(0.05, 0.95, 8 * 3 * 48 * 48).view(8, 3, 48, 48)
     cond = base.encode(camera, iso, 8)
-    noise = base.quantized_noise(clean, cond, torch.Generator().manual_seed(5))
+    noise = base.draw(clean, cond, torch.Generator().manual_seed(5))
     uniform = torch.rand(noise.shape, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         _, nll = _nll_per_value(model, noise, clean, model.encode(camera, iso, 8), uniform=uniform, censored=True)

@@ -16,7 +16,7 @@ from torch import nn
 
 from nmflowgan.condition_input import ConditionInput
 from nmflowgan.conditions import ConditionSpace
-from nmflowgan.flows.base import FlowContext, FlowLayer, summed
+from nmflowgan.flows.base import FlowContext, FlowLayer
 
 
 class ResidualMLP(nn.Module):
@@ -61,10 +61,6 @@ class ConditionalAffine(FlowLayer):
     def transform(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         log_scale, bias = self.scale_bias(context)
         return x * torch.exp(log_scale) + bias, log_scale
-
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        log_scale, bias = self.scale_bias(context)  # once: the log-derivative does not depend on the value
-        return (z - bias) * torch.exp(-log_scale), -summed(log_scale, z)
 
     def invert(self, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
         log_scale, bias = self.scale_bias(context)

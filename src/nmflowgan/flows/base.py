@@ -52,9 +52,8 @@ class FlowLayer(nn.Module):
     Jacobian is diagonal, so its log-determinant is the sum of each value's log-derivative.
 
     A layer implements :meth:`transform` (data towards the latent z, with each value's log-derivative) and
-    :meth:`invert` (back). ``forward`` and ``inverse`` return ``(output, logdet)`` with ``logdet`` of shape
-    ``(B,)``, log|det J| of the map applied, so that ``inverse``'s logdet is minus ``forward``'s at the matching
-    point. ``for_sampling`` gives a frozen copy laid out for drawing.
+    :meth:`invert` (back, what drawing needs). ``forward`` returns ``(z, logdet)`` with ``logdet`` of shape ``(B,)``,
+    log|det J| of the map. ``for_sampling`` gives a frozen copy laid out for drawing.
     """
 
     def transform(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,10 +67,6 @@ class FlowLayer(nn.Module):
     def forward(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         z, log_derivative = self.transform(x, context)
         return z, summed(log_derivative, x)
-
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.invert(z, context)
-        return x, -summed(self.transform(x, context)[1], x)
 
     def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> FlowLayer:
         """A copy of this layer for drawing only: the same :meth:`invert`, its convolutions in ``dtype`` and

@@ -28,9 +28,6 @@ class UniformDequantization(FlowLayer):
     def invert(self, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
         return z.floor().clamp(0, self.levels - 1)
 
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.invert(z, context), z.new_zeros(z.shape[0])  # no draw of u to measure a zero
-
 
 class NoiseExtraction(FlowLayer):
     """NE: ``noise = noisy - clean`` (both in 8-bit units); inverse ``noisy = noise + clean``. Volume-preserving."""

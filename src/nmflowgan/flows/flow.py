@@ -56,7 +56,9 @@ def latent_like(clean: torch.Tensor, generator: torch.Generator | None = None) -
 class NoiseFlow(nn.Module):
     """Conditional normalizing flow of camera noise given the clean image, camera and ISO.
 
-    The layers map a noisy image (8-bit units) to a latent ``z ~ N(0, I)`` of the same shape. Every
+    The layers map a noisy image (8-bit units) to a latent ``z ~ N(0, I)`` of the same shape: scoring is
+    :meth:`latent_and_log_prob`; drawing inverts the layers (:func:`invert_layers`, which the noise model's
+    composition calls). Every
     layer after ``NE`` acts on each pixel and channel alone, so noise at one pixel is independent of noise
     at other pixels given the clean image: spatial and cross-channel correlation come from outside the
     flow (the latent correlation, or the refiner).
@@ -73,12 +75,6 @@ class NoiseFlow(nn.Module):
         self.space = space
         self.layers = nn.ModuleList(build_layer(n, config, space, channels) for n in config.layer_names)
 
-    def forward_and_logdet(self, noisy_255: torch.Tensor, context: FlowContext
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps ``(B, C, H, W)`` noisy images in 8-bit units to ``(z, logdet)``; logdet is ``(B,)``."""
-        z, log_derivative = self.transform(noisy_255, context)
-        return z, log_derivative.flatten(1).sum(1)
-
     def transform(self, x: torch.Tensor, context: FlowContext, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z, log dz/dx)`` of each value ``(B, C, H, W)`` through the layers from index ``start`` on (every layer
         is pixel-wise, so the log-derivatives of a value add up along the flow)."""
@@ -88,18 +84,11 @@ class NoiseFlow(nn.Module):
             total = total + log_derivative
         return x, total
 
-    def inverse_and_logdet(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps latents back to noisy images in 8-bit units (integers when the flow dequantizes)."""
-        x, total = z, z.new_zeros(z.shape[0])
-        for layer in reversed(self.layers):
-            x, logdet = layer.inverse(x, context)
-            total = total + logdet
-        return x, total
-
-    def log_prob(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                 generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
-                 censored: bool = False) -> torch.Tensor:
-        """Log-density of ``noise`` given ``clean`` and the condition.
+    def latent_and_log_prob(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
+                            generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
+                            censored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one score path: ``(z, log_prob)``, the latent ``(B, C, H, W)`` that ``noise`` maps to and the
+        log-density of ``noise`` given ``clean`` and the condition.
 
         Args:
             noise: ``(B, C, H, W)`` noise in 8-bit units (``noisy - clean``; integers if the flow has UD).
@@ -109,22 +98,14 @@ class NoiseFlow(nn.Module):
             uniform: pre-drawn dequantization noise in [0, 1), shape of ``noise`` (instead of drawing).
             censored: score a noisy value of 0 or 255 as what it records, every value the camera clipped there:
                 ``P(Y < 1)`` and ``P(Y >= 255)`` under the flow (``Y`` the dequantized value; 0 and 255 without
-                ``UD``), instead of a density at a point where the real noise has a point mass.
+                ``UD``), instead of a density at a point where the real noise has a point mass. The latent of a
+                clipped value is that of its censoring boundary: every layer is an increasing map of each value
+                alone, so ``P(Y < b) = Phi(z(b))`` and ``P(Y >= b) = Phi(-z(b))``, and one pass through the flow
+                gives both the densities and the clipped values' probabilities.
 
         Returns:
-            ``(B,)`` log-likelihood in nats, summed over C, H and W (a lower bound of the discrete
+            ``z`` and ``(B,)`` log-likelihood in nats, summed over C, H and W (a lower bound of the discrete
             log-probability when the flow dequantizes).
-        """
-        return self.latent_and_log_prob(noise, clean, cond, generator, uniform, censored)[1]
-
-    def latent_and_log_prob(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                            generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
-                            censored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z, log_prob)``: the latent ``(B, C, H, W)`` that ``noise`` maps to, and :meth:`log_prob`.
-
-        With ``censored``, the latent of a clipped value is that of its censoring boundary. Every layer is an
-        increasing map of each value alone, so ``P(Y < b) = Phi(z(b))`` and ``P(Y >= b) = Phi(-z(b))``: one
-        pass through the flow gives both the densities and the clipped values' probabilities.
         """
         context = FlowContext(clean, cond, generator, uniform)
         noisy = clean * 255.0 + noise
@@ -141,40 +122,6 @@ class NoiseFlow(nn.Module):
         log_density = log_derivative - 0.5 * (z.square() + LOG_2PI)
         log_p = torch.where(low, special.log_ndtr(z), torch.where(high, special.log_ndtr(-z), log_density))
         return z, log_p.flatten(1).sum(1)
-
-    def nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                    generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
-                    censored: bool = False) -> torch.Tensor:
-        """Mean negative log-likelihood per dimension (nats), the training loss."""
-        return self.latent_and_nll_per_dim(noise, clean, cond, generator, uniform, censored)[1]
-
-    def latent_and_nll_per_dim(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,
-                               generator: torch.Generator | None = None, uniform: torch.Tensor | None = None,
-                               censored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z, nll)``: the latent ``noise`` maps to, and :meth:`nll_per_dim`."""
-        z, log_prob = self.latent_and_log_prob(noise, clean, cond, generator, uniform, censored)
-        return z, -log_prob.mean() / noise[0].numel()
-
-    def sample(self, clean: torch.Tensor, cond: Condition, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draws pixel-wise noise.
-
-        Args:
-            clean: ``(B, C, H, W)`` clean image in [0, 1].
-            cond: encoded condition of batch size B.
-            temperature: standard deviation of the latent.
-            generator: the latent is drawn on the generator's device, then moved, so a CPU generator
-                gives the same numbers on any device.
-
-        Returns:
-            ``(B, C, H, W)`` noise in 8-bit units such that ``clean * 255 + noise`` is a valid noisy
-            image (integer and within [0, 255] when the flow dequantizes).
-        """
-        return self.noise_from_latent(latent_like(clean, generator) * temperature, clean, cond)
-
-    def noise_from_latent(self, z: torch.Tensor, clean: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """The noise (8-bit units) that latent ``z`` ``(B, C, H, W)`` maps to, differentiably."""
-        return invert_layers(self.layers, z, FlowContext(clean, cond)) - clean * 255.0
 
     @torch.no_grad()
     def initialize(self, noise: torch.Tensor, clean: torch.Tensor, cond: Condition,

@@ -142,11 +142,6 @@ class ConditionalSpline(FlowLayer):
     def transform(self, x: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         return self.spline(context)(x)
 
-    def inverse(self, z: torch.Tensor, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
-        spline = self.spline(context)  # once for both directions
-        x = spline.inverse(z)
-        return x, -spline(x)[1].flatten(1).sum(1)
-
     def invert(self, z: torch.Tensor, context: FlowContext) -> torch.Tensor:
         return self.spline(context).inverse(z)
 

@@ -96,7 +96,7 @@ class BaseReplay:
         cameras = [space.cameras[i] for i in picks]
         cond = self.base.encode(cameras, isos, batch)
         latent = torch.randn(clean.shape, generator=generator).to(clean.device)
-        noise = self.base.quantized_noise(clean, cond, latent=latent, options=SamplingOptions.plain())
+        noise = self.base.draw(clean, cond, latent=latent, options=SamplingOptions.plain())
         return noise, cameras, isos
 
 

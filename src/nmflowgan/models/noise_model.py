@@ -84,47 +84,29 @@ class NoiseModel(ComposedNoise):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
-              temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None) -> torch.Tensor:
-        """Draws noise in 8-bit units for ``(B, 3, H, W)`` clean images in [0, 1] (not quantized), through the
-        model's own eager forward (differentiable with respect to every parameter).
-
-        Args:
-            latent: a pre-drawn ``(B, 3, H, W)`` standard-normal latent (then ``generator`` and
-                ``temperature`` are unused).
-            refine: False gives the flow alone on white latents (the ``flow-only`` ablation); True the whole
-                model (latent correlation and refiner, those it has).
-        """
-        if latent is None:
-            latent = latent_like(clean, generator) * temperature
-        return self.compose(clean, cond, latent, correlate=refine, refine=refine)
-
     @torch.no_grad()
     def draw(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
              temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None,
-             options: SamplingOptions | None = None) -> torch.Tensor:
-        """Noise in 8-bit units, neither clipped nor rounded, drawn without a graph through the sampling path
-        ``options`` (default: the optimized one; ``SamplingOptions.plain()``: this model's own eager float32
-        forward).
+             options: SamplingOptions | None = None, rounded: bool = True) -> torch.Tensor:
+        """The one draw path: noise as a camera records it, ``round(clip(clean * 255 + noise)) - clean * 255``
+        (8-bit units), drawn without a graph through the sampling path ``options`` (default: the optimized one;
+        ``SamplingOptions.plain()``: the model's own eager float32 :meth:`compose`).
 
         Args:
             clean: ``(B, 3, H, W)`` in [0, 1]; cond: its encoded condition.
+            temperature: the latent's standard deviation; refine: False gives the flow alone on white latents
+                (the ``flow-only`` ablation), True the whole model (latent correlation and refiner, those it has).
             latent: a pre-drawn standard-normal latent (then ``generator`` and ``temperature`` are unused).
+            rounded: False leaves the clipped noisy value unrounded (the official protocol's scoring).
         """
         if latent is None:
             latent = latent_like(clean, generator) * checked_temperature(temperature)
         options = options or SamplingOptions()
         if options.is_plain:
-            return self.noise(clean, cond, latent=latent, refine=refine)
-        return self.sampler(options).noise(clean, cond, latent, refine)
-
-    @torch.no_grad()
-    def quantized_noise(self, clean: torch.Tensor, cond: Condition, generator: torch.Generator | None = None,
-                        temperature: float = 1.0, refine: bool = True, latent: torch.Tensor | None = None,
-                        options: SamplingOptions | None = None) -> torch.Tensor:
-        """Noise as a camera records it, ``round(clip(clean * 255 + noise)) - clean * 255`` (8-bit units), of
-        :meth:`draw` (same arguments)."""
-        return quantize(clean, self.draw(clean, cond, generator, temperature, refine, latent, options))
+            noise = self.compose(clean, cond, latent, correlate=refine, refine=refine)
+        else:
+            noise = self.sampler(options).noise(clean, cond, latent, refine)
+        return quantize(clean, noise) if rounded else clip_to_8bit(clean, noise)
 
     def sampler(self, options: SamplingOptions | None = None) -> Sampler:
         """The model's :class:`Sampler` for ``options``, kept while the weights stay the same.
@@ -173,8 +155,7 @@ class NoiseModel(ComposedNoise):
         is_uint8 = tensor.dtype == torch.uint8
         clean01 = to_unit_float(tensor).to(self._device())
         cond = self.encode(camera, iso, clean01.shape[0], extrapolate)
-        noisy_255 = clean01 * 255.0 + self.quantized_noise(clean01, cond, generator, temperature, refine,
-                                                                options=options)
+        noisy_255 = clean01 * 255.0 + self.draw(clean01, cond, generator, temperature, refine, options=options)
         # The sum lands on an integer only up to float rounding: round before the cast, which truncates.
         out = noisy_255.round().to(torch.uint8) if is_uint8 else (noisy_255 / 255.0).to(tensor.dtype)
         out = out.to(tensor.device)

@@ -1,4 +1,4 @@
-"""The sampling-time form of a noise model: the function of :meth:`NoiseModel.noise`, computed faster.
+"""The sampling-time form of a noise model: the function of :meth:`NoiseModel.compose`, computed faster.
 
 A :class:`Sampler` is a frozen snapshot of a model's weights rearranged for inference only:
 
@@ -103,7 +103,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 class Sampler(ComposedNoise):
-    """Draws noise from a snapshot of ``model`` the fast way; same function as ``model.noise`` (the same
+    """Draws noise from a snapshot of ``model`` the fast way; same function as ``model.compose`` (the same
     composition, :class:`ComposedNoise`, of parts laid out for drawing).
 
     Args:
@@ -137,7 +137,7 @@ class Sampler(ComposedNoise):
     def noise(self, clean: torch.Tensor, cond: Condition, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
         """Noise in 8-bit units (float32, not quantized) for ``clean (B, 3, H, W)`` in [0, 1] and a
         standard-normal ``latent`` of the same shape (already multiplied by any temperature); ``refine``
-        as in :meth:`NoiseModel.noise`.
+        as in :meth:`NoiseModel.draw`.
 
         On the CPU the batch goes through in chunks of at most ``CPU_CHUNK_PX`` pixels (at least one
         image): every step acts on each image alone, so chunking is exact, and it keeps the working set

@@ -254,7 +254,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                 latent = torch.randn(patch_shape, generator=rng)[local].to(device)
                 alpha = torch.rand((train_config.batch_size, 1, 1, 1), generator=rng)[local].to(device)
                 with autocast:
-                    fake = model.quantized_noise(clean, cond, latent=latent, options=SamplingOptions.plain()).float()
+                    fake = model.draw(clean, cond, latent=latent, options=SamplingOptions.plain()).float()
                     loss_c, distance, penalty = critic_loss(critic_forward, real, fake, clean, alpha, gan.gp_lambda,
                                                             gan.critic.noise_scale, cond.features)
                 optimizers["critic"].zero_grad(set_to_none=True)
@@ -329,7 +329,7 @@ def validation_scores(model: NoiseModel, patches: PatchBatch, seed: int, batch_s
         real = patches.noisy[part].to(device).float() - clean
         clean = clean / 255.0
         cond = model.encode(patches.cameras[part], isos[part], clean.shape[0])
-        fake = model.quantized_noise(clean, cond, generator, options=SamplingOptions.plain())
+        fake = model.draw(clean, cond, generator, options=SamplingOptions.plain())
         scorer.update(clean, real, {"model": fake}, list(zip(patches.cameras[part], isos[part])))
     scores = scorer.result().models["model"]
     return {"val_kld": scores.kld, "val_akld": scores.akld, "val_corr_error": scores.corr_error}
