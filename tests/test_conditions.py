@@ -39,8 +39,10 @@ def test_onehot_features_and_cells():
     space = ConditionSpace(("IP", "S6"), (100, 800), "onehot")
     cond = space.encode(["S6", "IP"], [800, 100])
     assert cond.features.tolist() == [[0, 1, 0, 1], [1, 0, 1, 0]]
-    assert cond.cell.tolist() == [3, 0]
-    assert cond.camera.dtype == torch.long
+    assert cond.cell.tolist() == [3, 0] and cond.cell.dtype == torch.long
+    assert space.n_cells == 4 and ConditionSpace(("IP", "S6"), (100, 800), "continuous").n_cells == 0
+    with pytest.raises(BadInputError, match="not one of the ISOs this one-hot model was trained on: 100, 800"):
+        space.iso.check(400)
 
 
 def test_mismatched_batch_lengths_raise(space):

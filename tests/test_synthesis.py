@@ -122,9 +122,10 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(tmp_path, model_dir, ca
 
 def test_interpolated_iso_lies_between_its_neighbours():
     space = ConditionSpace(("V1",), (100, 1600), "continuous")
-    assert space.iso_feature(100) == -1 and space.iso_feature(1600) == 1 and -1 < space.iso_feature(400) < 1
+    feature = space.iso.feature
+    assert feature(100) == -1 and feature(1600) == 1 and -1 < feature(400) < 1
     with pytest.raises(BadInputError):
-        space.iso_feature(50)
+        feature(50)
 
 
 def test_synthesized_pairs_dataset(model_dir):

@@ -1,24 +1,25 @@
 """Camera/ISO vocabulary and the encoding that conditions every network.
 
 A :class:`ConditionSpace` knows the cameras and ISOs a model was built for and turns the public values
-(camera codes as ``str``, ISO as numbers) into a :class:`Condition` of tensors:
+(camera codes as ``str``, ISO as numbers) into a :class:`Condition` of tensors: ``features``, a one-hot camera
+followed by the ISO's feature, which every network reads (:mod:`nmflowgan.condition_input`), and ``cell``, the
+(camera, ISO) cell where the ISO has one.
 
-* ``camera``: ``LongTensor (B,)``, the camera's index in the vocabulary;
-* ``cell``: ``LongTensor (B,)``, the (camera, ISO) cell ``camera * n_isos + iso_index`` in ``onehot``
-  mode (the per-condition tables of the paper's CL layer), ``-1`` in ``continuous`` mode;
-* ``features``: ``FloatTensor (B, D)``, the vector the condition networks read: a one-hot camera followed
-  by a one-hot ISO (``onehot``) or by the normalized log-ISO (``continuous``).
+The ISO is encoded by one of two encoders, each owning its feature and its range check:
 
-``onehot`` follows the official NM-FlowGAN code and accepts only the training ISOs; ``continuous`` maps
-``log(iso)`` linearly so that the training range becomes [-1, 1], accepts any ISO inside it, and refuses
-ISOs outside unless asked to extrapolate. No value is ever silently mapped to another one.
+* :class:`OneHotIso` (``iso_mode="onehot"``, the official NM-FlowGAN code): a one-hot over the training ISOs, which
+  are the only ISOs it accepts; it gives each (camera, ISO) a cell (the per-condition tables of the paper's CL);
+* :class:`ContinuousIso` (``"continuous"``): ``log(iso)`` mapped linearly so that the training range becomes
+  [-1, 1]; it accepts any ISO inside the range, and outside it only when asked to extrapolate.
+
+No value is ever silently mapped to another one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,7 +27,7 @@ from nmflowgan.errors import BadInputError
 
 SIDD_CAMERAS: tuple[str, ...] = ("IP", "GP", "S6", "N6", "G4")
 SIDD_ISOS: tuple[int, ...] = (100, 400, 800, 1600, 3200)
-ISO_MODES = ("onehot", "continuous")
+ISO_MODES = ("onehot", "continuous")  # the keys of ISO_ENCODERS, defined below
 # How far ``extrapolate`` may take a continuous-ISO model beyond its trained range: one trained span (in log-ISO)
 # beyond either end, and at least this factor (for a range of one ISO or a narrow one). The normalized log-ISO
 # feature then stays within [-3, 3], not far outside the [-1, 1] the networks were trained on.
@@ -38,26 +39,22 @@ class Condition:
     """Encoded conditions of a batch.
 
     Attributes:
-        camera: ``(B,)`` int64 camera indices.
-        cell: ``(B,)`` int64 (camera, ISO) cell indices in ``onehot`` mode, ``-1`` in ``continuous`` mode.
+        cell: ``(B,)`` int64 (camera, ISO) cell indices where the ISO encoding has cells (one-hot), else ``-1``.
         features: ``(B, D)`` float features for the condition networks.
     """
 
-    camera: torch.Tensor
     cell: torch.Tensor
     features: torch.Tensor
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Condition:
         """Returns the condition on ``device`` (features also cast to ``dtype`` when given)."""
-        return Condition(
-            self.camera.to(device), self.cell.to(device), self.features.to(device=device, dtype=dtype)
-        )
+        return Condition(self.cell.to(device), self.features.to(device=device, dtype=dtype))
 
     def __getitem__(self, index: slice | torch.Tensor) -> Condition:
-        return Condition(self.camera[index], self.cell[index], self.features[index])
+        return Condition(self.cell[index], self.features[index])
 
     def __len__(self) -> int:
-        return int(self.camera.shape[0])
+        return int(self.features.shape[0])
 
 
 def check_iso(iso: object) -> float:
@@ -71,75 +68,58 @@ def check_iso(iso: object) -> float:
     return value
 
 
-@dataclass(frozen=True)
-class ConditionSpace:
-    """The cameras and ISOs a model knows, and how ISO is encoded.
+class OneHotIso:
+    """ISO as a one-hot over the training ISOs (the official code): only those ISOs are accepted, and each
+    (camera, ISO) has a cell.
 
     Args:
-        cameras: camera codes, e.g. SIDD's ``("IP", "GP", "S6", "N6", "G4")``.
-        isos: the training ISOs, ascending. In ``continuous`` mode only their range matters.
-        iso_mode: ``"onehot"`` (the paper) or ``"continuous"`` (normalized log-ISO).
-
-    Example:
-        >>> space = ConditionSpace(("S6", "N6"), (100, 1600), "continuous")
-        >>> space.encode(["S6", "N6"], [100, 400]).features.shape
-        torch.Size([2, 3])
+        isos: the training ISOs, ascending.
     """
 
-    cameras: tuple[str, ...] = SIDD_CAMERAS
-    isos: tuple[float, ...] = SIDD_ISOS
-    iso_mode: str = "continuous"
+    interpolates = False
 
-    def __post_init__(self) -> None:
-        if self.iso_mode not in ISO_MODES:
-            raise BadInputError(f"iso_mode {self.iso_mode!r} is not one of {ISO_MODES}")
-        if not self.cameras:
-            raise BadInputError("a condition space needs at least one camera")
-        if len(set(self.cameras)) != len(self.cameras):
-            raise BadInputError(f"duplicate camera codes in {self.cameras}")
-        if not self.isos:
-            raise BadInputError("a condition space needs at least one ISO")
-        isos = tuple(check_iso(iso) for iso in self.isos)
-        if list(isos) != sorted(set(isos)):
-            raise BadInputError(f"ISOs must be distinct and ascending, got {self.isos}")
-        object.__setattr__(self, "cameras", tuple(str(c) for c in self.cameras))
-        object.__setattr__(self, "isos", tuple(int(i) if float(i).is_integer() else i for i in isos))
+    def __init__(self, isos: Sequence[float]) -> None:
+        self.isos = tuple(isos)
+        self.dim = len(self.isos)
 
-    @property
-    def n_cells(self) -> int:
-        """Number of (camera, ISO) cells of the ``onehot`` tables."""
-        return len(self.cameras) * len(self.isos)
-
-    @property
-    def feature_dim(self) -> int:
-        """Length D of :attr:`Condition.features`."""
-        return len(self.cameras) + (len(self.isos) if self.iso_mode == "onehot" else 1)
-
-    @property
-    def iso_range(self) -> tuple[float, float]:
-        return float(self.isos[0]), float(self.isos[-1])
-
-    def camera_index(self, camera: str) -> int:
-        """Index of ``camera`` in the vocabulary; raises naming the known cameras otherwise."""
-        try:
-            return self.cameras.index(camera)
-        except ValueError:
-            raise BadInputError(
-                f"unknown camera {camera!r}; this model knows {', '.join(self.cameras)}"
-            ) from None
-
-    def iso_feature(self, iso: object, extrapolate: bool = False) -> float:
-        """Normalized log-ISO (``continuous``) or the ISO's index (``onehot``)."""
+    def index(self, iso: object, extrapolate: bool = False) -> int:
+        """The index of ``iso`` among the training ISOs, or BadInputError (``extrapolate`` changes nothing here)."""
         value = check_iso(iso)
-        if self.iso_mode == "onehot":
-            for index, known in enumerate(self.isos):
-                if math.isclose(value, float(known), rel_tol=1e-9):
-                    return float(index)
-            raise BadInputError(
-                f"ISO {iso!r} is not one of the ISOs this one-hot model was trained on: "
-                f"{', '.join(str(i) for i in self.isos)}"
-            )
-        low, high = self.iso_range
+        for index, known in enumerate(self.isos):
+            if math.isclose(value, float(known), rel_tol=1e-9):
+                return index
+        raise BadInputError(f"ISO {iso!r} is not one of the ISOs this one-hot model was trained on: "
+                            f"{', '.join(str(i) for i in self.isos)}")
+
+    def check(self, iso: object, extrapolate: bool = False) -> None:
+        """Raises BadInputError if ``iso`` cannot be encoded."""
+        self.index(iso, extrapolate)
+
+    def encode(self, isos: Sequence[object], extrapolate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features (B, dim), index (B,))`` of per-sample ISOs."""
+        index = torch.tensor([self.index(iso) for iso in isos], dtype=torch.long)
+        return torch.nn.functional.one_hot(index, self.dim).float(), index
+
+
+class ContinuousIso:
+    """ISO as the normalized log-ISO: ``log(iso)`` mapped linearly so that the training range becomes [-1, 1]. Any
+    ISO inside the range is accepted; outside it, only with ``extrapolate`` and at most one trained span (in log-ISO)
+    beyond either end, and at least a factor of :data:`MIN_EXTRAPOLATION_FACTOR`.
+
+    Args:
+        isos: the training ISOs, ascending (only their range matters).
+    """
+
+    interpolates = True
+    dim = 1
+
+    def __init__(self, isos: Sequence[float]) -> None:
+        self.low, self.high = float(isos[0]), float(isos[-1])
+
+    def feature(self, iso: object, extrapolate: bool = False) -> float:
+        """The normalized log-ISO of ``iso``, or BadInputError outside what it may encode."""
+        value = check_iso(iso)
+        low, high = self.low, self.high
         if not extrapolate and not (low * (1 - 1e-9) <= value <= high * (1 + 1e-9)):
             raise BadInputError(
                 f"ISO {iso!r} is outside the trained range {low:g}-{high:g} "
@@ -156,11 +136,83 @@ class ConditionSpace:
             return 0.0
         return 2.0 * (math.log(value) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
 
+    def check(self, iso: object, extrapolate: bool = False) -> None:
+        """Raises BadInputError if ``iso`` cannot be encoded."""
+        self.feature(iso, extrapolate)
+
+    def encode(self, isos: Sequence[object], extrapolate: bool = False) -> tuple[torch.Tensor, None]:
+        """``(features (B, 1), None)``: the ISO has no cells."""
+        return torch.tensor([[self.feature(iso, extrapolate)] for iso in isos], dtype=torch.float32), None
+
+
+ISO_ENCODERS = {"onehot": OneHotIso, "continuous": ContinuousIso}
+
+
+@dataclass(frozen=True)
+class ConditionSpace:
+    """The cameras and ISOs a model knows, and how ISO is encoded.
+
+    Args:
+        cameras: camera codes, e.g. SIDD's ``("IP", "GP", "S6", "N6", "G4")``.
+        isos: the training ISOs, ascending. In ``continuous`` mode only their range matters.
+        iso_mode: ``"onehot"`` (the paper) or ``"continuous"`` (normalized log-ISO): which of
+            :data:`ISO_ENCODERS` encodes the ISO (:attr:`iso`).
+
+    Example:
+        >>> space = ConditionSpace(("S6", "N6"), (100, 1600), "continuous")
+        >>> space.encode(["S6", "N6"], [100, 400]).features.shape
+        torch.Size([2, 3])
+    """
+
+    cameras: tuple[str, ...] = SIDD_CAMERAS
+    isos: tuple[float, ...] = SIDD_ISOS
+    iso_mode: str = "continuous"
+    iso: OneHotIso | ContinuousIso = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.iso_mode not in ISO_MODES:
+            raise BadInputError(f"iso_mode {self.iso_mode!r} is not one of {ISO_MODES}")
+        if not self.cameras:
+            raise BadInputError("a condition space needs at least one camera")
+        if len(set(self.cameras)) != len(self.cameras):
+            raise BadInputError(f"duplicate camera codes in {self.cameras}")
+        if not self.isos:
+            raise BadInputError("a condition space needs at least one ISO")
+        isos = tuple(check_iso(iso) for iso in self.isos)
+        if list(isos) != sorted(set(isos)):
+            raise BadInputError(f"ISOs must be distinct and ascending, got {self.isos}")
+        object.__setattr__(self, "cameras", tuple(str(c) for c in self.cameras))
+        object.__setattr__(self, "isos", tuple(int(i) if float(i).is_integer() else i for i in isos))
+        object.__setattr__(self, "iso", ISO_ENCODERS[self.iso_mode](self.isos))
+
+    @property
+    def n_cells(self) -> int:
+        """Number of (camera, ISO) cells: the rows of per-condition tables; 0 where the ISO interpolates."""
+        return 0 if self.iso.interpolates else len(self.cameras) * len(self.isos)
+
+    @property
+    def feature_dim(self) -> int:
+        """Length D of :attr:`Condition.features`: the cameras' one-hot, then the ISO's feature."""
+        return len(self.cameras) + self.iso.dim
+
+    @property
+    def iso_range(self) -> tuple[float, float]:
+        return float(self.isos[0]), float(self.isos[-1])
+
+    def camera_index(self, camera: str) -> int:
+        """Index of ``camera`` in the vocabulary; raises naming the known cameras otherwise."""
+        try:
+            return self.cameras.index(camera)
+        except ValueError:
+            raise BadInputError(
+                f"unknown camera {camera!r}; this model knows {', '.join(self.cameras)}"
+            ) from None
+
     def knows(self, camera: str, iso: float) -> bool:
         """Whether ``camera`` is in the vocabulary and ``iso`` encodes without extrapolating."""
         try:
             self.camera_index(camera)
-            self.iso_feature(iso)
+            self.iso.check(iso)
         except BadInputError:
             return False
         return True
@@ -197,17 +249,10 @@ class ConditionSpace:
                 f"got {len(camera_list)} cameras and {len(iso_list)} ISOs for a batch of {size}"
             )
         camera = torch.tensor([self.camera_index(c) for c in camera_list], dtype=torch.long)
-        iso_values = [self.iso_feature(i, extrapolate) for i in iso_list]
-        n_cam = len(self.cameras)
-        camera_onehot = torch.nn.functional.one_hot(camera, n_cam).float()
-        if self.iso_mode == "onehot":
-            iso_index = torch.tensor(iso_values, dtype=torch.long)
-            iso_part = torch.nn.functional.one_hot(iso_index, len(self.isos)).float()
-            cell = camera * len(self.isos) + iso_index
-        else:
-            iso_part = torch.tensor(iso_values, dtype=torch.float32).unsqueeze(1)
-            cell = torch.full_like(camera, -1)
-        return Condition(camera=camera, cell=cell, features=torch.cat([camera_onehot, iso_part], dim=1))
+        iso_features, iso_index = self.iso.encode(iso_list, extrapolate)
+        cell = camera * len(self.isos) + iso_index if iso_index is not None else torch.full_like(camera, -1)
+        camera_onehot = torch.nn.functional.one_hot(camera, len(self.cameras)).float()
+        return Condition(cell=cell, features=torch.cat([camera_onehot, iso_features], dim=1))
 
     def to_dict(self) -> dict:
         return {"cameras": list(self.cameras), "isos": list(self.isos), "iso_mode": self.iso_mode}

@@ -194,13 +194,13 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         model.space.camera_index(camera)
     for iso in isos:
         if iso != "exif":
-            model.space.iso_feature(iso, extrapolate)
+            model.space.iso.check(iso, extrapolate)
     out = Path(out)
     jobs = plan(Path(source), out, cameras, isos, seed, max_pixels)
     first_with = {job.iso: job.source for job in reversed(jobs)}  # the named ISOs passed above: these came from EXIF
     for iso, image in first_with.items():
         try:
-            model.space.iso_feature(iso, extrapolate)
+            model.space.iso.check(iso, extrapolate)
         except BadInputError as error:
             raise BadInputError(f"{image}: its EXIF ISO does not fit this model ({error})") from None
     outputs = [path for job in jobs for path in (job.target, job.sidecar)]
@@ -255,7 +255,7 @@ class SynthesizedPairs(torch.utils.data.Dataset):
         for camera in cameras:
             model.space.camera_index(camera)
         for iso in isos:
-            model.space.iso_feature(iso, extrapolate)
+            model.space.iso.check(iso, extrapolate)
         self.images, self.model, self.seed, self.extrapolate = images, model, seed, extrapolate
         self.options = options
         self.conditions = [(camera, float(iso)) for camera in cameras for iso in isos]

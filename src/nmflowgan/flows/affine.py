@@ -147,16 +147,16 @@ class SignalDependentAffine(ConditionalAffine):
 class ConditionalLinear(ConditionalAffine):
     """CL: ``z = exp(s_c) * x + b_c``, one scale and bias per channel for each condition.
 
-    In ``onehot`` mode ``s`` and ``b`` are learned tables with one row per (camera, ISO) cell, as the
-    paper's CL2; in ``continuous`` mode they are a small network of the condition features, so an ISO
-    between the trained ones gets interpolated parameters. Both start at the identity.
+    Where the ISO encoding has cells (one-hot) ``s`` and ``b`` are learned tables with one row per (camera, ISO)
+    cell, as the paper's CL2; where it interpolates (continuous) they are a small network of the condition
+    features, so an ISO between the trained ones gets interpolated parameters. Both start at the identity.
     """
 
     def __init__(self, channels: int, space: ConditionSpace, hidden: int) -> None:
         super().__init__()
         self.channels = channels
-        self.onehot = space.iso_mode == "onehot"
-        if self.onehot:
+        self.per_cell = space.n_cells > 0
+        if self.per_cell:
             self.log_scale = nn.Parameter(torch.zeros(space.n_cells, channels))
             self.bias = nn.Parameter(torch.zeros(space.n_cells, channels))
         else:
@@ -169,10 +169,10 @@ class ConditionalLinear(ConditionalAffine):
     def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample ``(log_scale, bias)``, each ``(B, C, 1, 1)``."""
         dtype = context.clean.dtype
-        if self.onehot:
+        if self.per_cell:
             cell = context.cond.cell
             if bool((cell < 0).any()):
-                raise ValueError("a one-hot ConditionalLinear needs conditions encoded in onehot mode")
+                raise ValueError("a per-cell ConditionalLinear needs conditions encoded with cells (one-hot ISO)")
             log_scale, bias = self.log_scale[cell], self.bias[cell]
         else:
             out = self.net(context.cond.features.to(dtype))
@@ -186,7 +186,7 @@ class ConditionalLinear(ConditionalAffine):
         the trainer calls once before the first step; the values live in ordinary parameters."""
         log_scale = -torch.log(std.clamp_min(1e-6))
         bias = -mean * torch.exp(log_scale)
-        if self.onehot:
+        if self.per_cell:
             self.log_scale.copy_(log_scale.expand_as(self.log_scale))
             self.bias.copy_(bias.expand_as(self.bias))
         else:

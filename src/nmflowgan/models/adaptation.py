@@ -32,7 +32,7 @@ def check_adaptable(space: ConditionSpace, cameras: Sequence[str], isos: Sequenc
     """Refuses, before any work, data a base of ``space`` cannot be adapted to: a one-hot ISO base, fewer than
     :data:`MIN_ADAPTATION_PAIRS` pairs, a camera the base already knows, or an ISO outside the base's range.
     ``where`` names the data in the message."""
-    if space.iso_mode != "continuous":
+    if not space.iso.interpolates:
         raise BadInputError("adapt needs a base model with continuous ISO (a one-hot ISO model knows only its "
                             "training ISOs)")
     if pairs < MIN_ADAPTATION_PAIRS:
