@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.io import MAX_PIXELS, read_rgb, write_png
@@ -18,6 +17,7 @@ from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.metrics.image_quality import psnr, ssim
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.outputs import check_targets, input_images, make_parent, numbered, output_path
+from nmflowgan.progress import progress as progress_bar
 from nmflowgan.tiling import process_in_tiles
 
 
@@ -101,7 +101,7 @@ def evaluate_denoiser(checkpoint: str | Path, data: str | Path, split: str | Non
                  for r in records]
     chosen = pairs if max_images is None else [pairs[i] for i in evenly_spaced(len(pairs), max_images)]
     rows = []
-    for camera, iso, load in tqdm(chosen, desc="evaluate denoiser", disable=not progress):
+    for camera, iso, load in progress_bar(chosen, progress, desc="evaluate denoiser"):
         clean, noisy = load()
         denoised = denoise_image(model, noisy)
         rows.append((camera, iso, psnr(clean, denoised), ssim(clean, denoised), psnr(clean, noisy), ssim(clean, noisy)))
@@ -120,7 +120,7 @@ def denoise_files(checkpoint: str | Path, source: str | Path, out: str | Path, o
                        [relative.suffix.lower() == ".png" for _, relative in inputs])
     check_targets(out, targets, overwrite, images)
     model = DnCNN.load(checkpoint, map_location=resolve_device(device))
-    for image, target in tqdm(list(zip(images, targets)), desc="denoise", disable=not progress):
+    for image, target in progress_bar(list(zip(images, targets)), progress, desc="denoise"):
         denoised = denoise_image(model, read_rgb(image, max_pixels))
         make_parent(out, target)
         write_png(target, denoised)

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.io import MAX_PIXELS
@@ -39,6 +38,7 @@ from nmflowgan.metrics.realism import Condition, Realism, RealismScorer
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.noise_sources import NoiseSource, baseline_noise, fit_baselines, model_noise, oracle_noise
+from nmflowgan.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 SOURCE_ORDER = ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle")
@@ -175,7 +175,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     scorer = RealismScorer(list(sources))
     examples: dict[Condition, dict[str, torch.Tensor]] = {}
     with torch.no_grad():
-        for start in tqdm(range(0, len(indices), batch_size), desc="evaluate", disable=not progress):
+        for start in progress_bar(range(0, len(indices), batch_size), progress, desc="evaluate"):
             batch = collate([test[i] for i in indices[start : start + batch_size]])
             clean = batch.clean.double() / 255.0
             real = batch.noisy.double() - batch.clean.double()

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from tqdm import tqdm
 
 from nmflowgan.baselines import GaussianNoise, HeteroscedasticNoise
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.models.noise_model import NoiseModel, clip_to_8bit, quantize
 from nmflowgan.models.sampler import SamplingOptions
+from nmflowgan.progress import progress as progress_bar
 
 NoiseSource = Callable[[torch.Tensor, PatchBatch, torch.Generator], torch.Tensor]
 
@@ -67,7 +67,7 @@ def fit_baselines(records: list, patch_px: int, max_patches: int, seed: int, pro
     dataset = PatchDataset(records, patch_px, patch_px, max_pixels=max_pixels)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_patches].tolist()
     gaussian, nlf = GaussianNoise(), HeteroscedasticNoise()
-    for start in tqdm(range(0, len(order), 64), desc="fit baselines", disable=not progress):
+    for start in progress_bar(range(0, len(order), 64), progress, desc="fit baselines"):
         batch = collate([dataset[i] for i in order[start : start + 64]])
         clean = batch.clean.double()
         noise, isos = batch.noisy.double() - clean, batch.isos.tolist()

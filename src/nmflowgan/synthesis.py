@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from nmflowgan.atomic import write_together
 from nmflowgan.conditions import check_iso
@@ -28,6 +27,7 @@ from nmflowgan.errors import BadInputError, CheckpointError, DataError
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, checked_temperature, resolve_model_dir
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.outputs import check_targets, input_images, make_parent, numbered, output_path
+from nmflowgan.progress import progress as progress_bar
 from nmflowgan.tiling import process_in_tiles
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
     options = options or SamplingOptions()
     path = "plain" if options.is_plain else str(model.sampler(options).dtype).removeprefix("torch.")
     written = []
-    for job in tqdm(jobs, desc="synthesize", unit="img", disable=not progress):
+    for job in progress_bar(jobs, progress, desc="synthesize", unit="img"):
         noisy = synthesize_image(model, read_rgb(job.source, max_pixels), job.camera, job.iso, job.seed, tile_px,
                                  extrapolate=extrapolate, options=options)
         make_parent(out, job.target)

@@ -284,3 +284,10 @@ def test_loading_a_run_folder_says_which_checkpoint_it_took(tmp_path, simcam_tre
         NoiseModel.load(tmp_path / "run")
     best = (tmp_path / "run" / "best").resolve().name
     assert f"{tmp_path / 'run'}: loading its best checkpoint, checkpoints/{best}" in caplog.text
+
+
+def test_a_redirected_log_gets_a_progress_line_every_few_seconds_not_every_step(tmp_path, simcam_tree, capsys):
+    options = NoiseTrainingOptions(data=simcam_tree, out=tmp_path / "run", steps=12, device="cpu", log_every=1)
+    train_noise_model(tiny_config(), options)  # not quiet: the bar is on, and stderr is captured (not a terminal)
+    drawn = [line for line in capsys.readouterr().err.split("\r") if "train (NLL + GAN)" in line]
+    assert 1 <= len(drawn) <= 3, drawn  # opened, maybe once more, closed: 12 steps well within 30 seconds

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from nmflowgan.config import ScheduleConfig
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import TrainingError
 from nmflowgan.models.files import load_weights
+from nmflowgan.progress import progress
 from nmflowgan.training.checkpoint import TrainingState, load_checkpoint, point, save_checkpoint
 from nmflowgan.training.distributed import DistributedContext, setup, teardown
 from nmflowgan.training.run import MetricsLog, RunOptions, StopRequest, check_run_dir, run_lock, start_run
@@ -162,8 +162,8 @@ class TrainingRun:
         if validate_first and not self.resumed:
             validate(0)
         step = self.start
-        with tqdm(total=schedule.total_steps, initial=step, desc=description, unit="step",
-                  disable=self.options.quiet or not self.context.is_main) as bar:
+        with progress(enabled=not self.options.quiet and self.context.is_main, total=schedule.total_steps,
+                      initial=step, desc=description, unit="step") as bar:
             tick, patches = time.perf_counter(), 0
             for batch in batches:
                 losses = train_step(batch, step)
@@ -182,7 +182,8 @@ class TrainingRun:
                 if step % schedule.log_every == 0 or last:
                     rate = patches / max(time.perf_counter() - tick, 1e-9)
                     tick, patches = time.perf_counter(), 0
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()} | {"patch/s": f"{rate:.0f}"})
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()} | {"patch/s": f"{rate:.0f}"},
+                                    refresh=False)  # shown at the bar's next redraw
                     if self.metrics is not None:
                         self.metrics.write({"step": step, "epoch": (step - 1) // schedule.steps_per_epoch, **losses,
                                             "lr": optimizers[0].param_groups[0]["lr"], "patches_per_s": rate})

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from nmflowgan import __version__
 from nmflowgan.atomic import write_text
@@ -26,6 +25,7 @@ from nmflowgan.data.sidd import SiddFolder
 from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, camera_population, scene_tensor
 from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
 from nmflowgan.errors import BadInputError, OutputExistsError
+from nmflowgan.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
     specs = plan_scenes(scenes, seed, available_photos())
     total = len(specs) * len(chosen) * len(isos)
     instance = 0
-    with tqdm(total=total, desc="simulate", unit="img", disable=not progress) as bar:
+    with progress_bar(enabled=progress, total=total, desc="simulate", unit="img") as bar:
         for spec in specs:
             scene = scene_tensor(make_scene(spec.kind, spec.seed, size_px))
             brightness = "L" if scene.float().mean() < 70 else ("H" if scene.float().mean() > 170 else "N")
