@@ -19,24 +19,41 @@ from nmflowgan.config import PRESETS, Config, load_config, preset
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
+from nmflowgan.models.adaptation import ADAPTED_PARAMETERS
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
+from nmflowgan.training.adaptation import ADAPT_LR, ADAPT_STEPS
 from nmflowgan.training.loop import TrainResult
 from nmflowgan.training.noise_trainer import STAGES
 from nmflowgan.training.run import TRAINING_PRECISIONS, StopRequest
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nmflowgan`` parser: one sub-parser per command, each made by its own builder below."""
     parser = argparse.ArgumentParser(
         prog="nmflowgan", description="Learn and synthesize realistic camera noise (NM-FlowGAN)."
     )
     parser.add_argument("--version", action="version", version=f"nmflowgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_info_command, _simulate_command, _train_command, _adapt_command, _evaluate_command,
+                        _synthesize_command, _train_denoiser_command, _eval_denoiser_command, _denoise_command,
+                        _demo_command):
+        add_command(sub)
+    return parser
 
+
+def _default(options: type, name: str) -> object:
+    """The default of field ``name`` of an options dataclass: the parser states no default of its own."""
+    return next(f.default for f in dataclasses.fields(options) if f.name == name)
+
+
+def _info_command(sub: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="parameter counts of a preset's networks")
     info.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(handler=_info)
 
+
+def _simulate_command(sub: argparse._SubParsersAction) -> None:
     simulate = sub.add_parser("simulate", help="write a simcam data set (SIDD layout, train/ and test/)")
     simulate.add_argument("--out", required=True, help="folder to create")
     simulate.add_argument("--cameras", nargs="*", default=None,
@@ -50,6 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common_output(simulate)
     simulate.set_defaults(handler=_simulate)
 
+
+def _run_arguments(parser: argparse.ArgumentParser, options: type, workers: bool = True) -> None:
+    """The arguments of a training run folder (``--out``, ``--resume``) and of its process (device, seed, workers),
+    with the defaults of ``options``."""
+    parser.add_argument("--out", required=True, type=Path, help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _device_argument(parser)
+    parser.add_argument("--seed", type=int, default=_default(options, "seed"))
+    if workers:
+        parser.add_argument("--workers", type=_non_negative_int, default=_default(options, "workers"),
+                            help="DataLoader worker processes")
+
+
+def _length_arguments(parser: argparse.ArgumentParser) -> None:
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, default=None)
+    length.add_argument("--epochs", type=_positive_int, default=None)
+
+
+def _train_command(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a noise model (NLL + WGAN-GP); resumable, torchrun-ready")
     train.add_argument("--data", required=True, type=Path, help="simcam folder, SIDD tree or metadata.csv folder")
     train.add_argument("--split", default=None,
@@ -59,26 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-split", default=None,
                        help="test | sidd-test (default: test/ beside train/; sidd-test with --split sidd-train)")
     _preset_arguments(train)
-    train.add_argument("--stage", choices=STAGES, default="joint",
+    train.add_argument("--stage", choices=STAGES, default=_default(api.NoiseTrainingOptions, "stage"),
                        help="joint: NLL (+ latent correlation) + GAN (the paper; a config without a gan section "
                             "skips the GAN); flow: no GAN whatever the preset (ablation)")
-    length = train.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, default=None)
-    length.add_argument("--epochs", type=_positive_int, default=None)
-    train.add_argument("--out", required=True, type=Path, help="run folder")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    _device_argument(train)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes")
+    _length_arguments(train)
+    _run_arguments(train, api.NoiseTrainingOptions)
     _precision_argument(train)
     train.add_argument("--channels-last", action="store_true", help="NHWC memory for refiner and critic")
-    train.add_argument("--log-every", type=_positive_int, default=10, help="steps between metrics.jsonl lines")
+    train.add_argument("--log-every", type=_positive_int, default=_default(api.NoiseTrainingOptions, "log_every"),
+                       help="steps between metrics.jsonl lines")
     train.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
     train.add_argument("--skip-bad", action="store_true", help="log and skip unusable image pairs")
     _max_pixels_argument(train)
     _common_output(train)
     train.set_defaults(handler=_train)
 
+
+def _adapt_command(sub: argparse._SubParsersAction) -> None:
     adapt = sub.add_parser("adapt", help="teach a trained model (e.g. builtin) new cameras from a few image pairs")
     adapt.add_argument("--base", required=True, help="the model to adapt: builtin, a model folder or a run folder")
     adapt.add_argument("--data", required=True, type=Path,
@@ -86,23 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
                             "with train/ and test/")
     adapt.add_argument("--split", default=None, help="training split (default: as train)")
     adapt.add_argument("--val-split", default=None, help="validation split (default: as train)")
-    adapt.add_argument("--out", required=True, type=Path, help="run folder")
-    adapt.add_argument("--adapt", choices=["all", "camera"], default="all",
+    adapt.add_argument("--adapt", choices=ADAPTED_PARAMETERS, default=_default(api.AdaptationOptions, "adapt"),
                        help="all: every weight, on the new pairs and on the base's own noise for its cameras; camera: "
                             "only the new cameras' weights (the base's cameras draw exactly what they drew)")
-    adapt.add_argument("--replay", type=float, default=1.0,
+    adapt.add_argument("--replay", type=float, default=_default(api.AdaptationOptions, "replay"),
                        help="--adapt all: weight of the base's own noise beside the new pairs (0: none; the base's "
                             "cameras then drift)")
-    adapt.add_argument("--steps", type=_positive_int, default=None, help="default 400 (minutes on a 2-core CPU)")
-    adapt.add_argument("--lr", type=float, default=None, help="default 1e-3 (all) or 1e-2 (camera)")
-    adapt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    _device_argument(adapt)
-    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--steps", type=_positive_int, default=None,
+                       help=f"default {ADAPT_STEPS} (minutes on a 2-core CPU)")
+    adapt.add_argument("--lr", type=float, default=None,
+                       help="default " + " or ".join(f"{rate:g} ({what})" for what, rate in ADAPT_LR.items()))
+    _run_arguments(adapt, api.NoiseTrainingOptions, workers=False)
     adapt.add_argument("--skip-bad", action="store_true", help="log and skip unusable image pairs")
     _max_pixels_argument(adapt)
     _common_output(adapt)
     adapt.set_defaults(handler=_adapt)
 
+
+def _evaluate_command(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="KLD/AKLD/correlation of a model next to the baselines, with a report")
     evaluate.add_argument("--checkpoint", required=True, type=Path, help="run folder or saved model folder")
     evaluate.add_argument("--data", required=True, type=Path)
@@ -125,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_output(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
+
+def _synthesize_command(sub: argparse._SubParsersAction) -> None:
     synthesize = sub.add_parser("synthesize", help="draw realistic noise onto clean images (file or folder)")
     synthesize.add_argument("--checkpoint", required=True, type=Path)
     synthesize.add_argument("--camera", required=True, action="extend", type=_list,
@@ -148,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_output(synthesize)
     synthesize.set_defaults(handler=_synthesize)
 
+
+def _train_denoiser_command(sub: argparse._SubParsersAction) -> None:
     denoiser = sub.add_parser("train-denoiser", help="train DnCNN on pairs synthesized on the fly (or real pairs)")
     denoiser.add_argument("--noise", required=True,
                           help="a noise-model checkpoint, or gaussian | nlf | real (the data set's own noisy images)")
@@ -156,15 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoiser.add_argument("--split", default=None)
     denoiser.add_argument("--val-split", default=None)
     _preset_arguments(denoiser)
-    length = denoiser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, default=None)
-    length.add_argument("--epochs", type=_positive_int, default=None)
-    denoiser.add_argument("--out", required=True, type=Path)
-    denoiser.add_argument("--resume", action="store_true")
-    _device_argument(denoiser)
-    denoiser.add_argument("--seed", type=int, default=0)
-    denoiser.add_argument("--workers", type=_non_negative_int, default=0)
-    denoiser.add_argument("--val-every", type=_positive_int, default=100)
+    _length_arguments(denoiser)
+    _run_arguments(denoiser, api.DenoiserTrainingOptions)
+    denoiser.add_argument("--val-every", type=_positive_int, default=_default(api.DenoiserTrainingOptions, "val_every"))
     _precision_argument(denoiser)
     _sampling_argument(denoiser)
     denoiser.add_argument("--skip-bad", action="store_true")
@@ -172,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_output(denoiser)
     denoiser.set_defaults(handler=_train_denoiser)
 
+
+def _eval_denoiser_command(sub: argparse._SubParsersAction) -> None:
     score = sub.add_parser("eval-denoiser", help="PSNR/SSIM of a denoiser, overall and per camera/ISO")
     score.add_argument("--checkpoint", required=True, type=Path)
     score.add_argument("--data", required=True, type=Path, help="data set folder, or SIDD's noisy blocks .mat")
@@ -184,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(handler=_eval_denoiser)
 
+
+def _denoise_command(sub: argparse._SubParsersAction) -> None:
     denoise = sub.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
     denoise.add_argument("--checkpoint", required=True, type=Path)
     _device_argument(denoise)
@@ -194,13 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common_output(denoise)
     denoise.set_defaults(handler=_denoise)
 
+
+def _demo_command(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in simulator, offline, with a report")
     demo.add_argument("--out", type=Path, default=Path("nmflowgan-demo"), help="folder (re-run to continue)")
     demo.add_argument("--budget-minutes", type=_positive_finite, default=20.0, help="scales the training lengths")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(handler=_demo)
-    return parser
 
 
 def _common_output(parser: argparse.ArgumentParser) -> None:
