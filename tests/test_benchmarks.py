@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sampling", "memory", "training"])
-def test_quick_benchmark(tmp_path, name):
+def test_each_benchmark_prints_the_ratio_its_json_record_holds(tmp_path, name):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--json",
                              str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300,
                             env=os.environ | {"OMP_NUM_THREADS": "2"})

@@ -71,7 +71,7 @@ def test_continuous_feature_spans_the_trained_range_on_a_log_scale():
     assert feature[1600] - feature[400] == pytest.approx(2 * (feature[3200] - feature[1600]))
 
 
-def test_round_trip_dict(space):
+def test_a_condition_space_round_trips_through_its_dict(space):
     assert ConditionSpace.from_dict(space.to_dict()) == space
 
 

@@ -75,9 +75,13 @@ def test_the_library_functions_default_to_device_auto_like_the_command_line():
         assert next(f.default for f in dataclasses.fields(options) if f.name == "device") == "auto", options
 
 
-@pytest.mark.parametrize(("document", "command"), documented_commands())
-def test_documented_command_parses(document, command):
-    build_parser().parse_args(_arguments(command))
+@pytest.mark.parametrize(("document", "command"), [dc for dc in documented_commands() if dc[1].startswith("torchrun")])
+def test_documented_torchrun_lines_launch_a_training_the_command_line_accepts(document, command):
+    """The torchrun lines (not run here: they need several GPUs) launch the module's own ``train`` with arguments
+    its parser takes, one process per GPU."""
+    words = shlex.split(command)
+    assert words[words.index("-m") + 1] == "nmflowgan" and "--nproc-per-node" in words
+    assert build_parser().parse_args(_arguments(command)).handler.__name__ == "_train"
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,7 @@ def test_evaluate_writes_results_and_report(tmp_path, tiny_run, simcam_tree):
         evaluate_to_report(tiny_run, simcam_tree, tmp_path / "eval", patch_px=32, max_patches=8, progress=False)
 
 
-def test_evaluate_cli(tmp_path, tiny_run, simcam_tree, capsys):
+def test_evaluate_command_prints_the_table_and_refuses_a_missing_checkpoint(tmp_path, tiny_run, simcam_tree, capsys):
     code = main(["evaluate", "--checkpoint", str(tiny_run), "--data", str(simcam_tree), "--out",
                  str(tmp_path / "e"), "--patch-px", "32", "--max-patches", "16", "--quiet"])
     assert code == 0

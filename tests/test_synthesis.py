@@ -85,7 +85,7 @@ def test_synthesize_folder_with_sidecars_and_combinations(tmp_path, model_dir):
     assert np.array_equal(before, read_rgb(tmp_path / "out" / "a_V1_iso100.png"))
 
 
-def test_exif_iso(tmp_path, model_dir):
+def test_exif_iso_is_read_from_the_image_and_recorded_in_the_sidecar(tmp_path, model_dir):
     image = Image.fromarray(np.full((16, 16, 3), 100, np.uint8))
     exif = Image.Exif()
     exif.get_ifd(0x8769)[0x8827] = 800
@@ -128,7 +128,7 @@ def test_interpolated_iso_lies_between_its_neighbours():
         feature(50)
 
 
-def test_synthesized_pairs_dataset(model_dir):
+def test_synthesized_pairs_are_reproducible_per_index_and_batch_in_a_dataloader(model_dir):
     from nmflowgan.synthesis import SynthesizedPairs
 
     model = NoiseModel.load(model_dir)

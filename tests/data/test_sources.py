@@ -38,7 +38,7 @@ def test_random_folder_names_parse_or_raise_data_error(name):
         assert fields.name == name
 
 
-def test_parse_sidd_example():
+def test_a_sidd_folder_name_parses_into_its_fields():
     fields = SiddFolder.parse("0054_003_S6_00800_00350_3200_N")
     assert (fields.instance, fields.scene, fields.camera, fields.iso, fields.brightness) == (54, 3, "S6", 800, "N")
 
@@ -109,7 +109,7 @@ def _folder_set(tmp_path, rows, header="clean,noisy,camera,iso"):
     return tmp_path
 
 
-def test_metadata_folder(tmp_path):
+def test_a_metadata_csv_row_becomes_a_pair_with_its_camera_iso_and_paths(tmp_path):
     root = _folder_set(tmp_path, ["a_clean.png,a_noisy.png,S6,1600"])
     (record,) = find_pairs(root)
     assert record.camera == "S6" and record.iso == 1600 and record.clean == (root / "a_clean.png").resolve()

@@ -129,7 +129,7 @@ def test_every_parameter_gets_a_finite_gradient(name, space):
         assert p.grad.abs().sum() > 0, pname
 
 
-def test_gradcheck_conditional_layers(space):
+def test_conditional_layers_pass_gradcheck_in_float64(space):
     for name in CONDITIONAL:
         layer, ctx = _layer(name, space), _context(space)
         x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)

@@ -24,7 +24,7 @@ def test_kld_protocol_bins_match_numpy_histogram_edges():
     assert np.array_equal(ours, reference)
 
 
-def test_kld_hand_computed():
+def test_kld_of_two_single_bin_histograms_matches_the_hand_computed_value():
     real = torch.zeros(1, 1, 2, 5)  # ten zeros -> bin [0, 4)
     generated = torch.full((1, 1, 2, 5), 4.0)  # ten fours -> bin [4, 8)
     # p = 11/140 in bin 65, 1/140 elsewhere; q = 11/140 in bin 66, 1/140 elsewhere.
@@ -77,14 +77,14 @@ def test_akld_reflect_padding_hand_computed():
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 3), st.integers(4, 12), st.integers(4, 12), st.floats(0.2, 5.0))
-def test_akld_properties(batch, height, width, scale):
+def test_akld_is_zero_for_identical_noise_and_positive_otherwise(batch, height, width, scale):
     real = torch.randn(batch, 3, height, width, dtype=torch.float64) * 0.05
     per_patch = akld_per_patch(real, real * scale)
     assert per_patch.shape == (batch,) and bool((per_patch >= 0).all())
     assert torch.allclose(akld_per_patch(real, real), torch.zeros(batch, dtype=torch.float64))
 
 
-def test_psnr_and_ssim():
+def test_psnr_and_ssim_match_hand_computed_values_and_fall_with_noise():
     reference = np.full((16, 16, 3), 100, np.uint8)
     estimate = reference.copy()
     estimate[0, 0, 0] = 110  # one error of 10 over 768 values

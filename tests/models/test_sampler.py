@@ -166,7 +166,7 @@ def test_model_with_a_sampler_still_pickles_copies_and_saves_only_its_weights(tm
     assert set(model.state_dict()) == set(NoiseModel(_config("continuous"), CAMERAS, ISOS).state_dict())
 
 
-def test_precision_choices():
+def test_sampling_precisions_are_checked_and_set_the_compute_dtype():
     model = NoiseModel(_config("continuous"), CAMERAS, ISOS)
     with pytest.raises(BadInputError, match="fp16 sampling needs a CUDA"):
         Sampler(model, SamplingOptions(precision="fp16"))

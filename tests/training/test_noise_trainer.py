@@ -111,7 +111,7 @@ def test_resume_refuses_a_run_whose_checkpoint_is_gone(tmp_path, simcam_tree):
     assert [m["step"] for m in read_metrics(run) if "lr" in m] == [1, 2, 3, 4]  # nothing was discarded
 
 
-def test_run_folder_guard(tmp_path, simcam_tree):
+def test_a_run_folder_is_kept_unless_resumed_with_the_same_seed_or_overwritten(tmp_path, simcam_tree):
     _train(simcam_tree, tmp_path / "run", 2)
     with pytest.raises(OutputExistsError, match="--resume.*--overwrite"):
         _train(simcam_tree, tmp_path / "run", 2)

@@ -1,4 +1,5 @@
-"""Invertible layers and the pixel-wise conditional flow of NM-FlowGAN."""
+"""The pixel-wise conditional flow of NM-FlowGAN: its invertible layers (UD, NE, SAL, SDL, CL, the RQS spline),
+each with its forward map, inverse and log-derivatives, and the flow that composes them."""
 
 from nmflowgan.flows.affine import ConditionalLinear, SignalAwareAffine, SignalDependentAffine
 from nmflowgan.flows.base import FlowContext, FlowLayer
