@@ -46,7 +46,7 @@ def test_onehot_features_and_cells():
 
 
 def test_mismatched_batch_lengths_raise(space):
-    with pytest.raises(BadInputError, match="2 cameras and 3 ISOs"):
+    with pytest.raises(BadInputError, match=r"2 camera\(s\) and 3 ISO\(s\)"):
         space.encode(["IP", "S6"], [100, 800, 3200])
 
 

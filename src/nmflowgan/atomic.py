@@ -21,7 +21,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     # Created like any file the user writes (mode 0666 less the umask), not with mkstemp's private 0600.
     temp = _temporary(path)
-    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as error:  # name the file the user asked for, not the hidden temporary one
+        raise OSError(error.errno, f"cannot write {path} ({error.strerror or error})") from None
     try:
         yield temp
         with open(temp, "rb+") as written:
@@ -60,7 +63,10 @@ def write_together(files: dict[Path, bytes], overwrite: bool) -> None:
                 raise OSError(error.errno, f"cannot write {path} ({error.strerror or error})") from None
         for path, temp in temps.items():
             if overwrite:
-                os.replace(temp, path)
+                try:
+                    os.replace(temp, path)
+                except OSError as error:
+                    raise OSError(error.errno, f"cannot write {path} ({error.strerror or error})") from None
             else:
                 try:
                     os.link(temp, path)

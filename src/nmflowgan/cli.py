@@ -21,6 +21,7 @@ from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
 from nmflowgan.models.adaptation import ADAPTED_PARAMETERS
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
+from nmflowgan.seeds import SEED_RULE, checked_seed
 from nmflowgan.training.adaptation import ADAPT_LR, ADAPT_STEPS
 from nmflowgan.training.loop import TrainResult
 from nmflowgan.training.noise_trainer import STAGES
@@ -63,7 +64,7 @@ def _simulate_command(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--isos", nargs="+", type=float, default=[100, 400, 1600, 3200])
     simulate.add_argument("--scenes", type=_positive_int, default=20, help="scenes (about a quarter go to test/)")
     simulate.add_argument("--size", type=_positive_int, default=512, help="side of each square scene in pixels")
-    simulate.add_argument("--seed", type=int, default=0)
+    _seed_argument(simulate)
     _common_output(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -72,9 +73,11 @@ def _run_arguments(parser: argparse.ArgumentParser, options: type, workers: bool
     """The arguments of a training run folder (``--out``, ``--resume``) and of its process (device, seed, workers),
     with the defaults of ``options``."""
     parser.add_argument("--out", required=True, type=Path, help="run folder")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint (refused unless its data, config, "
+                             "seed and options are the ones it started with)")
     _device_argument(parser)
-    parser.add_argument("--seed", type=int, default=_default(options, "seed"))
+    _seed_argument(parser, _default(options, "seed"))
     if workers:
         parser.add_argument("--workers", type=_non_negative_int, default=_default(options, "workers"),
                             help="DataLoader worker processes")
@@ -139,7 +142,8 @@ def _adapt_command(sub: argparse._SubParsersAction) -> None:
 
 def _evaluate_command(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="KLD/AKLD/correlation of a model next to the baselines, with a report")
-    evaluate.add_argument("--checkpoint", required=True, type=Path, help="run folder or saved model folder")
+    evaluate.add_argument("--checkpoint", required=True,
+                          help="run folder or saved model folder, or builtin (the model in the package)")
     evaluate.add_argument("--data", required=True, type=Path)
     evaluate.add_argument("--split", default=None, help="test split (default: the data set's)")
     evaluate.add_argument("--train-split", default=None, help="split the baselines are fitted on")
@@ -153,7 +157,7 @@ def _evaluate_command(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--patch-px", type=_positive_int, default=None, help="default protocol: patch side (64)")
     evaluate.add_argument("--max-patches", type=_positive_int, default=None,
                           help="default protocol: at most this many (512)")
-    evaluate.add_argument("--seed", type=int, default=0)
+    _seed_argument(evaluate)
     _device_argument(evaluate)
     _sampling_argument(evaluate, default="plain")
     _max_pixels_argument(evaluate)
@@ -163,7 +167,8 @@ def _evaluate_command(sub: argparse._SubParsersAction) -> None:
 
 def _synthesize_command(sub: argparse._SubParsersAction) -> None:
     synthesize = sub.add_parser("synthesize", help="draw realistic noise onto clean images (file or folder)")
-    synthesize.add_argument("--checkpoint", required=True, type=Path)
+    synthesize.add_argument("--checkpoint", required=True,
+                            help="run folder or saved model folder, or builtin (the model in the package)")
     synthesize.add_argument("--camera", required=True, action="extend", type=_list,
                             help="camera code(s), comma-separated or repeated; every combination is drawn")
     synthesize.add_argument("--iso", required=True, action="extend", type=_iso_list,
@@ -171,7 +176,7 @@ def _synthesize_command(sub: argparse._SubParsersAction) -> None:
                                  "read each image's ISO")
     synthesize.add_argument("--extrapolate", action="store_true",
                             help="allow ISOs outside the trained range, up to one trained span (log-ISO) beyond it")
-    synthesize.add_argument("--seed", type=int, default=0)
+    _seed_argument(synthesize)
     synthesize.add_argument("--tile", type=_positive_int, default=512, help="tile side in pixels (bounds the memory)")
     _device_argument(synthesize)
     _sampling_argument(synthesize)
@@ -236,13 +241,15 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in simulator, offline, with a report")
     demo.add_argument("--out", type=Path, default=Path("nmflowgan-demo"), help="folder (re-run to continue)")
     demo.add_argument("--budget-minutes", type=_positive_finite, default=20.0, help="scales the training lengths")
-    demo.add_argument("--seed", type=int, default=0)
+    _seed_argument(demo)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(handler=_demo)
 
 
 def _common_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output nmflowgan wrote (never a folder of other files, an input, a link or "
+                             "the current folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -270,6 +277,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
     return value
+
+
+def _seed_argument(parser: argparse.ArgumentParser, default: int = 0) -> None:
+    parser.add_argument("--seed", type=_seed, default=default, help=f"every random draw derives from it: {SEED_RULE}")
+
+
+def _seed(text: str) -> int:
+    try:
+        return checked_seed(int(text))
+    except (ValueError, NmflowganError):
+        raise argparse.ArgumentTypeError(f"must be {SEED_RULE}, got {text!r}") from None
 
 
 def _non_negative_int(text: str) -> int:
@@ -368,8 +386,13 @@ def _report_training(result: TrainResult) -> int:
     else:
         print(f"trained to step {result.step} (no validation split, so no validation KLD)")
     best = result.run_dir / "best"
-    print(f"checkpoints: {result.run_dir / 'last'}" + (f" and {best}" if best.exists() else
-          " (no 'best': no validation step was eligible, e.g. training ended within the flow warm-up)"))
+    if best.exists():
+        why = f" and {best}"
+    elif not result.validation:
+        why = " (no 'best': the data set has no validation split)"
+    else:
+        why = " (no 'best': no validation step was eligible: training ended within the flow warm-up)"
+    print(f"checkpoints: {result.run_dir / 'last'}{why}")
     return 0
 
 

@@ -18,6 +18,7 @@ No value is ever silently mapped to another one.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -55,6 +56,17 @@ class Condition:
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+
+def check_camera_name(camera: str) -> str:
+    """``camera`` if it is printable as itself: no hidden characters (zero-width spaces, control characters) and no
+    look-alikes that Unicode's NFKC form maps to other characters (a fullwidth ``V２`` is ``V2``); else
+    BadInputError. Two names that only look alike would otherwise become two cameras."""
+    shown = unicodedata.normalize("NFKC", camera).strip()
+    if not camera or not camera.isprintable() or shown != camera:
+        raise BadInputError(f"camera name {camera!r} is not printable as itself (hidden, look-alike or surrounding "
+                            f"space characters; it reads as {shown!r})")
+    return camera
 
 
 def check_iso(iso: object) -> float:
@@ -174,6 +186,8 @@ class ConditionSpace:
             raise BadInputError(f"iso_mode {self.iso_mode!r} is not one of {ISO_MODES}")
         if not self.cameras:
             raise BadInputError("a condition space needs at least one camera")
+        for camera in self.cameras:
+            check_camera_name(str(camera))
         if len(set(self.cameras)) != len(self.cameras):
             raise BadInputError(f"duplicate camera codes in {self.cameras}")
         if not self.isos:
@@ -240,14 +254,10 @@ class ConditionSpace:
         if isinstance(isos, torch.Tensor):
             iso_list = isos.flatten().tolist()
         size = batch_size or max(len(camera_list), len(iso_list))
-        if len(camera_list) == 1:
-            camera_list = camera_list * size
-        if len(iso_list) == 1:
-            iso_list = iso_list * size
-        if len(camera_list) != size or len(iso_list) != size:
-            raise BadInputError(
-                f"got {len(camera_list)} cameras and {len(iso_list)} ISOs for a batch of {size}"
-            )
+        if len(camera_list) not in (1, size) or len(iso_list) not in (1, size):
+            raise BadInputError(f"got {len(camera_list)} camera(s) and {len(iso_list)} ISO(s) for a batch of {size} "
+                                "(give one for the whole batch, or one per image)")
+        camera_list, iso_list = camera_list * (size // len(camera_list)), iso_list * (size // len(iso_list))
         camera = torch.tensor([self.camera_index(c) for c in camera_list], dtype=torch.long)
         iso_features, iso_index = self.iso.encode(iso_list, extrapolate)
         cell = camera * len(self.isos) + iso_index if iso_index is not None else torch.full_like(camera, -1)

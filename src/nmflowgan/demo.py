@@ -49,6 +49,7 @@ from nmflowgan.reporting.report import (
     results_table,
     shape_table,
 )
+from nmflowgan.seeds import checked_seed
 from nmflowgan.synthesis import synthesize_image
 from nmflowgan.training.checkpoint import read_checkpoint_meta
 from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
@@ -144,7 +145,7 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     ``budget_minutes`` scales the training lengths; the default fits 20 minutes on 2 CPU cores. ``stop``:
     when set, the stage running saves its progress and the demo returns None (run it again to continue).
     """
-    run = DemoRun(Path(out), budget_minutes, seed, progress, stop if stop is not None else StopRequest())
+    run = DemoRun(Path(out), budget_minutes, checked_seed(seed), progress, stop if stop is not None else StopRequest())
     _stage("1/6 simulate a simcam data set", progress)
     simulate_data(run)
     _stage("2/6 train the noise model (small preset)", progress)

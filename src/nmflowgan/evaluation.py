@@ -152,6 +152,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
                         "folder with train/ and test/, each a metadata.csv folder or a SIDD-layout tree)")
     model = NoiseModel.load(checkpoint, map_location=resolve_device(device)).eval()
     train_records, test_records = find_pairs(data, train_split), find_pairs(data, split)
+    if not test_records:
+        raise DataError(f"{data}: the test split {split!r} holds no image pairs")
     usable = [r for r in test_records if model.space.knows(r.camera, r.iso)]
     if not usable:
         raise DataError(f"{data}: no test pair has a camera/ISO this model knows ({', '.join(model.cameras)})")

@@ -1,18 +1,24 @@
-"""Where file-to-file commands (``synthesize``, ``denoise``) write: OUT mirrors IN's names, as PNG."""
+"""Where commands write, and what they may replace.
+
+File-to-file commands (``synthesize``, ``denoise``) mirror IN's names under OUT, as PNG. A command that writes a
+folder (``simulate``, ``evaluate``, a demo's data set) replaces with ``--overwrite`` only a folder it recognizes as
+its own output: never a folder of other files, a symbolic link, a file, the current folder or one of its parents,
+or a folder holding one of its inputs (:func:`check_output_folder`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nmflowgan.data.io import IMAGE_SUFFIXES, MAX_PIXELS, image_size
+from nmflowgan.data.io import IMAGE_SUFFIXES, MAX_PIXELS, read_rgb
 from nmflowgan.errors import BadInputError, DataError, OutputExistsError
 
 
 def input_images(source: Path, out: Path, max_pixels: int = MAX_PIXELS) -> list[tuple[Path, Path]]:
     """``(image, name relative to IN)`` for ``source`` itself or every image under it (recursively, sorted),
-    each checked from its header (RGB, at most ``max_pixels``) so that a bad input stops a job before anything
-    is written.
+    each decoded once (RGB, at most ``max_pixels``, one frame, not truncated) so that a bad input stops a job
+    before anything is written: a truncated file's header alone reads fine.
 
     Refuses an OUT folder inside the IN folder and an IN without images.
     """
@@ -28,7 +34,7 @@ def input_images(source: Path, out: Path, max_pixels: int = MAX_PIXELS) -> list[
     if not images:
         raise DataError(f"{source}: no PNG, JPEG or TIFF images found")
     for image in images:
-        image_size(image, max_pixels)
+        read_rgb(image, max_pixels)
     return [(image, image.relative_to(root)) for image in images]
 
 
@@ -68,10 +74,13 @@ def numbered(targets: Sequence[Path], own: Sequence[bool] | None = None) -> list
 
 def check_targets(out: Path, targets: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Raises before any work when ``out`` has an image file's name but would be made a folder, when an output
-    (image or sidecar) is one of the ``inputs`` (never, even with
-    ``overwrite``: the input would be gone), exists and ``overwrite`` is off, or would land outside ``out``
-    (:func:`refuse_outside`)."""
+    (image or sidecar) is one of the ``inputs`` (never, even with ``overwrite``: the input would be gone), is a
+    folder (an image and its sidecar must land together, so neither may be left unwritable), exists and
+    ``overwrite`` is off, or would land outside ``out`` (:func:`refuse_outside`)."""
     inside = [t for t in targets if out in t.parents]
+    if out.suffix.lower() in IMAGE_SUFFIXES and out.suffix.lower() != ".png" and inside:
+        raise BadInputError(f"{out}: outputs are written as PNG images; name a .png file (one input at one camera and "
+                            "ISO) or a folder")
     if out.suffix.lower() in IMAGE_SUFFIXES and inside:
         raise BadInputError(f"{out}: names an image file, but this run writes {len(inside)} files into it as a "
                             "folder (several inputs, or several cameras/ISOs per input); name a folder instead")
@@ -80,6 +89,9 @@ def check_targets(out: Path, targets: Sequence[Path], overwrite: bool, inputs: S
     if clobbered:
         raise BadInputError(f"{clobbered[0]}: is an input of this run; an output may never replace an input "
                             "(choose another output)")
+    folders = [t for t in targets if t.is_dir()]
+    if folders:
+        raise BadInputError(f"{folders[0]}: is a folder where this run writes a file; --overwrite replaces files only")
     existing = [t for t in targets if t.exists() or t.is_symlink()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]}: exists ({len(existing)} outputs do); pass --overwrite to replace")
@@ -104,3 +116,33 @@ def make_parent(out: Path, target: Path) -> None:
     """Creates ``target``'s folder inside ``out`` and checks that it really is inside."""
     target.parent.mkdir(parents=True, exist_ok=True)
     refuse_outside(out, [target])
+
+
+def check_output_folder(out: Path, what: str, is_own: Callable[[Path], bool], overwrite: bool,
+                        inputs: Sequence[Path] = ()) -> None:
+    """Checks, before any work, that folder ``out`` may receive a command's output ``what`` (e.g. "a simcam data
+    set"): it is absent or empty, or, with ``overwrite``, a folder for which ``is_own(out)`` says this project wrote
+    it as such an output. Raises naming ``out`` and the problem otherwise."""
+    refuse_unsafe_folder(out, inputs)
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not is_own(out):
+        raise OutputExistsError(f"{out}: holds files that are not {what} written by nmflowgan; --overwrite "
+                                f"replaces only {what}, so choose a new or empty folder")
+    if not overwrite:
+        raise OutputExistsError(f"{out}: holds {what} already (pass --overwrite to replace it)")
+
+
+def refuse_unsafe_folder(out: Path, inputs: Sequence[Path] = ()) -> None:
+    """Refuses an output folder that no command may fill or replace: a symbolic link, an existing file, the current
+    folder or one of its parents, or a folder that holds one of ``inputs``."""
+    if out.is_symlink():
+        raise BadInputError(f"{out}: is a symbolic link (to {out.resolve()}); name a real folder for the output")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: is a file, not a folder; name a folder for the output")
+    resolved = out.resolve()
+    if Path.cwd().resolve().is_relative_to(resolved):
+        raise BadInputError(f"{out}: is the current folder or one of its parents; name a new folder for the output")
+    for source in inputs:
+        if Path(source).resolve().is_relative_to(resolved):
+            raise BadInputError(f"{out}: holds the input {source}; an output may never replace an input")

@@ -28,6 +28,7 @@ from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, checked_tempe
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.outputs import check_targets, input_images, make_parent, numbered, output_path
 from nmflowgan.progress import progress as progress_bar
+from nmflowgan.seeds import checked_seed
 from nmflowgan.tiling import process_in_tiles
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         raise BadInputError(f"no {'camera' if not cameras else 'ISO'} given; name at least one")
     if tile_px < 1:
         raise BadInputError(f"the tile side must be at least 1 pixel, got {tile_px}")
+    checked_seed(seed)
     model_dir = resolve_model_dir(checkpoint)  # once: it logs which checkpoint of a run folder it takes
     model = NoiseModel.load(model_dir, map_location=resolve_device(device))
     for camera in cameras:
@@ -249,6 +251,8 @@ class SynthesizedPairs(torch.utils.data.Dataset):
     def __init__(self, images: Sequence | torch.utils.data.Dataset, model: NoiseModel, cameras: Sequence[str],
                  isos: Sequence[float], seed: int = 0, extrapolate: bool = False,
                  options: SamplingOptions | None = None) -> None:
+        cameras = [cameras] if isinstance(cameras, str) else list(cameras)  # one camera, not its letters
+        isos = list(isos) if isinstance(isos, Sequence) and not isinstance(isos, str) else [isos]
         if not cameras or not isos:
             raise BadInputError(f"SynthesizedPairs needs at least one camera and one ISO, got cameras={list(cameras)} "
                                 f"and isos={list(isos)}")

@@ -170,3 +170,25 @@ def test_a_nan_statistic_survives_results_json_and_the_tables():
     for table in (results_table(back), shape_table(back), condition_table(back, "kld")):
         assert "|" in table
     assert "nan" in shape_table(back)
+
+
+def test_baselines_fit_an_iso_their_camera_was_not_trained_at_by_log_iso_interpolation():
+    """An adapted model's test split may hold an ISO its few training pairs lacked: the baselines still draw there,
+    between the camera's fitted ISOs (held at the nearest one outside them); an unknown camera is refused."""
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.full((2, 3, 32, 32), 0.5, dtype=torch.float64)
+    gaussian, nlf = GaussianNoise(), HeteroscedasticNoise()
+    for std, iso in ((2.0, 100), (8.0, 1600)):
+        noise = torch.randn(clean.shape, generator=generator, dtype=torch.float64) * std
+        for baseline in (gaussian, nlf):
+            baseline.update(clean, noise, ["NEW", "NEW"], [iso, iso])
+    low, high = gaussian.std("NEW", 100), gaussian.std("NEW", 1600)
+    assert gaussian.std("NEW", 400) == pytest.approx(low + 0.5 * (high - low))  # log(400) halfway in log-ISO
+    assert gaussian.std("NEW", 50) == low and gaussian.std("NEW", 6400) == high
+    def variance(iso):  # at the clean value 127.5 the patches had
+        slope, offset = nlf.coefficients("NEW", iso).unbind(1)
+        return float((slope * 127.5 + offset).mean())
+
+    assert variance(100) < variance(400) < variance(1600)
+    with pytest.raises(BadInputError, match="no fit for camera 'OTHER' at ISO 400"):
+        gaussian.std("OTHER", 400)

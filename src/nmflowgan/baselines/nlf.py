@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from nmflowgan.baselines.gaussian import condition_key, unknown_condition
+from nmflowgan.baselines.gaussian import across_iso, condition_key
 
 BINS = 32
 MIN_VARIANCE = 0.25  # a floor in 8-bit units squared: quantization alone gives 1/12
@@ -34,13 +34,14 @@ class HeteroscedasticNoise:
                 stats[:, :, slot].scatter_add_(1, index, data)
 
     def coefficients(self, camera: str, iso: float) -> torch.Tensor:
-        """``(3, 2)``: ``(a, b)`` per channel, variance ``a * x_255 + b``."""
-        key = condition_key(camera, iso)
-        if key not in self._stats:
-            raise unknown_condition(self.name, key, list(self._stats))
-        if key not in self._fits:
-            self._fits[key] = self._fit(self._stats[key])
-        return self._fits[key]
+        """``(3, 2)``: ``(a, b)`` per channel, variance ``a * x_255 + b``, across ISO as
+        :func:`~nmflowgan.baselines.gaussian.across_iso` says."""
+
+        def own(key: tuple[str, float]) -> torch.Tensor:
+            if key not in self._fits:
+                self._fits[key] = self._fit(self._stats[key])
+            return self._fits[key]
+        return across_iso(self.name, condition_key(camera, iso), list(self._stats), own)
 
     @staticmethod
     def _fit(stats: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from nmflowgan.conditions import check_camera_name
 from nmflowgan.data.pairs import PairRecord
 from nmflowgan.data.sidd import SPLITS, is_sidd_tree, scan_sidd
-from nmflowgan.errors import DataError
+from nmflowgan.errors import BadInputError, DataError
 
 METADATA_FILE = "metadata.csv"
 REQUIRED_COLUMNS = ("clean", "noisy", "camera", "iso")
@@ -57,6 +58,10 @@ def read_metadata(path: str | Path) -> list[PairRecord]:
             camera = row["camera"].strip()
             if not camera:
                 raise DataError(f"{path}:{line}: empty camera code")
+            try:
+                check_camera_name(camera)
+            except BadInputError as error:
+                raise DataError(f"{path}:{line}: {error}") from None
             clean, noisy = (_inside(root, row[c], path, line) for c in ("clean", "noisy"))
             records.append(PairRecord(clean, noisy, camera, iso, row.get("scene") or str(clean)))
     if not records:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from nmflowgan.atomic import atomic_path
 from nmflowgan.errors import DataError
@@ -60,6 +60,10 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.I
         with open_image(path, max_pixels) as image:
             if image.mode != "RGB":
                 raise DataError(f"{path}: image mode {image.mode} is not RGB (need a 3-channel colour image)")
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise DataError(f"{path}: holds {frames} images (frames or pages); nmflowgan reads one image per "
+                                "file, so save the one you mean on its own")
             yield image
     except DataError:
         raise
@@ -69,10 +73,35 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.I
         raise DataError(f"{path}: unreadable or truncated image ({error})") from None
 
 
-def _orientation(image: Image.Image) -> int:
-    """The EXIF orientation of a JPEG or TIFF (1 when absent), read from its header. PNG files are not asked:
-    their EXIF may sit after the pixel data, and this check must not read a file through."""
-    return image.getexif().get(ORIENTATION_TAG, 1) if image.format in ("JPEG", "MPO", "TIFF") else 1
+def _orientation(image: Image.Image, path: Path) -> int:
+    """The EXIF orientation of an image (1 when absent), without decoding its pixels: from the header of a JPEG
+    or TIFF, and from the eXIf chunk of a PNG wherever it sits (the chunks are walked by their lengths)."""
+    if image.format in ("JPEG", "MPO", "TIFF"):
+        return image.getexif().get(ORIENTATION_TAG, 1)
+    if image.format != "PNG":
+        return 1
+    exif = image.info.get("exif") or _png_exif_chunk(path)
+    if not exif:
+        return 1
+    parsed = Image.Exif()
+    parsed.load(exif)
+    return parsed.get(ORIENTATION_TAG, 1)
+
+
+def _png_exif_chunk(path: Path) -> bytes | None:
+    """The data of a PNG's eXIf chunk, found by reading the chunks' headers and skipping their data."""
+    with open(path, "rb") as handle:
+        handle.seek(8)  # the PNG signature
+        while header := handle.read(8):
+            if len(header) < 8:
+                return None
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"eXIf":
+                return handle.read(length)
+            if kind == b"IEND":
+                return None
+            handle.seek(length + 4, io.SEEK_CUR)  # the data and its CRC
+    return None
 
 
 def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
@@ -80,7 +109,7 @@ def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int
     the file when it is missing, unreadable, not RGB or larger than ``max_pixels``."""
     with open_rgb(path, max_pixels) as image:
         width, height = image.size
-        if _orientation(image) in (5, 6, 7, 8):  # shown turned by 90 degrees
+        if _orientation(image, Path(path)) in (5, 6, 7, 8):  # shown turned by 90 degrees
             width, height = height, width
     return height, width
 
@@ -93,9 +122,14 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             not RGB (grey, RGBA, palette and CMYK images are refused rather than silently converted).
     """
     with open_rgb(path, max_pixels) as image:
+        orientation = _orientation(image, Path(path))
         image.load()
-        shown = ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
-        return np.asarray(shown, dtype=np.uint8).copy()
+        if orientation != 1:
+            turned = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                      4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                      7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}.get(orientation)
+            return np.asarray(image.transpose(turned) if turned else image, dtype=np.uint8).copy()
+        return np.asarray(image, dtype=np.uint8).copy()
 
 
 def png_bytes(image: np.ndarray, compress_level: int = 1, name: str | Path = "image") -> bytes:

@@ -3,6 +3,7 @@ both found in one pass over the data set's splits, with the checks a training ne
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,20 @@ class TrainingData:
         """The training pairs' ISOs, ascending."""
         return sorted({float(r.iso) for r in self.patches.records})
 
+    def fingerprint(self) -> dict:
+        """What identifies this data, for a resumed run to check that it trains on what it started with: the number
+        of training and validation pairs and a digest of each pair's files (names relative to the data set, so a
+        moved data set still matches, and sizes), camera and ISO."""
+        digest = hashlib.sha256()
+        for split, pairs in (("train", self.patches.records), ("validation", self.validation)):
+            for record in pairs:
+                for path in (record.clean.resolve(), record.noisy.resolve()):
+                    name = path.relative_to(self.source) if path.is_relative_to(self.source) else path
+                    digest.update(f"{split}|{name}|{path.stat().st_size}|".encode())
+                digest.update(f"{record.camera}|{float(record.iso)!r}\n".encode())
+        return {"pairs": len(self.patches.records), "validation_pairs": len(self.validation),
+                "digest": digest.hexdigest()[:16]}
+
 
 def training_data(data: Path, split: str | None, val_split: str | None, patch_px: int, stride_px: int,
                   batch_size: int, seed: int = 0, skip_bad: bool = False, max_pixels: int = MAX_PIXELS
@@ -60,15 +75,15 @@ def training_data(data: Path, split: str | None, val_split: str | None, patch_px
                            max_pixels=max_pixels)
     if len(patches) < batch_size:
         raise DataError(f"{data}: {len(patches)} training patches of {patch_px}x{patch_px} in {len(records)} pairs, "
-                        f"fewer than one batch of {batch_size}; use more or larger images, or a config with a smaller "
-                        "batch_size or patch_px")
+                        f"fewer than one batch of {batch_size}; use more or larger images (train also takes a --config "
+                        "with a smaller batch_size or patch_px)")
     implausible, checked = implausible_pairs(patches)
     if implausible:
         named = "; ".join(f"{record.noisy}: {why}" for record, why in implausible[:5])
         log.warning("%d of %d pairs checked hold noise no camera makes, and are trained on as they are: %s%s",
                     len(implausible), checked, named, " ..." if len(implausible) > 5 else "")
     validation = find_pairs(data, val_split, skip_bad) if val_split is not None else []
-    return TrainingData(patches, validation, Path(data))
+    return TrainingData(patches, validation, Path(data).resolve())
 
 
 def validation_patches(pairs: list[PairRecord], patch_px: int, count: int, skip_bad: bool = False,

@@ -109,4 +109,12 @@ def nearest_cameras(score: Callable[[str, str], float], base_cameras: Sequence[s
         score: ``score(new_camera, base_camera)`` -> the mean NLL of the new camera's patches when drawn as
             ``base_camera`` (lower is better).
     """
-    return {new: min(base_cameras, key=lambda base: score(new, base)) for new in new_cameras}
+    chosen = {}
+    for new in new_cameras:
+        scores = {base: score(new, base) for base in base_cameras}
+        finite = {base: value for base, value in scores.items() if math.isfinite(value)}
+        if not finite:
+            raise BadInputError(f"no base camera gives the pairs of {new} a finite likelihood (the base model's "
+                                "weights are not usable, or the pairs are not camera noise)")
+        chosen[new] = min(finite, key=finite.__getitem__)
+    return chosen

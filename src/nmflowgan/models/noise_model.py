@@ -3,6 +3,7 @@ UNet refiner (when configured): the public face of a trained noise model."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from nmflowgan.models.image_inputs import as_nchw, to_unit_float
 from nmflowgan.models.sampler import Sampler, SamplingOptions
 from nmflowgan.models.unet import UNetRefiner
 
+log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 FORMAT = "nmflowgan-noise-model"
@@ -153,6 +155,9 @@ class NoiseModel(ComposedNoise):
         if squeeze:
             tensor = tensor.unsqueeze(0)
         is_uint8 = tensor.dtype == torch.uint8
+        if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
+            height, width = tensor.shape[-2:]
+            raise BadInputError(f"an image of {height}x{width} pixels has no pixel to draw noise on")
         clean01 = to_unit_float(tensor).to(self._device())
         cond = self.encode(camera, iso, clean01.shape[0], extrapolate)
         noisy_255 = clean01 * 255.0 + self.draw(clean01, cond, generator, temperature, refine, options=options)
@@ -180,6 +185,9 @@ class NoiseModel(ComposedNoise):
         Raises:
             CheckpointError: naming the file, when it is missing, corrupt, truncated or of another kind.
         """
+        if not isinstance(map_location, str | torch.device):
+            raise BadInputError(f"map_location must be a device (a str such as 'cpu' or a torch.device), got "
+                                f"{map_location!r}: a noise model's weights hold no device mapping")
         directory = resolve_model_dir(path)
         meta = read_meta(directory / META_FILE, FORMAT)
         try:
@@ -233,9 +241,14 @@ def quantize(clean: torch.Tensor, noise_255: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """The package's own model for ``"builtin"``; else ``path`` itself if it holds a saved noise model, else its
-    ``best/`` or ``last/`` sub-folder."""
-    if str(path) == BUILTIN:
+    """The package's own model for the bare word ``"builtin"`` (a ``str``); else ``path`` itself if it holds a saved
+    noise model, else its ``best/`` or ``last/`` sub-folder. A path that exists is that path: ``./builtin``,
+    ``builtin/`` or ``Path("builtin")`` name a folder, and where the bare word meets a folder called ``builtin`` in
+    the current folder, a warning says which one is used."""
+    if isinstance(path, str) and path == BUILTIN:
+        if Path(BUILTIN).exists():
+            log.warning("'builtin' is the model that ships in the package; the folder ./builtin here is not used "
+                        "(write ./builtin to use it)")
         if not (BUILTIN_DIR / META_FILE).is_file():
             raise CheckpointError(f"{BUILTIN_DIR}: the built-in model is missing from this installation of nmflowgan "
                                   "(reinstall the package)")

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from nmflowgan.atomic import write_text
 from nmflowgan.data.io import MAX_PIXELS
-from nmflowgan.errors import OutputExistsError
 from nmflowgan.evaluation import EvalResult, evaluate
 from nmflowgan.evaluation import protocol as evaluation_protocol
 from nmflowgan.metrics.moments import BIN_EDGES, MIN_PIXELS, N_BINS
 from nmflowgan.metrics.realism import REAL, Realism
+from nmflowgan.models.noise_model import BUILTIN
 from nmflowgan.models.sampler import SamplingOptions
+from nmflowgan.outputs import check_output_folder
 from nmflowgan.reporting import plots
 
 # The figures of an evaluation report: caption -> file name in the report's folder.
@@ -221,6 +222,15 @@ def _finite(value: object) -> object:
     return value
 
 
+# Every file an evaluation writes into its folder.
+REPORT_FILES = ("results.json", "report.md", "report.html", *FIGURES.values())
+
+
+def is_evaluation(folder: Path) -> bool:
+    """Whether ``folder`` holds an evaluation this project wrote: its results.json and nothing but report files."""
+    return (folder / "results.json").is_file() and {p.name for p in folder.iterdir()} <= set(REPORT_FILES)
+
+
 @dataclass(frozen=True)
 class Report:
     """Where an evaluation report was written, and its overall table (Markdown)."""
@@ -242,8 +252,8 @@ def evaluate_to_report(checkpoint: str | Path, data: str | Path, out: str | Path
     is the largest image accepted.
     """
     out = Path(out)
-    if (out / "results.json").exists() and not overwrite:
-        raise OutputExistsError(f"{out}: holds an evaluation already (pass --overwrite to replace it)")
+    inputs = [Path(data)] + ([Path(checkpoint)] if checkpoint != BUILTIN else [])
+    check_output_folder(out, "an evaluation", is_evaluation, overwrite, inputs)
     chosen = evaluation_protocol(protocol, patch_px, max_patches)
     result = evaluate(checkpoint, data, split, train_split, chosen, fit_patches, seed, progress=progress,
                       options=options, device=device, max_pixels=max_pixels, known_only=known_only)

@@ -30,7 +30,7 @@ from nmflowgan.models.adaptation import (
     nearest_cameras,
     restrict_to_new_cameras,
 )
-from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.models.noise_model import BUILTIN, BUILTIN_DIR, NoiseModel
 from nmflowgan.training.loop import TrainResult, step_generator
 from nmflowgan.training.noise_trainer import (
     ExtraLoss,
@@ -89,11 +89,21 @@ def adapt_noise_model(options: NoiseTrainingOptions, adaptation: AdaptationOptio
     :data:`ADAPT_STEPS`) at ``adaptation.lr``, halved at each third of the run, however long it is; no
     adversarial game.
     """
+    _refuse_output_beside_base(Path(options.out), adaptation.base)
     base = NoiseModel.load(adaptation.base)
     if options.steps is None and options.epochs is None:
         options = dataclasses.replace(options, steps=ADAPT_STEPS)
     config = adaptation_config(base, adaptation)
     return train_noise_model(config, options, stop, _adapted(base, adaptation, options.seed, config.train.censor_ends))
+
+
+def _refuse_output_beside_base(out: Path, base: Path | str) -> None:
+    """An adaptation's run folder may not be its base's folder, lie inside it or hold it: ``--overwrite`` would
+    delete the base, and the base's own model.json would shadow the new run."""
+    folder = (BUILTIN_DIR if isinstance(base, str) and base == BUILTIN else Path(base)).resolve()
+    if out.resolve() == folder or out.resolve().is_relative_to(folder) or folder.is_relative_to(out.resolve()):
+        raise BadInputError(f"{out}: is the base model's folder {base} or shares it; an output may never be an "
+                            "input, so choose another --out")
 
 
 def adaptation_config(base: NoiseModel, adaptation: AdaptationOptions) -> Config:

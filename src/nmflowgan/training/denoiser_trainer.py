@@ -103,6 +103,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
                                    options.seed, 0, 1)
         schedule = Schedule.of(options, train_config, probe.steps_per_epoch, options.val_every)
         facts = {"noise": options.noise, "flow_only": options.flow_only, "seed": options.seed,
+                 "data": data.fingerprint(),
                  "steps_per_epoch": probe.steps_per_epoch, "global_batch": train_config.batch_size,
                  "config": to_dict(config)}
         state = TrainingState(0, {}, {"denoiser": optimizer}, facts | {"options": options.to_dict()})

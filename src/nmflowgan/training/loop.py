@@ -169,8 +169,9 @@ class TrainingRun:
                 losses = train_step(batch, step)
                 for name, value in losses.items():
                     if not math.isfinite(value):
-                        raise TrainingError(f"step {step + 1}: the {name} loss is {value}; training stopped. The last "
-                                            f"good checkpoint is {self.run_dir / 'last'} (resume with --resume)")
+                        saved = (f"The last good checkpoint is {self.run_dir / 'last'} (resume with --resume)"
+                                 if (self.run_dir / "last").exists() else "No checkpoint was saved before it")
+                        raise TrainingError(f"step {step + 1}: the {name} loss is {value}; training stopped. {saved}")
                 step += 1
                 decay = schedule.lr_gamma ** (step // schedule.decay_steps)
                 for optimizer, rates in zip(optimizers, self.base_rates):

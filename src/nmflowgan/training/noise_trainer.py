@@ -203,7 +203,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
             return warmup == 0 or step > warmup
 
         # ---- the run: folder, resume, checkpoints ----------------------------------------------------------
-        facts = {"config": to_dict(config), "steps_per_epoch": steps_per_epoch,
+        facts = {"config": to_dict(config), "data": data.fingerprint(), "steps_per_epoch": steps_per_epoch,
                  "global_batch": train_config.batch_size, "stage": options.stage, "seed": options.seed,
                  **trainee.facts}
         info = {**facts, "total_steps": schedule.total_steps, "preset": config.name, "options": options.to_dict()}

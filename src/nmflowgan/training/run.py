@@ -18,6 +18,7 @@ import torch
 
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.errors import BadInputError, OutputExistsError, RunLockedError, TrainingError
+from nmflowgan.seeds import checked_seed
 from nmflowgan.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise BadInputError(f"{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+        checked_seed(self.seed)
         if self.workers < 0:
             raise BadInputError(f"workers must be >= 0, got {self.workers}")
         if self.precision not in TRAINING_PRECISIONS:

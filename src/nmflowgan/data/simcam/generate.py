@@ -24,8 +24,10 @@ from nmflowgan.data.io import write_png
 from nmflowgan.data.sidd import SiddFolder
 from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, camera_population, scene_tensor
 from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
-from nmflowgan.errors import BadInputError, OutputExistsError
+from nmflowgan.errors import BadInputError
+from nmflowgan.outputs import check_output_folder
 from nmflowgan.progress import progress as progress_bar
+from nmflowgan.seeds import checked_seed
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         ``out``.
     """
     out = Path(out)
+    seed = checked_seed(seed)
     chosen = camera_by_code(cameras, population, seed)
     isos = sorted({float(i) for i in isos})
     bad = [i for i in isos if not ISO_RANGE[0] <= i <= ISO_RANGE[1]]
@@ -118,11 +121,34 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
     if size_px < 32:
         raise BadInputError(f"simcam scenes must be at least 32 px, got {size_px}")
     size_px = size_px // 2 * 2  # the Bayer mosaic wants an even side
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise OutputExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    check_output_folder(out, "a simcam data set", is_simcam_set, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write(staging, chosen, isos, scenes, size_px, seed, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never a staging folder left behind, whatever stopped the work
+        raise
+    return out
+
+
+def is_simcam_set(folder: Path) -> bool:
+    """Whether ``folder`` is a data set :func:`simulate` wrote: its ``simcam.json`` and split folders, nothing else."""
+    try:
+        meta = json.loads((folder / "simcam.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (isinstance(meta, dict) and meta.get("format") == FORMAT
+            and {p.name for p in folder.iterdir()} <= {"simcam.json", "train", "test"})
+
+
+def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes: int, size_px: int, seed: int,
+           progress: bool) -> None:
+    """Writes the whole data set into ``staging``."""
     for split in ("train", "test"):
         (staging / split).mkdir(parents=True)
 
@@ -155,9 +181,4 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         "captures": {"010": "clean + noisy draw 1", "011": "the same clean + independent noisy draw 2"},
     }
     write_text(staging / "simcam.json", json.dumps(meta, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    log.info("simcam: wrote %d pairs (%d scenes x %d cameras x %d ISOs) to %s",
-             total, len(specs), len(chosen), len(isos), out)
-    return out
+    log.info("simcam: wrote %d pairs (%d scenes x %d cameras x %d ISOs)", total, len(specs), len(chosen), len(isos))
