@@ -120,7 +120,7 @@ def tiny_world(tmp_path_factory):
     tiny = root / "tiny.json"
     save_config(tiny_config(), tiny)
     pairs = root / "pairs"  # pairs of a camera the built-in model does not know, for "Add your camera"
-    for split, count in (("train", 4), ("test", 2)):
+    for split, count in (("train", 5), ("test", 2)):  # train: 4 to train on, 1 held out for validation
         (pairs / split).mkdir(parents=True)
         rows = ["clean,noisy,camera,iso"]
         for index in range(count):

@@ -263,10 +263,19 @@ def test_messages_say_the_real_reason(tmp_path, small_model_dir, simcam_tree, ca
 
 def test_a_run_without_validation_says_so_and_non_finite_base_scores_are_refused(tmp_path, simcam_tree, capsys):
     from nmflowgan.config import save_config
+    from nmflowgan.data.folders import find_pairs
     from nmflowgan.models.adaptation import nearest_cameras
 
     save_config(tiny_config(), tmp_path / "tiny.json")
-    assert exit_code(["train", "--data", str(simcam_tree / "train"), "--config", str(tmp_path / "tiny.json"),
+    folder = tmp_path / "pairs"  # one metadata.csv folder: no splits, so no validation
+    folder.mkdir()
+    rows = ["clean,noisy,camera,iso"]
+    for i, record in enumerate(find_pairs(simcam_tree, "train")[:6]):
+        shutil.copy(record.clean, folder / f"c{i}.png")
+        shutil.copy(record.noisy, folder / f"n{i}.png")
+        rows.append(f"c{i}.png,n{i}.png,{record.camera},{record.iso}")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    assert exit_code(["train", "--data", str(folder), "--config", str(tmp_path / "tiny.json"),
                       "--steps", "2", "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"]) == 0
     assert "no 'best': the data set has no validation split" in capsys.readouterr().out
     with pytest.raises(BadInputError, match="no base camera gives the pairs of NEW a finite likelihood"):

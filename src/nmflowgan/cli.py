@@ -97,7 +97,8 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
                             "metadata.csv folder or of a tree in SIDD's layout, whose standard split applies only "
                             "when named)")
     train.add_argument("--val-split", default=None,
-                       help="test | sidd-test (default: test/ beside train/; sidd-test with --split sidd-train)")
+                       help="the split to pick the best step on (default: val/ beside train/, else whole scenes held "
+                            "out of the training split; the test split only when named, as it is evaluate's)")
     _preset_arguments(train)
     train.add_argument("--stage", choices=STAGES, default=_default(api.NoiseTrainingOptions, "stage"),
                        help="joint: NLL (+ latent correlation) + GAN (the paper; a config without a gan section "
@@ -122,7 +123,7 @@ def _adapt_command(sub: argparse._SubParsersAction) -> None:
                        help="pairs of the new camera(s): a metadata.csv folder (camera and ISO per pair), or one "
                             "with train/ and test/")
     adapt.add_argument("--split", default=None, help="training split (default: as train)")
-    adapt.add_argument("--val-split", default=None, help="validation split (default: as train)")
+    adapt.add_argument("--val-split", default=None, help="validation split (default: as train: never the test split)")
     adapt.add_argument("--adapt", choices=ADAPTED_PARAMETERS, default=_default(api.AdaptationOptions, "adapt"),
                        help="all: every weight, on the new pairs and on the base's own noise for its cameras; camera: "
                             "only the new cameras' weights (the base's cameras draw exactly what they drew)")
@@ -198,7 +199,7 @@ def _train_denoiser_command(sub: argparse._SubParsersAction) -> None:
     denoiser.add_argument("--flow-only", action="store_true", help="use the checkpoint's flow without its refiner")
     denoiser.add_argument("--data", required=True, type=Path)
     denoiser.add_argument("--split", default=None)
-    denoiser.add_argument("--val-split", default=None)
+    denoiser.add_argument("--val-split", default=None, help="as train's (never the test split unless named)")
     _preset_arguments(denoiser)
     _length_arguments(denoiser)
     _run_arguments(denoiser, api.DenoiserTrainingOptions)

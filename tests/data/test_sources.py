@@ -235,9 +235,12 @@ def test_a_folder_in_sidds_layout_that_is_not_sidd_trains_on_every_pair(simcam_t
     with caplog.at_level(logging.INFO, logger="nmflowgan.data.training_data"):
         data = training_data(tree, None, None, 32, 32, 1)
     dataset = data.patches
-    assert data.validation == [] and {r.clean.parent for r in dataset.records} == set(folders)
+    # nothing is dropped: whole scenes are held out for validation, every other pair is trained on
+    assert {r.clean.parent for r in [*dataset.records, *data.validation]} == set(folders)
+    assert not {r.scene for r in dataset.records} & {r.scene for r in data.validation}
     conditions = sorted({(r.camera, r.iso) for r in dataset.records})
-    assert f"training on {len(pairs)} pairs (every pair of the data set), {len(conditions)} camera/ISO" in caplog.text
+    assert (f"training on {len(dataset.records)} pairs (every pair of the data set less 1 scene(s) held out for "
+            f"validation), {len(conditions)} camera/ISO") in caplog.text
 
 
 def test_pairs_whose_noise_no_camera_makes_are_named_before_training(simcam_tree, tmp_path, caplog):

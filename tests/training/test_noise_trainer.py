@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from nmflowgan.config import save_config, to_dict
 from nmflowgan.data.folders import find_pairs
-from nmflowgan.data.training_data import validation_patches
+from nmflowgan.data.training_data import held_out_scenes, validation_patches
 from nmflowgan.errors import BadInputError, CheckpointError, OutputExistsError, TrainingError
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model, validation_scores
@@ -53,7 +53,8 @@ def test_training_writes_a_complete_run(tmp_path, simcam_tree):
     assert model.cameras == ("V1", "V2") and model.isos == (100, 1600)
     # the logged best score is the score of the saved best model, recomputed from scratch
     config = tiny_config()
-    patches = validation_patches(find_pairs(simcam_tree, "test"), config.train.patch_px, config.train.val_patches)
+    _, held_out = held_out_scenes(find_pairs(simcam_tree, "train"))  # validation: scenes held out of train
+    patches = validation_patches(held_out, config.train.patch_px, config.train.val_patches)
     rescored = validation_scores(model, patches, 0, config.train.batch_size)
     eligible = [v for v in validations if v["step"] > config.gan.flow_warmup_steps]
     assert rescored["val_kld"] == pytest.approx(min(v["val_kld"] for v in eligible), rel=1e-6)
@@ -291,3 +292,24 @@ def test_a_redirected_log_gets_a_progress_line_every_few_seconds_not_every_step(
     train_noise_model(tiny_config(), options)  # not quiet: the bar is on, and stderr is captured (not a terminal)
     drawn = [line for line in capsys.readouterr().err.split("\r") if "train (NLL + GAN)" in line]
     assert 1 <= len(drawn) <= 3, drawn  # opened, maybe once more, closed: 12 steps well within 30 seconds
+
+
+def test_a_training_validates_on_scenes_held_out_of_its_training_split_and_never_reads_the_test_split(
+        tmp_path, simcam_tree, monkeypatch):
+    import nmflowgan.data.training_data as training_data
+
+    asked, real_find_pairs = [], training_data.find_pairs
+    monkeypatch.setattr(training_data, "find_pairs", lambda data, split=None, *rest: (asked.append(split),
+                                                                                       real_find_pairs(data, split,
+                                                                                                       *rest))[1])
+    data = training_data.training_data(simcam_tree, None, None, 32, 32, 4)
+    assert asked == ["train"]
+    trained, held = {r.scene for r in data.patches.records}, {r.scene for r in data.validation}
+    assert held and trained and not trained & held  # whole scenes, disjoint
+    assert len(held) == max(1, round(0.1 * len(trained | held)))
+    (simcam_tree / "val").mkdir()  # a val/ folder, when there is one, is the validation split
+    try:
+        assert training_data.validation_split(simcam_tree, "train", None) == "val"
+    finally:
+        (simcam_tree / "val").rmdir()
+    assert training_data.validation_split(simcam_tree, "train", "test") == "test"  # only when named

@@ -118,8 +118,9 @@ def find_pairs(data: str | Path, split: str | None = None, skip_bad: bool = Fals
             raise DataError(f"{root}: a metadata.csv folder has no splits; got --split {split}")
         return read_metadata(root / METADATA_FILE)
     if kind == "train-test":
-        if split not in ("train", "test"):
-            raise DataError(f"{root}: has train/ and test/; choose --split train or test, got {split!r}")
+        if split not in ("train", "test", "val") or (split == "val" and not (root / "val").is_dir()):
+            raise DataError(f"{root}: has train/ and test/{' and val/' if (root / 'val').is_dir() else ''}; choose "
+                            f"--split train or test, got {split!r}")
         if (root / split / METADATA_FILE).is_file():
             return read_metadata(root / split / METADATA_FILE)
         return scan_sidd(root / split, skip_bad=skip_bad, oracle_capture=(root / SIMCAM_FILE).is_file())

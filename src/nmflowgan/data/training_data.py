@@ -1,5 +1,11 @@
-"""What a noise-model training reads from its data set: augmented training patches and the validation pairs,
-both found in one pass over the data set's splits, with the checks a training needs before its first step."""
+"""What a training reads from its data set: augmented training patches and the validation pairs, both found in one
+pass over the data set's splits, with the checks a training needs before its first step.
+
+Validation never reads the test split, which is ``evaluate``'s alone: a training validates on the ``--val-split``
+it is given, else on a ``val/`` folder beside ``train/``, else on whole scenes held out of its training split
+(:data:`HELD_OUT_SHARE` of them, chosen by a hash of the scene's name, so the same on every run). A single
+``metadata.csv`` folder, which has no splits, trains on every pair and validates on none.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.folders import default_splits, find_pairs, layout
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.pairs import PairRecord
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
@@ -16,6 +22,8 @@ from nmflowgan.data.plausibility import implausible_pairs
 from nmflowgan.errors import DataError
 
 log = logging.getLogger(__name__)
+HELD_OUT = "held-out"  # the validation split of scenes held out of the training split
+HELD_OUT_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,21 @@ def training_data(data: Path, split: str | None, val_split: str | None, patch_px
     A data set with fewer patches than one ``batch_size`` is refused, with both numbers; pairs whose noise no
     camera makes are named in a warning (:mod:`nmflowgan.data.plausibility`) and trained on as they are.
     """
-    split, val_split = default_splits(data, split, val_split)
+    split, _ = default_splits(data, split, None)  # the training half; validation is chosen below
+    val_split = validation_split(data, split, val_split)
     records = find_pairs(data, split, skip_bad)
+    validation: list[PairRecord] = []
+    if val_split == HELD_OUT:
+        records, validation = held_out_scenes(records)
+        log.info("validating on %d pairs of %d scene(s) held out of the training split", len(validation),
+                 len({r.scene for r in validation}))
+    elif val_split is not None:
+        validation = find_pairs(data, val_split, skip_bad)
     conditions = sorted({(r.camera, float(r.iso)) for r in records})
-    log.info("training on %d pairs%s, %d camera/ISO conditions: %s", len(records),
-             f" (split {split})" if split else " (every pair of the data set)", len(conditions),
+    source = f"split {split}" if split else "every pair of the data set"
+    if val_split == HELD_OUT and validation:
+        source += f" less {len({r.scene for r in validation})} scene(s) held out for validation"
+    log.info("training on %d pairs (%s), %d camera/ISO conditions: %s", len(records), source, len(conditions),
              describe_conditions(conditions))
     patches = PatchDataset(records, patch_px, stride_px, augment=True, seed=seed, skip_bad=skip_bad,
                            max_pixels=max_pixels)
@@ -82,8 +100,31 @@ def training_data(data: Path, split: str | None, val_split: str | None, patch_px
         named = "; ".join(f"{record.noisy}: {why}" for record, why in implausible[:5])
         log.warning("%d of %d pairs checked hold noise no camera makes, and are trained on as they are: %s%s",
                     len(implausible), checked, named, " ..." if len(implausible) > 5 else "")
-    validation = find_pairs(data, val_split, skip_bad) if val_split is not None else []
     return TrainingData(patches, validation, Path(data).resolve())
+
+
+def validation_split(data: Path, split: str | None, val_split: str | None) -> str | None:
+    """The split a training on ``split`` validates on: ``val_split`` when named, else ``val`` where the data set has
+    a ``val/`` folder, else :data:`HELD_OUT` scenes of the training split (a data set with a test split or in SIDD's
+    layout), else None (a single metadata.csv folder)."""
+    if val_split is not None:
+        return val_split
+    kind = layout(data)
+    if kind == "train-test" and (Path(data) / "val").is_dir():
+        return "val"
+    return HELD_OUT if kind in ("train-test", "sidd") else None
+
+
+def held_out_scenes(records: list[PairRecord], share: float = HELD_OUT_SHARE
+                    ) -> tuple[list[PairRecord], list[PairRecord]]:
+    """``(training pairs, validation pairs)``: every pair of ``share`` of the scenes (at least one, never all) goes to
+    validation, the scenes chosen by a hash of their names; with one scene there is no validation."""
+    scenes = sorted({r.scene for r in records}, key=lambda scene: hashlib.sha256(scene.encode()).hexdigest())
+    if len(scenes) < 2:
+        log.warning("one scene only: no scene can be held out of training for validation; validation is skipped")
+        return records, []
+    held = set(scenes[: min(len(scenes) - 1, max(1, round(share * len(scenes))))])
+    return [r for r in records if r.scene not in held], [r for r in records if r.scene in held]
 
 
 def validation_patches(pairs: list[PairRecord], patch_px: int, count: int, skip_bad: bool = False,
