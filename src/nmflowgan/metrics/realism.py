@@ -12,7 +12,10 @@
   cannot (correlated noise has smaller neighbour differences than white noise of the same level);
 * the shape of the noise: per channel, the standard deviation pooled over all pixels (8-bit units) and the
   kurtosis ``E[x^4] / E[x^2]^2`` of each patch's mean-removed noise, averaged over patches (3 for Gaussian
-  noise, more for heavier tails).
+  noise, more for heavier tails);
+* where the noise lies in the camera's grids (:mod:`.grid_stats`): the errors of its std and lag-1 correlation by
+  2x2 colour-filter phase and of the spread of its std over the 8x8 JPEG grid, per (camera, ISO) and averaged,
+  and the real noise's own grid statistics pooled over all patches.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nmflowgan.metrics.akld import akld_per_patch
+from nmflowgan.metrics.grid_stats import GridStatsAccumulator, grid_errors
 from nmflowgan.metrics.kld import histograms, kld_per_patch
 from nmflowgan.metrics.moments import IntensityMoments, IntensityMomentsAccumulator, skew_agreement
 from nmflowgan.metrics.noise_stats import NoiseStats, NoiseStatsAccumulator, corr_error
@@ -132,23 +136,34 @@ class Realism:
         real: the shape of the real noise over all patches.
         per_condition: one :class:`ConditionRealism` per (camera, ISO), sorted.
         n_patches: patches scored.
+        grid_errors: ``{source: {phase_std_error, phase_r1_error, block_cv_error}}``, each the mean over (camera,
+            ISO) of :func:`~nmflowgan.metrics.grid_stats.grid_errors` there (a result written before they were
+            measured reads back without them).
+        grid_real: the real noise's :class:`~nmflowgan.metrics.grid_stats.GridStats` pooled over all patches, as a dict.
     """
 
     models: dict[str, RealismScores]
     real: NoiseShape
     per_condition: list[ConditionRealism]
     n_patches: int
+    grid_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    grid_real: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"n_patches": self.n_patches, "real": self.real.to_dict(),
                 "models": {name: scores.to_dict() for name, scores in self.models.items()},
-                "per_condition": [row.to_dict() for row in self.per_condition]}
+                "per_condition": [row.to_dict() for row in self.per_condition],
+                "grid": {"errors": self.grid_errors, "real": self.grid_real}}
 
     @classmethod
     def from_dict(cls, data: dict) -> Realism:
+        grid = data.get("grid", {})
+        errors = {name: {key: _number(value) for key, value in values.items()}
+                  for name, values in grid.get("errors", {}).items()}
         return cls({name: RealismScores.from_dict(s) for name, s in data["models"].items()},
                    NoiseShape.from_dict(data["real"]),
-                   [ConditionRealism.from_dict(row) for row in data["per_condition"]], int(data["n_patches"]))
+                   [ConditionRealism.from_dict(row) for row in data["per_condition"]], int(data["n_patches"]),
+                   errors, grid.get("real", {}))
 
 
 class _ShapeAccumulator:
@@ -193,6 +208,7 @@ class _ConditionState:
     shape: dict[str, _ShapeAccumulator] = field(default_factory=dict)
     moments: dict[str, IntensityMomentsAccumulator] = field(default_factory=dict)
     histogram: dict[str, torch.Tensor] = field(default_factory=dict)
+    grid: dict[str, GridStatsAccumulator] = field(default_factory=dict)
     n_patches: int = 0
 
 
@@ -238,6 +254,7 @@ class RealismScorer:
                 state.stats.setdefault(name, NoiseStatsAccumulator()).update(clean[rows], selected)
                 state.shape.setdefault(name, _ShapeAccumulator()).update(selected)
                 state.moments.setdefault(name, IntensityMomentsAccumulator()).update(clean[rows], selected)
+                state.grid.setdefault(name, GridStatsAccumulator()).update(selected)
                 counts = histograms(selected).sum(0)
                 state.histogram[name] = state.histogram.get(name, torch.zeros_like(counts)) + counts
                 if name != REAL:
@@ -250,6 +267,8 @@ class RealismScorer:
         metrics = ("kld", "akld", "corr_error", "neighbour_kld")
         rows, totals = [], {n: {m: [] for m in metrics} for n in self.names}
         overall_shape = {n: _ShapeAccumulator() for n in [REAL, *self.names]}
+        grid = {n: {} for n in self.names}  # {source: {error: [per condition]}}
+        real_grid = GridStatsAccumulator()
         for key in sorted(self.conditions):
             state = self.conditions[key]
             stats = {name: acc.result() for name, acc in state.stats.items()}
@@ -268,12 +287,19 @@ class RealismScorer:
                 totals[name]["neighbour_kld"].append(neighbour)
             for name, accumulator in state.shape.items():
                 overall_shape[name].merge(accumulator)
+            real_grid.merge(state.grid[REAL])
+            for name in self.names:
+                for error, value in grid_errors(state.grid[REAL].result(), state.grid[name].result()).items():
+                    grid[name].setdefault(error, []).append(value)
             rows.append(ConditionRealism(key[0], key[1], state.n_patches, state.shape[REAL].result(), models,
                                          {name: Correlation.of(value) for name, value in stats.items()}, moments))
         models = {name: RealismScores(*(_mean(totals[name][m]) for m in metrics), overall_shape[name].result(),
                                       skew_agreement([r.moments[REAL] for r in rows], [r.moments[name] for r in rows]))
                   for name in self.names}
-        return Realism(models, overall_shape[REAL].result(), rows, sum(s.n_patches for s in self.conditions.values()))
+        return Realism(models, overall_shape[REAL].result(), rows, sum(s.n_patches for s in self.conditions.values()),
+                       {name: {error: sum(values) / len(values) for error, values in errors.items()}
+                        for name, errors in grid.items()},
+                       real_grid.result().to_dict() if self.conditions else {})
 
     def stats(self) -> dict[Condition, dict[str, NoiseStats]]:
         """``{(camera, iso): {"real" or source: NoiseStats}}``: what the noise-level and correlation plots draw."""

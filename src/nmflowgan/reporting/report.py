@@ -68,6 +68,32 @@ def results_table(realism: Realism) -> str:
     return "\n".join(lines)
 
 
+GRID_NOTE = (
+    "Per (camera, ISO), averaged: phase std error, the mean of |std / real std - 1| over channels and the four "
+    "pixels of the 2x2 colour-filter grid; phase r1 error, the mean |r1 - real r1| of the horizontal lag-1 "
+    "correlation there; 8x8 CV error, the mean over channels of the difference in the coefficient of variation of "
+    "the std over the 64 positions of the 8x8 JPEG grid. Positions count from each patch's top-left pixel."
+)
+
+
+def grid_table(realism: Realism) -> str:
+    """The real noise's grid statistics (per channel) and each source's grid errors (:mod:`.grid_stats`)."""
+    if not realism.grid_real:
+        return "(not measured by the version that wrote these results)"
+    real = realism.grid_real
+    def grid(values: list[list[float]]) -> str:  # a 2x2 grid as "top-left top-right / bottom-left bottom-right"
+        return " / ".join(" ".join(f"{v:.2f}" for v in row) for row in values)
+
+    channels = [f"{channel}: std {grid(real['phase_std'][c])}, r1 {grid(real['phase_r1'][c])}, "
+                f"8x8 CV {real['block_cv'][c]:.3f}" for c, channel in enumerate("RGB")]
+    lines = ["Real noise by 2x2 phase (rows y % 2; columns x % 2), pooled: " + "; ".join(channels) + ".", "",
+             "| model | phase std error | phase r1 error | 8x8 CV error |", "|---|---|---|---|"]
+    for name, errors in realism.grid_errors.items():
+        lines.append(f"| {name} | {errors['phase_std_error']:.3f} | {errors['phase_r1_error']:.3f} | "
+                     f"{errors['block_cv_error']:.3f} |")
+    return "\n".join(lines)
+
+
 def shape_table(realism: Realism) -> str:
     """Per channel noise std (8-bit units) and kurtosis of the real noise and of each source."""
     lines = ["| noise | std R / G / B | kurtosis R / G / B |", "|---|---|---|"]
@@ -159,6 +185,7 @@ def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluati
                 results_table(realism), "", CORR_NOTE, "", AKLD_NOTE, "",
                 "## Noise level and shape", "", shape_table(realism), "", SHAPE_NOTE, "",
                 "## Spatial and cross-channel correlation", "", correlation_table(realism), "", NEIGHBOUR_NOTE, "",
+                "## Noise by place in the 2x2 and 8x8 grids", "", grid_table(realism), "", GRID_NOTE, "",
                 "## Noise shape per clean intensity", "", MOMENTS_NOTE, "", moments_table(realism), "",
                 "## KLD per camera and ISO", "", condition_table(realism, "kld"), "",
                 "## Correlation error per camera and ISO", "", condition_table(realism, "corr_error"), ""]
