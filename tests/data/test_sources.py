@@ -261,6 +261,9 @@ def test_pairs_whose_noise_no_camera_makes_are_named_before_training(simcam_tree
             clean, noisy = noisy, clean  # swapped
         elif k == 3:
             noisy = np.full_like(noisy, 255)  # saturated
+        elif k == 4:
+            other = next(r for r in find_pairs(simcam_tree, "train") if r.scene != record.scene)
+            noisy = read_rgb(other.noisy)  # the noisy image of another scene
         write_png(folder / f"c{k}.png", clean)
         write_png(folder / f"n{k}.png", noisy)
         rows.append(f"c{k}.png,n{k}.png,{record.camera},{record.iso:g}")
@@ -269,10 +272,10 @@ def test_pairs_whose_noise_no_camera_makes_are_named_before_training(simcam_tree
     assert checked == 6
     assert [(r.noisy.name, why.split(":")[0].split(" (")[0]) for r, why in found] == [
         ("n1.png", "no noise"), ("n2.png", "the clean image is rougher than the noisy one"),
-        ("n3.png", "the noisy image is one flat value")]
+        ("n3.png", "the noisy image is one flat value"), ("n4.png", "noisy - clean is image structure, not noise")]
     with caplog.at_level(logging.WARNING, logger="nmflowgan.data.training_data"):
         training_data(folder, None, None, 32, 32, 4)
-    assert "3 of 6 pairs checked hold noise no camera makes" in caplog.text and "n2.png" in caplog.text
+    assert "4 of 6 pairs checked hold noise no camera makes" in caplog.text and "n2.png" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="nmflowgan.data.training_data"):
         training_data(simcam_tree, None, None, 32, 32, 4)
