@@ -2,8 +2,9 @@
 
 A pair whose noisy image equals its clean one, whose noisy image is saturated to one value, whose two images
 were swapped, or whose noisy image shows another scene trains a model silently and wrongly (a model trained on
-clean == noisy draws noise of std 0.3). The checks look at one central patch of each pair, so they cost a patch read per pair, not a pass over
-the data. Checked against every pair of the demo's data, polyu and nam_cc15 (none is flagged there).
+clean == noisy draws noise of std 0.3). The checks look at one central patch of each pair, so they cost a patch
+read per pair, not a pass over the data. Checked against every pair of the demo's data, polyu and nam_cc15 (none
+is flagged there).
 """
 
 from __future__ import annotations
