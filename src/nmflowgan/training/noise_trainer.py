@@ -231,16 +231,21 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         local = sampler.local_slice()
         patch_shape = (train_config.batch_size, 3, train_config.patch_px, train_config.patch_px)
 
+        def weighted(nll: torch.Tensor, correlation_loss: torch.Tensor | None) -> torch.Tensor:
+            """The generator's own loss: the weighted NLL plus, for a model with a latent filter, its weighted
+            correlation loss."""
+            loss = train_config.weight_nll * nll.float()
+            if correlation_loss is not None:
+                loss = loss + train_config.weight_correlation * correlation_loss.float()
+            return loss
+
         def loss_of(noise: torch.Tensor, clean: torch.Tensor, cameras: list[str], isos: list[float],
                     rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
             """The generator's NLL-and-correlation loss of ``noise`` (see :data:`LossOf`) and its NLL."""
             cond = model.encode(cameras, isos, clean.shape[0])
             uniform = torch.rand(patch_shape, generator=rng)[local].to(device)
             nll, correlation_loss, _ = generator_objective(noise, clean, cond, uniform, None)
-            loss = train_config.weight_nll * nll.float()
-            if correlation_loss is not None:
-                loss = loss + train_config.weight_correlation * correlation_loss.float()
-            return loss, nll
+            return weighted(nll, correlation_loss), nll
 
         # ---- one step --------------------------------------------------------------------------------------
         def train_step(batch: PatchBatch, step: int) -> dict[str, float]:
@@ -267,9 +272,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                     critic.requires_grad_(False)
                 with autocast:
                     nll, correlation_loss, fake = generator_objective(real, clean, cond, uniform, latent)
-                    loss_g = train_config.weight_nll * nll.float()
+                    loss_g = weighted(nll, correlation_loss)
                     if correlation_loss is not None:
-                        loss_g = loss_g + train_config.weight_correlation * correlation_loss.float()
                         losses["correlation"] = correlation_loss.item()
                     if trainee.extra_loss is not None:
                         extra, logged = trainee.extra_loss(loss_of, clean, step)
