@@ -179,6 +179,10 @@ def _synthesize_command(sub: argparse._SubParsersAction) -> None:
                             help="allow ISOs outside the trained range, up to one trained span (log-ISO) beyond it")
     _seed_argument(synthesize)
     synthesize.add_argument("--tile", type=_positive_int, default=512, help="tile side in pixels (bounds the memory)")
+    synthesize.add_argument("--origin", type=_non_negative_int, nargs=2, default=(0, 0), metavar=("Y", "X"),
+                            help="where the inputs' top-left pixel lies in the camera's frame, for crops (default "
+                                 "0 0): a model of the colour-filter and JPEG grids counts them from the frame's "
+                                 "origin")
     _device_argument(synthesize)
     _sampling_argument(synthesize)
     synthesize.add_argument("--compile", action="store_true",
@@ -417,7 +421,8 @@ def _synthesize(args: argparse.Namespace) -> None:
     written = api.synthesize(args.checkpoint, args.input, args.output, args.camera, args.iso, seed=args.seed,
                              overwrite=args.overwrite, extrapolate=args.extrapolate, tile_px=args.tile,
                              device=args.device, progress=not args.quiet,
-                             options=SamplingOptions.named(args.sampling, args.compile), max_pixels=args.max_pixels)
+                             options=SamplingOptions.named(args.sampling, args.compile), max_pixels=args.max_pixels,
+                             origin=tuple(args.origin))
     print(f"wrote {len(written)} noisy image(s) with JSON sidecars under {args.output}")
 
 

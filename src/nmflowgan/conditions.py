@@ -42,20 +42,54 @@ class Condition:
     Attributes:
         cell: ``(B,)`` int64 (camera, ISO) cell indices where the ISO encoding has cells (one-hot), else ``-1``.
         features: ``(B, D)`` float features for the condition networks.
+        grid: ``(B, 2, H, W)`` int64, each pixel's row and column in the camera's :data:`GRID_PX` x :data:`GRID_PX`
+            grid (its full-frame ``y`` and ``x`` modulo :data:`GRID_PX`), carried through crops, flips and rotations
+            with the pixel; None: the image starts at the frame's origin, upright (:func:`grid_positions`). Only
+            networks that read the grid (``grid_px``) look at it.
     """
 
     cell: torch.Tensor
     features: torch.Tensor
+    grid: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Condition:
         """Returns the condition on ``device`` (features also cast to ``dtype`` when given)."""
-        return Condition(self.cell.to(device), self.features.to(device=device, dtype=dtype))
+        grid = self.grid.to(device) if self.grid is not None else None
+        return Condition(self.cell.to(device), self.features.to(device=device, dtype=dtype), grid)
 
     def __getitem__(self, index: slice | torch.Tensor) -> Condition:
-        return Condition(self.cell[index], self.features[index])
+        return Condition(self.cell[index], self.features[index], self.grid[index] if self.grid is not None else None)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+    def with_grid(self, grid: torch.Tensor | None) -> Condition:
+        """The same condition with ``grid`` (``(B, 2, H, W)`` integers, :attr:`grid`) as its pixels' grid positions."""
+        return Condition(self.cell, self.features, None if grid is None else grid.to(self.cell.device, torch.long))
+
+    def grid_like(self, image: torch.Tensor) -> torch.Tensor:
+        """:attr:`grid` for ``image`` ``(B, C, H, W)``: the one carried, else the upright grid from the origin."""
+        if self.grid is None:
+            batch, _, height, width = image.shape
+            return grid_positions(batch, height, width, device=image.device)
+        if self.grid.shape[0] != image.shape[0] or self.grid.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"grid positions {tuple(self.grid.shape)} do not fit an image of {tuple(image.shape)}")
+        return self.grid
+
+
+# The period of the grids a camera's noise follows: the 2x2 colour-filter array and the 8x8 blocks of JPEG (an 8x8
+# position also tells the 2x2 phase).
+GRID_PX = 8
+
+
+def grid_positions(batch: int, height: int, width: int, top: int = 0, left: int = 0,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(batch, 2, height, width)`` int64 grid positions (row, column modulo :data:`GRID_PX`) of an upright image
+    whose top-left pixel lies at ``(top, left)`` of the camera's frame."""
+    rows = (torch.arange(height, device=device) + top) % GRID_PX
+    columns = (torch.arange(width, device=device) + left) % GRID_PX
+    grid = torch.stack(torch.broadcast_tensors(rows[:, None], columns[None, :]))
+    return grid.expand(batch, -1, -1, -1)
 
 
 def check_camera_name(camera: str) -> str:
@@ -237,6 +271,7 @@ class ConditionSpace:
         isos: float | Sequence[float],
         batch_size: int | None = None,
         extrapolate: bool = False,
+        grid: torch.Tensor | None = None,
     ) -> Condition:
         """Encodes per-sample cameras and ISOs.
 
@@ -245,6 +280,7 @@ class ConditionSpace:
             isos: one ISO for the whole batch, or one per sample.
             batch_size: B, required when both are scalars.
             extrapolate: accept ``continuous`` ISOs outside the trained range.
+            grid: the pixels' grid positions (:attr:`Condition.grid`); None: each image from the frame's origin.
 
         Returns:
             A :class:`Condition` of batch size B on the CPU.
@@ -262,7 +298,7 @@ class ConditionSpace:
         iso_features, iso_index = self.iso.encode(iso_list, extrapolate)
         cell = camera * len(self.isos) + iso_index if iso_index is not None else torch.full_like(camera, -1)
         camera_onehot = torch.nn.functional.one_hot(camera, len(self.cameras)).float()
-        return Condition(cell=cell, features=torch.cat([camera_onehot, iso_features], dim=1))
+        return Condition(cell=cell, features=torch.cat([camera_onehot, iso_features], dim=1)).with_grid(grid)
 
     def to_dict(self) -> dict:
         return {"cameras": list(self.cameras), "isos": list(self.isos), "iso_mode": self.iso_mode}

@@ -22,6 +22,16 @@ FLOW_LAYER_NAMES = ("UD", "NE", "SAL", "SDL", "CL2", "RQS")
 LR_DECAY_UNITS = ("epoch", "step", "run")
 
 
+AUGMENTATIONS = ("all", "flips", "none")  # what nmflowgan.data.patches.PatchDataset applies
+
+
+def _check_grid(config: object, name: str) -> None:
+    """Raises unless the field ``name`` of ``config`` is 0 (no grid) or a period that divides the 8x8 grid."""
+    value = getattr(config, name)
+    if value not in (0, 2, 4, 8):
+        raise BadInputError(f"{name} must be 0 (none) or a grid period of 2, 4 or 8 pixels, got {value}")
+
+
 def _check_positive(owner: object, *names: str) -> None:
     for name in names:
         value = getattr(owner, name)
@@ -42,6 +52,10 @@ class FlowConfig:
         meta_hidden: width of the residual MLP that embeds the condition.
         meta_blocks: residual blocks of that MLP.
         sdl_embedding: channels of the condition embedding that SDL concatenates to the clean image.
+        grid_px: the period of the camera's grid that SAL, SDL and RQS read (a learned value per grid position added
+            to their first hidden layer, :class:`~nmflowgan.condition_input.GridPosition`): 2 the colour-filter
+            array, 8 the JPEG blocks (which also tells the 2x2 phase); 0: none, the noise is the same at every
+            place of the frame (the paper's model).
     """
 
     spec: str = "UD|NE|SAL|SDL|CL2|SAL|SDL|CL2"
@@ -50,6 +64,7 @@ class FlowConfig:
     meta_hidden: int = 5
     meta_blocks: int = 3
     sdl_embedding: int = 3
+    grid_px: int = 0
 
     def __post_init__(self) -> None:
         names = self.layer_names
@@ -64,6 +79,7 @@ class FlowConfig:
         if self.receptive_field_px < 3 or self.receptive_field_px % 2 == 0:
             raise BadInputError(f"receptive_field_px must be odd and >= 3, got {self.receptive_field_px}")
         _check_positive(self, "conv_features", "meta_hidden", "meta_blocks", "sdl_embedding")
+        _check_grid(self, "grid_px")
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -150,18 +166,24 @@ class ModelConfig:
         correlation_px: side of the latent correlation filter (:mod:`nmflowgan.models.correlation`), which
             gives the flow's sample the real noise's spatial and cross-channel correlation without changing
             its per-pixel distribution; 0: none (the paper's model).
+        correlation_grid_px: one latent filter per position in a grid of this period (2: one per colour-filter
+            phase); 0: one filter everywhere.
     """
 
     flow: FlowConfig = field(default_factory=FlowConfig)
     refiner: RefinerConfig | None = field(default_factory=RefinerConfig)
     iso_mode: str = "continuous"
     correlation_px: int = 0
+    correlation_grid_px: int = 0
 
     def __post_init__(self) -> None:
         if self.iso_mode not in ISO_MODES:
             raise BadInputError(f"iso_mode {self.iso_mode!r} is not one of {ISO_MODES}")
         if self.correlation_px < 0 or (self.correlation_px and self.correlation_px % 2 == 0):
             raise BadInputError(f"correlation_px must be 0 or odd, got {self.correlation_px}")
+        _check_grid(self, "correlation_grid_px")
+        if self.correlation_grid_px and not self.correlation_px:
+            raise BadInputError("correlation_grid_px needs a latent filter (correlation_px)")
 
 
 @dataclass(frozen=True)
@@ -205,6 +227,9 @@ class TrainConfig(ScheduleConfig):
         val_every: steps between validation passes; val_patches: patches per validation.
         censor_ends: score noisy values of 0 and 255 as clipped (the probability of every value beyond, see
             :meth:`~nmflowgan.flows.flow.NoiseFlow.latent_and_log_prob`) instead of as a density (the paper's NLL).
+        augment: the symmetries a training patch may be given: ``all`` (flips and quarter turns), ``flips`` (only
+            those that keep rows as rows: a model of the camera's grid keeps each pixel's horizontal and vertical
+            neighbours as the camera had them), ``none``.
     """
 
     betas: tuple[float, float] = (0.9, 0.999)
@@ -213,10 +238,13 @@ class TrainConfig(ScheduleConfig):
     val_every: int = 1000
     val_patches: int = 256
     censor_ends: bool = False
+    augment: str = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive(self, "val_every", "val_patches")
+        if self.augment not in AUGMENTATIONS:
+            raise BadInputError(f"augment {self.augment!r} is not one of {', '.join(AUGMENTATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -337,11 +365,21 @@ def to_dict(config: object) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+# Keys added to a config class after configs were written without them, with the value that such a config meant
+# (the behaviour before the key existed): a built-in model or a saved config from before loads as what it was.
+ADDED_LATER: dict[tuple[str, str], object] = {
+    ("FlowConfig", "grid_px"): 0,
+    ("ModelConfig", "correlation_grid_px"): 0,
+    ("TrainConfig", "augment"): "all",
+}
+
+
 def from_dict(cls: type, data: dict, where: str = "") -> object:
     """Rebuilds a config dataclass from :func:`to_dict`'s output, refusing unknown or missing keys.
 
     A config written by another version that lacks a key is refused, naming it, rather than silently
-    taking today's default: the model it describes would not be the one that was trained.
+    taking today's default: the model it describes would not be the one that was trained. The exceptions are the
+    keys of :data:`ADDED_LATER`, whose absence says what the config meant before they existed.
     """
     where = where or cls.__name__
     if not isinstance(data, dict):
@@ -351,6 +389,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> object:
     unknown = set(data) - set(fields)
     if unknown:
         raise BadInputError(f"unknown {where} keys: {sorted(unknown)}; known: {sorted(fields)}")
+    data = {**{name: value for (owner, name), value in ADDED_LATER.items() if owner == cls.__name__}, **data}
     missing = [name for name in fields if name not in data]
     if missing:
         raise BadInputError(f"{where} lacks the keys {missing} (a config from another nmflowgan version?); "

@@ -48,7 +48,7 @@ def model_noise(model: NoiseModel, refine: bool = True, options: SamplingOptions
 
     def draw(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
         on_device = clean.to(device)
-        cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
+        cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0], grid=batch.grid)
         return model.draw(on_device, cond, g, refine=refine, options=options, rounded=rounded).to(clean.device,
                                                                                                    clean.dtype)
     return draw

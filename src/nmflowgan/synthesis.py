@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nmflowgan.atomic import write_together
-from nmflowgan.conditions import check_iso
+from nmflowgan.conditions import check_iso, grid_positions
 from nmflowgan.data.io import MAX_PIXELS, open_image, png_bytes, read_rgb
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, CheckpointError, DataError
@@ -61,7 +61,8 @@ def latent_window(seed: int, top: int, left: int, height: int, width: int) -> to
 @torch.no_grad()
 def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: float, seed: int = 0,
                      tile_px: int = 512, margin_px: int = 32, temperature: float = 1.0, refine: bool = True,
-                     extrapolate: bool = False, options: SamplingOptions | None = None) -> np.ndarray:
+                     extrapolate: bool = False, options: SamplingOptions | None = None,
+                     origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Returns a noisy version of ``clean`` (``uint8 (H, W, 3)``, 8-bit units), processed in tiles.
 
     Args:
@@ -69,22 +70,41 @@ def synthesize_image(model: NoiseModel, clean: np.ndarray, camera: str, iso: flo
         seed: the output is a pure function of the seed (and the model): same seed, same image.
         tile_px: side of the core of each tile; margin_px: extra context on every side, cropped off.
         options: the sampling path (default: the optimized one).
+        origin: ``(y, x)`` of the image's top-left pixel in the camera's frame (where it was cropped from). The
+            camera's colour-filter and JPEG grids, which a model with ``grid_px`` follows, are counted from the
+            frame's origin, and each pixel's latent is that of its place in the frame: a crop drawn with its offset
+            gets the noise the whole image gets there, away from the crop's border (where the model sees less
+            context).
     """
     if clean.dtype != np.uint8 or clean.ndim != 3 or clean.shape[2] != 3:
         raise BadInputError(f"clean images must be uint8 (H, W, 3), got {clean.dtype}{clean.shape}")
+    origin = checked_origin(origin)
     cond = model.encode(camera, iso, 1, extrapolate)
     device = next(model.parameters()).device
     temperature = checked_temperature(temperature)
 
     def draw(tile: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        top, left = top + origin[0], left + origin[1]
         latent = latent_window(seed, top, left, *tile.shape[-2:]).to(device) * temperature
-        noise = model.draw(tile, cond, latent=latent, refine=refine, options=options)
+        grid = grid_positions(1, *tile.shape[-2:], top, left, device)
+        noise = model.draw(tile, cond.with_grid(grid), latent=latent, refine=refine, options=options)
         if not bool(torch.isfinite(noise).all()):
             raise CheckpointError(f"the noise model drew non-finite noise for {camera} ISO {iso:g}; its weights "
                                   "are unusable")
         return tile * 255.0 + noise
 
     return process_in_tiles(clean, draw, tile_px, margin_px, device)
+
+
+def checked_origin(origin: object) -> tuple[int, int]:
+    """``origin`` as ``(y, x)`` if it is two whole numbers >= 0, else BadInputError."""
+    try:
+        y, x = origin  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise BadInputError(f"the origin must be two whole numbers >= 0 (y, x), got {origin!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (y, x)):
+        raise BadInputError(f"the origin must be two whole numbers >= 0 (y, x), got {origin!r}")
+    return y, x
 
 
 def exif_iso(path: Path, max_pixels: int = MAX_PIXELS) -> float:
@@ -166,7 +186,8 @@ def image_seed(seed: int, relative: Path, camera: str, iso: float) -> int:
 def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, cameras: Sequence[str],
                isos: Sequence[float | str], seed: int = 0, overwrite: bool = False, extrapolate: bool = False,
                tile_px: int = 512, device: str = "auto", progress: bool = True,
-               options: SamplingOptions | None = None, max_pixels: int = MAX_PIXELS) -> list[Path]:
+               options: SamplingOptions | None = None, max_pixels: int = MAX_PIXELS,
+               origin: tuple[int, int] = (0, 0)) -> list[Path]:
     """Writes noisy versions of every image of ``source`` (a file or a folder) into ``out``.
 
     Everything is checked before the first image is written: the options, the model, every input's header and
@@ -180,6 +201,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
         device: where the model runs: ``auto`` (the default, as on the command line), ``cpu``, ``cuda``, ``mps``.
         options: the sampling path (default: the optimized one).
         max_pixels: the largest input accepted (checked from each header before decoding).
+        origin: ``(y, x)`` of every input's top-left pixel in the camera's frame (:func:`synthesize_image`).
 
     Returns:
         The written images; each has a JSON sidecar (camera, ISO, seed, checkpoint hash, source file, and
@@ -190,6 +212,7 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
     if tile_px < 1:
         raise BadInputError(f"the tile side must be at least 1 pixel, got {tile_px}")
     checked_seed(seed)
+    origin = checked_origin(origin)
     model_dir = resolve_model_dir(checkpoint)  # once: it logs which checkpoint of a run folder it takes
     model = NoiseModel.load(model_dir, map_location=resolve_device(device))
     for camera in cameras:
@@ -214,12 +237,13 @@ def synthesize(checkpoint: str | Path, source: str | Path, out: str | Path, came
     written = []
     for job in progress_bar(jobs, progress, desc="synthesize", unit="img"):
         noisy = synthesize_image(model, read_rgb(job.source, max_pixels), job.camera, job.iso, job.seed, tile_px,
-                                 extrapolate=extrapolate, options=options)
+                                 extrapolate=extrapolate, options=options, origin=origin)
         make_parent(out, job.target)
-        sidecar = {"camera": job.camera, "iso": job.iso, "seed": seed, "image_seed": job.seed,
+        sidecar = {"camera": job.camera, "iso": job.iso, "seed": seed, "image_seed": job.seed, "origin": list(origin),
                    "checkpoint": str(checkpoint), "checkpoint_sha256": digest, "source": str(job.source),
-                   "sampling": path, "reproduce": "the same --seed, camera and ISO on the same input (its name "
-                   "relative to IN), checkpoint and sampling path; or synthesize_image(..., seed=image_seed)"}
+                   "sampling": path, "reproduce": "the same --seed, camera, ISO and --origin on the same input (its "
+                   "name relative to IN), checkpoint and sampling path; or synthesize_image(..., seed=image_seed, "
+                   "origin=origin)"}
         # image and sidecar land together or not at all; without --overwrite neither replaces a file that
         # appeared while this run worked
         write_together({job.target: png_bytes(noisy, name=job.target),

@@ -1,37 +1,49 @@
-"""Latent correlation: exact unit marginals everywhere, the covariance it claims, and a fit that recovers
-a known correlation."""
+"""Latent correlation: exact unit marginals everywhere, the covariance it claims (one filter, or one per grid
+phase), and a fit that recovers a known correlation."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmflowgan.models.correlation import LatentCorrelation, lag_correlation, lag_products
+from nmflowgan.conditions import Condition, grid_positions
+from nmflowgan.models.correlation import (
+    LatentCorrelation,
+    lag_correlation,
+    lag_products,
+    phase_lag_correlation,
+    phase_of,
+)
 
 
-def _busy(kernel_px, feature_dim=4, seed=0):
+def _busy(kernel_px, feature_dim=4, seed=0, grid_px=0):
     torch.manual_seed(seed)
-    layer = LatentCorrelation(kernel_px, feature_dim)
+    layer = LatentCorrelation(kernel_px, feature_dim, grid_px=grid_px)
     torch.nn.init.normal_(layer.net[-1].bias, std=0.5)
     torch.nn.init.normal_(layer.net[-1].weight, std=0.5)
     return layer
 
 
-def test_starts_as_the_identity():
-    layer = LatentCorrelation(5, 3)
+def _cond(features, grid=None):
+    return Condition(torch.full((features.shape[0],), -1), features, grid)
+
+
+@pytest.mark.parametrize("grid_px", [0, 2])
+def test_starts_as_the_identity(grid_px):
+    layer = LatentCorrelation(5, 3, grid_px=grid_px)
     z = torch.randn(2, 3, 9, 11)
-    assert torch.allclose(layer(z, torch.rand(2, 3)), z, atol=1e-6)
+    assert torch.allclose(layer(z, _cond(torch.rand(2, 3))), z, atol=1e-6)
 
 
 @settings(max_examples=10, deadline=None)
 @given(kernel_px=st.sampled_from([1, 3, 5]), height=st.integers(1, 6), width=st.integers(1, 6),
-       seed=st.integers(0, 1000))
-def test_every_output_value_has_unit_variance_borders_included(kernel_px, height, width, seed):
+       seed=st.integers(0, 1000), grid_px=st.sampled_from([0, 2]), top=st.integers(0, 7), left=st.integers(0, 7))
+def test_every_output_value_has_unit_variance_borders_included(kernel_px, height, width, seed, grid_px, top, left):
     # The map is linear in z, so the variance of output p under white z is the squared norm of its Jacobian row.
-    layer = _busy(kernel_px, seed=seed).double()
-    features = torch.rand(2, 4, dtype=torch.float64)
+    layer = _busy(kernel_px, seed=seed, grid_px=grid_px).double()
+    cond = _cond(torch.rand(2, 4, dtype=torch.float64), grid_positions(2, height, width, top, left))
     z = torch.zeros(2, 3, height, width, dtype=torch.float64)
-    jacobian = torch.autograd.functional.jacobian(lambda x: layer(x, features), z)  # (2, 3, H, W, 2, 3, H, W)
+    jacobian = torch.autograd.functional.jacobian(lambda x: layer(x, cond), z)  # (2, 3, H, W, 2, 3, H, W)
     rows = jacobian.reshape(2 * 3 * height * width, -1)
     assert torch.allclose(rows.square().sum(1), torch.ones(rows.shape[0], dtype=torch.float64), atol=1e-10)
 
@@ -40,33 +52,66 @@ def test_lag_products_hand_computed():
     x = torch.tensor([[[[1.0, 2.0, 3.0]]]])  # (1, 1, 1, 3)
     products = lag_products(x, 1)[0, 0, 0, 1]  # dy = 0, dx = -1, 0, 1
     assert products.tolist() == pytest.approx([1 * 2 + 2 * 3, 1 + 4 + 9, 2 * 1 + 3 * 2])
+    y = torch.tensor([[[[1.0, 0.0, -1.0]]]])
+    # sum_p x(p) y(p + d): d = -1 pairs x1 y0 and x2 y1; d = +1 pairs x0 y1 and x1 y2
+    assert lag_products(x, 1, y)[0, 0, 0, 1].tolist() == pytest.approx([2 * 1 + 3 * 0, 1 - 3, 1 * 0 + 2 * -1])
 
 
-def test_claimed_covariance_matches_the_empirical_one():
-    layer = _busy(3)
+def test_phase_lag_correlation_hand_computed():
+    # One row of 4 pixels, phases by column parity; channel 0 is [1, 2, -1, -2] (the others zero), so per phase the
+    # standardized values are even columns [1, -1] / 1 and odd columns [2, -2] / 2 = [1, -1].
+    z = torch.zeros(1, 3, 1, 4)
+    z[0, 0, 0] = torch.tensor([1.0, 2.0, -1.0, -2.0])
+    phase = phase_of(grid_positions(1, 1, 4), 2)
+    result = phase_lag_correlation(z, phase, 2, 1)[0, :, 0, 0, 1]  # (phases, dx = -1, 0, 1) at dy = 0
+    even, odd = result[0], result[1]  # phases (0, 0) and (0, 1)
+    # even pixels 0 and 2: value [1, -1]; right neighbours [1, -1] (both), left neighbour only of pixel 2: 1
+    assert even.tolist() == pytest.approx([(-1 * 1) / 1, 1.0, (1 * 1 + -1 * -1) / 2])
+    assert odd.tolist() == pytest.approx([(1 * 1 + -1 * -1) / 2, 1.0, (1 * -1) / 1])
+
+
+@pytest.mark.parametrize("grid_px", [0, 2])
+def test_claimed_covariance_matches_the_empirical_one(grid_px):
+    layer = _busy(3, grid_px=grid_px)
     features = torch.rand(1, 4)
+    grid = grid_positions(128, 48, 48)
     with torch.no_grad():
-        out = layer(torch.randn(128, 3, 48, 48), features.expand(128, 4))
-        empirical = lag_correlation(out[:, :, 3:-3, 3:-3], 2).mean(0)
+        out = layer(torch.randn(128, 3, 48, 48), _cond(features.expand(128, 4), grid))[:, :, 4:-4, 4:-4]
+        if grid_px:
+            empirical = phase_lag_correlation(out, phase_of(grid[:, :, 4:-4, 4:-4], 2), 2, 2).mean(0)
+        else:
+            empirical = lag_correlation(out, 2).mean(0)[None]
         claimed = layer.covariance(features, 2)[0]
-    assert (empirical - claimed).abs().max() < 0.01
-    assert claimed[range(3), range(3), 2, 2].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+    assert claimed.shape == (max(grid_px, 1) ** 2, 3, 3, 5, 5)
+    assert (empirical - claimed).abs().max() < 0.015
+    assert claimed[:, range(3), range(3), 2, 2].flatten().tolist() == pytest.approx([1.0] * 3 * claimed.shape[0],
+                                                                                     abs=1e-5)
 
 
-def test_the_loss_recovers_a_known_correlation():
-    truth = _busy(3, seed=7)
-    features = torch.zeros(16, 4)
-    learner = LatentCorrelation(3, 4)
+def test_phase_filters_give_each_phase_its_own_correlation():
+    layer = _busy(3, grid_px=2, seed=3)
+    covariance = layer.covariance(torch.rand(1, 4), 1)[0]  # (4, 3, 3, 3, 3)
+    right = covariance[:, 0, 0, 1, 2]  # red with its right neighbour, per phase
+    assert (right.max() - right.min()) > 0.05
+
+
+@pytest.mark.parametrize("grid_px", [0, 2])
+def test_the_loss_recovers_a_known_correlation(grid_px):
+    truth = _busy(3, seed=7, grid_px=grid_px)
+    cond = _cond(torch.zeros(16, 4), grid_positions(16, 32, 32))
+    learner = LatentCorrelation(3, 4, grid_px=grid_px)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
     for _ in range(300):
         with torch.no_grad():
-            real = truth(torch.randn(16, 3, 32, 32, generator=generator), features)
-        loss = learner.loss(real, features)
+            real = truth(torch.randn(16, 3, 32, 32, generator=generator), cond)
+        loss = learner.loss(real, cond)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    features = cond.features[:1]
     with torch.no_grad():
-        error = (learner.covariance(features[:1], 2) - truth.covariance(features[:1], 2)).abs().max()
-        start = (LatentCorrelation(3, 4).covariance(features[:1], 2) - truth.covariance(features[:1], 2)).abs().max()
+        error = (learner.covariance(features, 2) - truth.covariance(features, 2)).abs().max()
+        start = (LatentCorrelation(3, 4, grid_px=grid_px).covariance(features, 2)
+                 - truth.covariance(features, 2)).abs().max()
     assert error < 0.05 < start

@@ -2,9 +2,12 @@
 
 A :class:`PatchDataset` indexes every ``patch_px`` window on a ``stride_px`` grid of every pair. Images
 are decoded on demand and kept in a small per-process LRU cache, so a data set of any size is never held
-in memory and DataLoader workers each keep their own cache. Augmentation (horizontal flip and rot90, the
-8 symmetries of the square) is a pure function of ``(seed, epoch, index)``: the same patch comes out
+in memory and DataLoader workers each keep their own cache. Augmentation (the 8 symmetries of the square, or
+only the 4 flips that keep rows as rows) is a pure function of ``(seed, epoch, index)``: the same patch comes out
 whatever the worker, the order or a resume.
+
+Each patch carries its pixels' positions in the camera's 8x8 grid (full-frame ``y`` and ``x`` modulo 8), cut and
+flipped or rotated with the pixels, so a model that reads the grid sees every pixel where the camera had it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nmflowgan.conditions import GRID_PX
+from nmflowgan.config import AUGMENTATIONS
 from nmflowgan.data.io import MAX_PIXELS, read_rgb
 from nmflowgan.data.pairs import PairRecord, checked
 from nmflowgan.errors import DataError
@@ -32,6 +37,8 @@ class PatchBatch:
         clean, noisy: ``uint8 (B, 3, P, P)``, 0-255.
         cameras: camera code per patch; isos: ``(B,)`` float ISOs.
         oracle: ``uint8 (B, 3, P, P)`` second noisy draw (simcam only), else None.
+        grid: ``uint8 (B, 2, P, P)`` each pixel's row and column in the camera's 8x8 grid
+            (:attr:`~nmflowgan.conditions.Condition.grid`); None: each patch from the frame's origin, upright.
     """
 
     clean: torch.Tensor
@@ -39,6 +46,7 @@ class PatchBatch:
     cameras: list[str]
     isos: torch.Tensor
     oracle: torch.Tensor | None = None
+    grid: torch.Tensor | None = None
 
 
 class PatchDataset(Dataset):
@@ -47,7 +55,8 @@ class PatchDataset(Dataset):
     Args:
         records: the pairs; sizes are read from the headers once.
         patch_px, stride_px: window size and grid stride (96/48 by default, as the official code).
-        augment: apply a random flip/rot90 per patch.
+        augment: a random symmetry per patch: ``"all"`` (True) the 8 symmetries of the square (flips and quarter
+            turns), ``"flips"`` the 4 that keep rows as rows (none, either flip, both), ``"none"`` (False) none.
         seed: the augmentation seed; :meth:`set_epoch` changes it per epoch.
         skip_bad: drop unusable pairs (logged) instead of raising.
         with_oracle: also read each pair's oracle image (evaluation); training does not need it.
@@ -56,8 +65,11 @@ class PatchDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[PairRecord], patch_px: int = 96, stride_px: int = 48,
-                 augment: bool = False, seed: int = 0, skip_bad: bool = False, with_oracle: bool = False,
+                 augment: bool | str = False, seed: int = 0, skip_bad: bool = False, with_oracle: bool = False,
                  cache_mb: float = 1024, max_pixels: int = MAX_PIXELS) -> None:
+        augment = {True: "all", False: "none"}.get(augment, augment)
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         self.patch_px, self.stride_px, self.augment, self.seed = patch_px, stride_px, augment, seed
         self.max_pixels = max_pixels
         self.epoch = 0
@@ -117,15 +129,27 @@ class PatchDataset(Dataset):
         window = np.s_[y : y + self.patch_px, x : x + self.patch_px]
         oracle = self.with_oracle and record.oracle is not None
         paths = [record.clean, record.noisy] + ([record.oracle] if oracle else [])
-        crops = [self._image(p)[window] for p in paths]
-        if self.augment:
+        crops = [self._image(p)[window] for p in paths] + [grid_window(y, x, self.patch_px)]
+        if self.augment == "all":
             code = int(np.random.default_rng([self.seed, epoch, index]).integers(8))
             crops = [np.rot90(c[:, ::-1] if code >= 4 else c, k=code % 4) for c in crops]
+        elif self.augment == "flips":
+            code = int(np.random.default_rng([self.seed, epoch, index]).integers(4))
+            crops = [c[:: -1 if code & 2 else 1, :: -1 if code & 1 else 1] for c in crops]
         tensors = [torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in crops]
-        item = {"clean": tensors[0], "noisy": tensors[1], "camera": record.camera, "iso": float(record.iso)}
+        item = {"clean": tensors[0], "noisy": tensors[1], "camera": record.camera, "iso": float(record.iso),
+                "grid": tensors[-1]}
         if oracle:
             item["oracle"] = tensors[2]
         return item
+
+
+def grid_window(y: int, x: int, size: int) -> np.ndarray:
+    """``uint8 (size, size, 2)``: the row and column in the camera's 8x8 grid of each pixel of the ``size`` window
+    whose top-left pixel is ``(y, x)`` of the frame (channels last, as an image crop)."""
+    rows = (np.arange(y, y + size) % GRID_PX).astype(np.uint8)
+    columns = (np.arange(x, x + size) % GRID_PX).astype(np.uint8)
+    return np.stack(np.broadcast_arrays(rows[:, None], columns[None, :]), axis=-1)
 
 
 def collate(items: list[dict]) -> PatchBatch:
@@ -137,6 +161,7 @@ def collate(items: list[dict]) -> PatchBatch:
         cameras=[i["camera"] for i in items],
         isos=torch.tensor([i["iso"] for i in items], dtype=torch.float64),
         oracle=oracle,
+        grid=torch.stack([i["grid"] for i in items]) if all("grid" in i for i in items) else None,
     )
 
 

@@ -66,9 +66,10 @@ class TrainingData:
 
 
 def training_data(data: Path, split: str | None, val_split: str | None, patch_px: int, stride_px: int,
-                  batch_size: int, seed: int = 0, skip_bad: bool = False, max_pixels: int = MAX_PIXELS
-                  ) -> TrainingData:
-    """The training patches and validation pairs of data set ``data`` (splits as given, else its defaults).
+                  batch_size: int, seed: int = 0, skip_bad: bool = False, max_pixels: int = MAX_PIXELS,
+                  augment: str = "all") -> TrainingData:
+    """The training patches and validation pairs of data set ``data`` (splits as given, else its defaults), the
+    patches augmented by ``augment`` (:class:`~nmflowgan.data.patches.PatchDataset`).
 
     A data set with fewer patches than one ``batch_size`` is refused, with both numbers; pairs whose noise no
     camera makes are named in a warning (:mod:`nmflowgan.data.plausibility`) and trained on as they are.
@@ -89,7 +90,7 @@ def training_data(data: Path, split: str | None, val_split: str | None, patch_px
         source += f" less {len({r.scene for r in validation})} scene(s) held out for validation"
     log.info("training on %d pairs (%s), %d camera/ISO conditions: %s", len(records), source, len(conditions),
              describe_conditions(conditions))
-    patches = PatchDataset(records, patch_px, stride_px, augment=True, seed=seed, skip_bad=skip_bad,
+    patches = PatchDataset(records, patch_px, stride_px, augment=augment, seed=seed, skip_bad=skip_bad,
                            max_pixels=max_pixels)
     if len(patches) < batch_size:
         raise DataError(f"{data}: {len(patches)} training patches of {patch_px}x{patch_px} in {len(records)} pairs, "

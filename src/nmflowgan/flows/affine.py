@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmflowgan.condition_input import ConditionInput
+from nmflowgan.condition_input import ConditionInput, GridPosition
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.flows.base import FlowContext, FlowLayer
 
@@ -44,6 +44,14 @@ class ResidualMLP(nn.Module):
         return self.last(h)
 
 
+def grid_term(grid: GridPosition | None, context: FlowContext, like: torch.Tensor) -> torch.Tensor | float:
+    """What ``grid`` adds at each pixel of ``like`` ``(B, F, H, W)`` (in its dtype) for the context's grid positions; 0
+    for a layer without one."""
+    if grid is None:
+        return 0.0
+    return grid(context.cond.grid_like(like)).to(like.dtype)
+
+
 def with_condition_planes(meta: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """``[meta as constant planes; clean]``: ``(B, E)`` condition embedding and ``(B, 3, H, W)`` clean image ->
     ``(B, E + 3, H, W)`` in the clean image's dtype, what a pointwise (1x1) network of both reads."""
@@ -71,16 +79,18 @@ class SignalAwareAffine(ConditionalAffine):
     """SAL: ``z = exp(s) * x + b`` with ``[s, b] = tanh(SpatialConvs(clean)) * Embed(camera, ISO)``.
 
     The spatial convolutions see a ``receptive_field_px`` window of the clean image, so the noise scale
-    can depend on local structure (edges, texture); the condition embedding modulates it per channel.
+    can depend on local structure (edges, texture); the condition embedding modulates it per channel. With
+    ``grid_px``, the first convolution's output also gets a learned value per position in the camera's grid.
 
     Args:
         channels: C of the noise; space: the condition vocabulary.
         features: width of the convolutions; receptive_field_px: odd window size.
         meta_hidden, meta_blocks: the condition MLP.
+        grid_px: period of the grid read (0: none).
     """
 
     def __init__(self, channels: int, space: ConditionSpace, features: int, receptive_field_px: int,
-                 meta_hidden: int, meta_blocks: int) -> None:
+                 meta_hidden: int, meta_blocks: int, grid_px: int = 0) -> None:
         super().__init__()
         self.channels = channels
         layers: list[nn.Module] = [nn.Conv2d(3, features, 1), nn.ReLU()]
@@ -89,18 +99,23 @@ class SignalAwareAffine(ConditionalAffine):
         layers += [nn.Conv2d(features, 2 * channels, 1), nn.Tanh()]
         self.structure = nn.Sequential(*layers)
         self.meta = ResidualMLP(space.feature_dim, 2 * channels, meta_hidden, meta_blocks)
+        self.grid = GridPosition(features, grid_px) if grid_px else None
 
     def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = context.clean.dtype
-        structure = self.structure(context.clean_compute).to(dtype)  # (B, 2C, H, W)
+        first = self.structure[0](context.clean_compute)
+        structure = self.structure[1:](first + grid_term(self.grid, context, first)).to(dtype)  # (B, 2C, H, W)
         meta = self.meta(context.cond.features.to(dtype))[:, :, None, None]  # (B, 2C, 1, 1)
         embedding = structure * meta
         return embedding[:, : self.channels], embedding[:, self.channels :]
 
     def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> FlowLayer:
-        """The spatial convolutions in ``dtype``; the product with the embedding stays in float32."""
+        """The spatial convolutions (and the grid's values) in ``dtype``; the product with the embedding stays in
+        float32."""
         layer = copy.deepcopy(self).float()
         layer.structure.to(dtype=dtype, memory_format=memory_format)
+        if layer.grid is not None:
+            layer.grid.to(dtype)
         return layer
 
 
@@ -108,11 +123,15 @@ class SignalDependentAffine(ConditionalAffine):
     """SDL: ``z = exp(s) * x + b`` with ``[s, b] = tanh(PointwiseConvs([Embed(camera, ISO), clean]))``.
 
     Pointwise (1x1) convolutions make scale and bias a function of the clean intensity at the same pixel:
-    the heteroscedastic, signal-dependent part of camera noise.
+    the heteroscedastic, signal-dependent part of camera noise. With ``grid_px`` (the period of the grid read),
+    also of the pixel's position in the camera's grid: a learned value per position joins the first hidden layer.
     """
 
+    # the first two convolutions, which have no activation between them (folded when drawing)
+    ENTRY = 2
+
     def __init__(self, channels: int, space: ConditionSpace, features: int, embedding: int,
-                 meta_hidden: int, meta_blocks: int) -> None:
+                 meta_hidden: int, meta_blocks: int, grid_px: int = 0) -> None:
         super().__init__()
         self.channels = channels
         self.meta = ResidualMLP(space.feature_dim, embedding, meta_hidden, meta_blocks)
@@ -124,13 +143,18 @@ class SignalDependentAffine(ConditionalAffine):
             nn.Conv2d(2 * features, features, 1), nn.LeakyReLU(negative_slope),
             nn.Conv2d(features, 2 * channels, 1), nn.Tanh(),
         )
+        self.grid = GridPosition(2 * features, grid_px) if grid_px else None
         self.folded: _FoldedEntry | None = None  # set in sampling copies only (see for_sampling)
 
     def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         clean = context.clean_compute
         meta = self.meta(context.cond.features.to(context.clean.dtype))  # (B, E)
-        hidden = with_condition_planes(meta, clean) if self.folded is None else self.folded(clean, meta)
-        embedding = self.pointwise(hidden).to(context.clean.dtype)  # (B, 2C, H, W)
+        if self.folded is None:
+            hidden = self.pointwise[: self.ENTRY](with_condition_planes(meta, clean))
+            rest = self.pointwise[self.ENTRY :]
+        else:
+            hidden, rest = self.folded(clean, meta), self.pointwise
+        embedding = rest(hidden + grid_term(self.grid, context, hidden)).to(context.clean.dtype)  # (B, 2C, H, W)
         return embedding[:, : self.channels], embedding[:, self.channels :]
 
     def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> FlowLayer:
@@ -139,8 +163,10 @@ class SignalDependentAffine(ConditionalAffine):
         layer = copy.deepcopy(self).float()
         if fold:
             layer.folded = _FoldedEntry(self.pointwise[0], self.pointwise[1], dtype, memory_format)
-            layer.pointwise = layer.pointwise[2:]
+            layer.pointwise = layer.pointwise[self.ENTRY :]
         layer.pointwise.to(dtype=dtype, memory_format=memory_format)
+        if layer.grid is not None:
+            layer.grid.to(dtype)
         return layer
 
 

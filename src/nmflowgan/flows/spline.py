@@ -24,8 +24,9 @@ import math
 import torch
 from torch import nn
 
+from nmflowgan.condition_input import GridPosition
 from nmflowgan.conditions import ConditionSpace
-from nmflowgan.flows.affine import ResidualMLP, with_condition_planes
+from nmflowgan.flows.affine import ResidualMLP, grid_term, with_condition_planes
 from nmflowgan.flows.base import FlowContext, FlowLayer
 
 BINS = 8
@@ -109,16 +110,18 @@ class Spline:
 class ConditionalSpline(FlowLayer):
     """RQS: ``z = g(x)``, ``g`` a monotone rational-quadratic spline of ``BINS`` bins on ``[-BOUND, BOUND]`` for
     each pixel and channel, whose widths, heights and knot slopes are 1x1 convolutions of
-    ``[Embed(camera, ISO), clean]`` (as SDL's scale and bias). It starts as the identity.
+    ``[Embed(camera, ISO), clean]`` (as SDL's scale and bias; with ``grid_px``, also of the pixel's position in the
+    camera's grid). It starts as the identity.
 
     Args:
         channels: C of the noise; space: the condition vocabulary.
         features: width of the pointwise convolutions; embedding: channels of the condition embedding.
         meta_hidden, meta_blocks: the condition MLP.
+        grid_px: period of the grid read (0: none).
     """
 
     def __init__(self, channels: int, space: ConditionSpace, features: int, embedding: int, meta_hidden: int,
-                 meta_blocks: int) -> None:
+                 meta_blocks: int, grid_px: int = 0) -> None:
         super().__init__()
         self.channels = channels
         self.meta = ResidualMLP(space.feature_dim, embedding, meta_hidden, meta_blocks)
@@ -130,12 +133,15 @@ class ConditionalSpline(FlowLayer):
         )
         nn.init.zeros_(self.pointwise[-1].weight)  # equal bins and unit slopes: the identity
         nn.init.zeros_(self.pointwise[-1].bias)
+        self.grid = GridPosition(features, grid_px) if grid_px else None
 
     def spline(self, context: FlowContext) -> Spline:
         """The spline of every pixel and channel, in the dtype of ``context.clean``."""
         clean = context.clean_compute
         meta = self.meta(context.cond.features.to(context.clean.dtype))  # (B, E)
-        raw = self.pointwise(with_condition_planes(meta, clean)).to(context.clean.dtype)  # (B, C * (3K - 1), H, W)
+        hidden = self.pointwise[0](with_condition_planes(meta, clean))
+        raw = self.pointwise[1:](hidden + grid_term(self.grid, context, hidden))  # (B, C * (3K - 1), H, W)
+        raw = raw.to(context.clean.dtype)
         batch, _, height, width = raw.shape
         return Spline(raw.reshape(batch, self.channels, 3 * BINS - 1, height, width), BINS, BOUND)
 
@@ -149,4 +155,6 @@ class ConditionalSpline(FlowLayer):
         """The pointwise convolutions in ``dtype``; the knots and the spline itself in float32."""
         layer = copy.deepcopy(self).float()
         layer.pointwise.to(dtype=dtype, memory_format=memory_format)
+        if layer.grid is not None:
+            layer.grid.to(dtype)
         return layer

@@ -56,7 +56,8 @@ class NoiseModel(ComposedNoise):
         self.config = config
         self.space = ConditionSpace(tuple(cameras), tuple(isos), config.iso_mode)
         self.flow = NoiseFlow(config.flow, self.space)
-        self.correlation = (LatentCorrelation(config.correlation_px, self.space.feature_dim)
+        self.correlation = (LatentCorrelation(config.correlation_px, self.space.feature_dim,
+                                              grid_px=config.correlation_grid_px)
                             if config.correlation_px else None)
         self.refiner = UNetRefiner(config.refiner, self.space.feature_dim) if config.refiner is not None else None
 
@@ -79,9 +80,10 @@ class NoiseModel(ComposedNoise):
         return self.space.isos
 
     def encode(self, camera: str | Sequence[str], iso: float | Sequence[float], batch_size: int,
-               extrapolate: bool = False) -> Condition:
-        """Encodes public camera/ISO values for a batch, on the model's device."""
-        return self.space.encode(camera, iso, batch_size, extrapolate).to(self._device())
+               extrapolate: bool = False, grid: torch.Tensor | None = None) -> Condition:
+        """Encodes public camera/ISO values (and the pixels' grid positions, :attr:`Condition.grid`) for a batch, on
+        the model's device."""
+        return self.space.encode(camera, iso, batch_size, extrapolate, grid).to(self._device())
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

@@ -154,7 +154,8 @@ def _likelihood_scores(base: NoiseModel, data: TrainingData, seed: int, censored
     @torch.no_grad()
     def score(new: str, source: str) -> float:
         mine = of_camera[new]
-        cond = base.encode(source, patches.isos[mine].tolist(), int(mine.sum()))
+        grid = patches.grid[mine] if patches.grid is not None else None
+        cond = base.encode(source, patches.isos[mine].tolist(), int(mine.sum()), grid=grid)
         _, log_prob = base.flow.latent_and_log_prob(noise[mine].to(cond.features.device),
                                                     clean[mine].to(cond.features.device), cond,
                                                     uniform=uniform[mine].to(cond.features.device), censored=censored)

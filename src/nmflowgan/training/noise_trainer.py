@@ -138,7 +138,7 @@ class GeneratorObjective(nn.Module):
                                                                censored=self.censored)
         nll = -log_prob.mean() / real_255[0].numel()  # nats per dimension
         correlation = self.model.correlation
-        correlation_loss = correlation.loss(z_real, cond.features) if correlation is not None else None
+        correlation_loss = correlation.loss(z_real, cond) if correlation is not None else None
         if latent is None:
             return nll, correlation_loss, None
         return nll, correlation_loss, quantize(clean, self.model.compose(clean, cond, latent, refiner_only=True))
@@ -166,7 +166,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         # ---- data, networks, optimizers ------------------------------------------------------------------
         data = training_data(options.data, options.split, options.val_split, train_config.patch_px,
                              train_config.stride_px, train_config.batch_size, options.seed, options.skip_bad,
-                             options.max_pixels)
+                             options.max_pixels, train_config.augment)
         dataset = data.patches
         trainee = build(data, device)
         model = trainee.model
@@ -215,7 +215,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
             # The whole first global batch on every rank, so all ranks start from the same initialization.
             batch = collate([dataset[(index, 0)] for index in probe.global_indices(0).tolist()])
             clean, real = _as_float(batch, device)
-            model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(batch.cameras)),
+            model.flow.initialize(real, clean, model.encode(batch.cameras, batch.isos.tolist(), len(batch.cameras),
+                                                            grid=batch.grid),
                                   generator=torch.Generator().manual_seed(options.seed))  # the same on every rank
 
         generator_objective: nn.Module = GeneratorObjective(model, train_config.censor_ends)
@@ -250,7 +251,7 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
         # ---- one step --------------------------------------------------------------------------------------
         def train_step(batch: PatchBatch, step: int) -> dict[str, float]:
             clean, real = _as_float(batch, device)
-            cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0])
+            cond = model.encode(batch.cameras, batch.isos.tolist(), clean.shape[0], grid=batch.grid)
             rng = step_generator(options.seed, step)  # the global batch's draws, the same on every rank
             uniform = torch.rand(patch_shape, generator=rng)[local].to(device)
             adversarial = gan is not None and step >= gan.flow_warmup_steps
@@ -332,7 +333,8 @@ def validation_scores(model: NoiseModel, patches: PatchBatch, seed: int, batch_s
         clean = patches.clean[part].to(device).float()
         real = patches.noisy[part].to(device).float() - clean
         clean = clean / 255.0
-        cond = model.encode(patches.cameras[part], isos[part], clean.shape[0])
+        grid = patches.grid[part] if patches.grid is not None else None
+        cond = model.encode(patches.cameras[part], isos[part], clean.shape[0], grid=grid)
         fake = model.draw(clean, cond, generator, options=SamplingOptions.plain())
         scorer.update(clean, real, {"model": fake}, list(zip(patches.cameras[part], isos[part])))
     scores = scorer.result().models["model"]
