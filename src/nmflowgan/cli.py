@@ -55,7 +55,7 @@ def _info_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _simulate_command(sub: argparse._SubParsersAction) -> None:
-    simulate = sub.add_parser("simulate", help="write a simcam data set (SIDD layout, train/ and test/)")
+    simulate = sub.add_parser("simulate", help="write a simcam data set (SIDD layout, train/, val/ and test/)")
     simulate.add_argument("--out", required=True, help="folder to create")
     simulate.add_argument("--cameras", nargs="*", default=None,
                           help="built-in camera codes (default: all five; none named: only the --population)")
@@ -368,7 +368,8 @@ def _info(args: argparse.Namespace) -> None:
 def _simulate(args: argparse.Namespace) -> None:
     out = api.simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
                        overwrite=args.overwrite, progress=not args.quiet, population=args.population)
-    print(f"simcam data set written to {out} (train/, test/, simcam.json)")
+    splits = ", ".join(f"{split}/" for split in ("train", "val", "test") if (out / split).is_dir())
+    print(f"simcam data set written to {out} ({splits}, simcam.json)")
 
 
 def _train(args: argparse.Namespace) -> int:

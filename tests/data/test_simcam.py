@@ -130,6 +130,27 @@ def test_tree_layout_splits_and_metadata(simcam_tree):
     assert all(len(splits) == 1 for splits in photos.values())
 
 
+def test_enough_scenes_give_a_val_split_of_its_own_that_training_validates_on():
+    from nmflowgan.data.simcam.generate import plan_scenes
+
+    specs = plan_scenes(16, 0, ["a.png", "b.png", "c.png", "d.png"])  # the demo's 16 scenes
+    splits = [s.split for s in specs]
+    assert splits.count("val") == 1 and splits.count("test") == 6 and splits.count("train") == 9
+    assert not any(s.kind.startswith("photo:") for s in specs if s.split == "val")
+    assert "val" not in [s.split for s in plan_scenes(6, 3, ["a.png"])], "too few: training holds scenes out itself"
+
+
+def test_the_simulator_writes_val_and_training_picks_it(tmp_path):
+    from nmflowgan.data.training_data import validation_split
+
+    root = simulate(tmp_path / "sim", cameras=["V1"], isos=[100], scenes=16, size_px=32, seed=0, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["simcam.json", "test", "train", "val"]
+    assert validation_split(root, "train", None) == "val"
+    scenes = {split: {r.scene for r in find_pairs(root, split)} for split in ("train", "val", "test")}
+    assert scenes["val"] and not scenes["val"] & (scenes["train"] | scenes["test"])
+    assert simulate(root, cameras=["V1"], isos=[100], scenes=2, size_px=32, progress=False, overwrite=True) == root
+
+
 def test_refuses_to_overwrite_and_validates(tmp_path, simcam_tree):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         simulate(simcam_tree, scenes=2, size_px=32, progress=False)

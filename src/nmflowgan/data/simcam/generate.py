@@ -1,8 +1,9 @@
-"""Writes a simcam data set: ``train/`` and ``test/`` trees in the SIDD layout plus ``simcam.json``.
+"""Writes a simcam data set: ``train/``, ``test/`` and (with enough scenes) ``val/`` trees in the SIDD layout plus
+``simcam.json``.
 
 Every (scene, camera, ISO) is one SIDD folder. Capture ``010`` is the clean image and one noisy draw;
 capture ``011`` is the same clean image with a second, independent draw: the oracle of evaluation.
-Scenes in ``train`` and ``test`` are disjoint (a bundled photo only ever lands in one of them).
+Scenes in ``train``, ``val`` and ``test`` are disjoint (a bundled photo only ever lands in one of them).
 The whole tree is written under a temporary name and renamed when complete.
 """
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 FORMAT = "nmflowgan-simcam"
 DEFAULT_ISOS = (100, 400, 1600, 3200)
 TEST_EVERY = 4  # every 4th procedural scene and every 4th photo goes to the test split
+# every 4th procedural scene not in test goes to val, the pairs a training picks its best step on (never test's)
+VAL_EVERY = 4
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ def plan_scenes(count: int, seed: int, photos: Sequence[str]) -> list[SceneSpec]
         specs.append(SceneSpec(index, kind, scene_seed, "test" if test else "train"))
     if count >= 2 and all(s.split == "train" for s in specs):
         specs[-1] = SceneSpec(specs[-1].index, specs[-1].kind, specs[-1].seed, "test")
+    procedural = [i for i, s in enumerate(specs) if s.split == "train" and not s.kind.startswith("photo:")]
+    for i in procedural[VAL_EVERY - 1 :: VAL_EVERY]:  # photos stay out: one photo may recur among the scenes
+        specs[i] = SceneSpec(specs[i].index, specs[i].kind, specs[i].seed, "val")
     return specs
 
 
@@ -100,7 +107,7 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         out: the folder to create (refused if it exists, unless ``overwrite``).
         cameras: built-in camera codes (default: all five; ``[]``: none, with a population).
         isos: ISOs in 50-12800.
-        scenes: number of scenes; about a quarter go to ``test``.
+        scenes: number of scenes; about a quarter go to ``test``, one procedural scene in 4 of the rest to ``val``.
         size_px: side of each square scene (rounded down to even).
         seed: the whole data set is a pure function of its arguments.
         population: this many more cameras, drawn across the simulator's parameter space from ``seed``
@@ -143,16 +150,17 @@ def is_simcam_set(folder: Path) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return (isinstance(meta, dict) and meta.get("format") == FORMAT
-            and {p.name for p in folder.iterdir()} <= {"simcam.json", "train", "test"})
+            and {p.name for p in folder.iterdir()} <= {"simcam.json", *SPLITS})
 
 
 def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes: int, size_px: int, seed: int,
            progress: bool) -> None:
     """Writes the whole data set into ``staging``."""
-    for split in ("train", "test"):
-        (staging / split).mkdir(parents=True)
-
     specs = plan_scenes(scenes, seed, available_photos())
+    for split in SPLITS:
+        if split != "val" or any(s.split == "val" for s in specs):
+            (staging / split).mkdir(parents=True)
+
     total = len(specs) * len(chosen) * len(isos)
     instance = 0
     with progress_bar(enabled=progress, total=total, desc="simulate", unit="img") as bar:
