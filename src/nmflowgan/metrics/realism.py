@@ -15,7 +15,9 @@
   noise, more for heavier tails);
 * where the noise lies in the camera's grids (:mod:`.grid_stats`): the errors of its std and lag-1 correlation by
   2x2 colour-filter phase and of the spread of its std over the 8x8 JPEG grid, per (camera, ISO) and averaged,
-  and the real noise's own grid statistics pooled over all patches.
+  and the real noise's own grid statistics pooled over all patches;
+* what the noise lies on (:mod:`.content_stats`): the errors of its std and lag-1 correlation on flat areas and on
+  edges per clean-intensity bin, per (camera, ISO) and averaged, and the real noise's own pooled over all patches.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nmflowgan.metrics.akld import akld_per_patch
+from nmflowgan.metrics.content_stats import ContentStatsAccumulator, content_errors
 from nmflowgan.metrics.grid_stats import GridStatsAccumulator, grid_errors
 from nmflowgan.metrics.kld import histograms, kld_per_patch
 from nmflowgan.metrics.moments import IntensityMoments, IntensityMomentsAccumulator, skew_agreement
@@ -140,6 +143,11 @@ class Realism:
             ISO) of :func:`~nmflowgan.metrics.grid_stats.grid_errors` there (a result written before they were
             measured reads back without them).
         grid_real: the real noise's :class:`~nmflowgan.metrics.grid_stats.GridStats` pooled over all patches, as a dict.
+        content_errors: ``{source: {content_r1_error, content_std_error}}``, each the mean over (camera, ISO) of
+            :func:`~nmflowgan.metrics.content_stats.content_errors` there (conditions without a cell to compare left
+            out; NaN where none has one).
+        content_real: the real noise's :class:`~nmflowgan.metrics.content_stats.ContentStats` pooled over all
+            patches, as a dict.
     """
 
     models: dict[str, RealismScores]
@@ -148,22 +156,27 @@ class Realism:
     n_patches: int
     grid_errors: dict[str, dict[str, float]] = field(default_factory=dict)
     grid_real: dict = field(default_factory=dict)
+    content_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    content_real: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"n_patches": self.n_patches, "real": self.real.to_dict(),
                 "models": {name: scores.to_dict() for name, scores in self.models.items()},
                 "per_condition": [row.to_dict() for row in self.per_condition],
-                "grid": {"errors": self.grid_errors, "real": self.grid_real}}
+                "grid": {"errors": self.grid_errors, "real": self.grid_real},
+                "content": {"errors": self.content_errors, "real": self.content_real}}
 
     @classmethod
     def from_dict(cls, data: dict) -> Realism:
-        grid = data.get("grid", {})
-        errors = {name: {key: _number(value) for key, value in values.items()}
-                  for name, values in grid.get("errors", {}).items()}
+        def errors(section: dict) -> dict[str, dict[str, float]]:
+            return {name: {key: _number(value) for key, value in values.items()}
+                    for name, values in section.get("errors", {}).items()}
+
+        grid, content = data.get("grid", {}), data.get("content", {})
         return cls({name: RealismScores.from_dict(s) for name, s in data["models"].items()},
                    NoiseShape.from_dict(data["real"]),
                    [ConditionRealism.from_dict(row) for row in data["per_condition"]], int(data["n_patches"]),
-                   errors, grid.get("real", {}))
+                   errors(grid), grid.get("real", {}), errors(content), content.get("real", {}))
 
 
 class _ShapeAccumulator:
@@ -209,6 +222,7 @@ class _ConditionState:
     moments: dict[str, IntensityMomentsAccumulator] = field(default_factory=dict)
     histogram: dict[str, torch.Tensor] = field(default_factory=dict)
     grid: dict[str, GridStatsAccumulator] = field(default_factory=dict)
+    content: dict[str, ContentStatsAccumulator] = field(default_factory=dict)
     n_patches: int = 0
 
 
@@ -255,6 +269,7 @@ class RealismScorer:
                 state.shape.setdefault(name, _ShapeAccumulator()).update(selected)
                 state.moments.setdefault(name, IntensityMomentsAccumulator()).update(clean[rows], selected)
                 state.grid.setdefault(name, GridStatsAccumulator()).update(selected)
+                state.content.setdefault(name, ContentStatsAccumulator()).update(clean[rows], selected)
                 counts = histograms(selected).sum(0)
                 state.histogram[name] = state.histogram.get(name, torch.zeros_like(counts)) + counts
                 if name != REAL:
@@ -268,7 +283,8 @@ class RealismScorer:
         rows, totals = [], {n: {m: [] for m in metrics} for n in self.names}
         overall_shape = {n: _ShapeAccumulator() for n in [REAL, *self.names]}
         grid = {n: {} for n in self.names}  # {source: {error: [per condition]}}
-        real_grid = GridStatsAccumulator()
+        content = {n: {} for n in self.names}
+        real_grid, real_content = GridStatsAccumulator(), ContentStatsAccumulator()
         for key in sorted(self.conditions):
             state = self.conditions[key]
             stats = {name: acc.result() for name, acc in state.stats.items()}
@@ -288,9 +304,13 @@ class RealismScorer:
             for name, accumulator in state.shape.items():
                 overall_shape[name].merge(accumulator)
             real_grid.merge(state.grid[REAL])
+            real_content.merge(state.content[REAL])
             for name in self.names:
                 for error, value in grid_errors(state.grid[REAL].result(), state.grid[name].result()).items():
                     grid[name].setdefault(error, []).append(value)
+                for error, value in content_errors(state.content[REAL].result(),
+                                                   state.content[name].result()).items():
+                    content[name].setdefault(error, []).append(value)
             rows.append(ConditionRealism(key[0], key[1], state.n_patches, state.shape[REAL].result(), models,
                                          {name: Correlation.of(value) for name, value in stats.items()}, moments))
         models = {name: RealismScores(*(_mean(totals[name][m]) for m in metrics), overall_shape[name].result(),
@@ -299,7 +319,10 @@ class RealismScorer:
         return Realism(models, overall_shape[REAL].result(), rows, sum(s.n_patches for s in self.conditions.values()),
                        {name: {error: sum(values) / len(values) for error, values in errors.items()}
                         for name, errors in grid.items()},
-                       real_grid.result().to_dict() if self.conditions else {})
+                       real_grid.result().to_dict() if self.conditions else {},
+                       {name: {error: _nanmean(values) for error, values in errors.items()}
+                        for name, errors in content.items()},
+                       real_content.result().to_dict() if self.conditions else {})
 
     def stats(self) -> dict[Condition, dict[str, NoiseStats]]:
         """``{(camera, iso): {"real" or source: NoiseStats}}``: what the noise-level and correlation plots draw."""
@@ -317,6 +340,12 @@ def neighbour_kld_per_patch(real_255: torch.Tensor, generated_255: torch.Tensor)
     horizontal = kld_per_patch(real_255.diff(dim=-1), generated_255.diff(dim=-1))
     vertical = kld_per_patch(real_255.diff(dim=-2), generated_255.diff(dim=-2))
     return (horizontal + vertical) / 2
+
+
+def _nanmean(values: list[float]) -> float:
+    """The mean of the values that are numbers; NaN when none is."""
+    numbers = [v for v in values if v == v]
+    return sum(numbers) / len(numbers) if numbers else float("nan")
 
 
 def _mean(parts: list[torch.Tensor]) -> float:

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from nmflowgan.atomic import write_text
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.evaluation import EvalResult, evaluate
@@ -91,6 +93,29 @@ def grid_table(realism: Realism) -> str:
     for name, errors in realism.grid_errors.items():
         lines.append(f"| {name} | {errors['phase_std_error']:.3f} | {errors['phase_r1_error']:.3f} | "
                      f"{errors['block_cv_error']:.3f} |")
+    return "\n".join(lines)
+
+
+CONTENT_NOTE = (
+    "Per (camera, ISO), averaged: the mean |r1 - real r1| of the horizontal lag-1 correlation and the mean "
+    "|std / real std - 1|, over channels, eight clean-intensity bins and two classes of pixels: flat (horizontal "
+    "clean gradient below 2) and edges (12 or more), in the cells with at least 500 pixels of each."
+)
+
+
+def content_table(realism: Realism) -> str:
+    """The real noise's lag-1 correlation on flat areas and edges, and each source's errors there
+    (:mod:`.content_stats`)."""
+    if not realism.content_real:
+        return "(not measured by the version that wrote these results)"
+    real = realism.content_real
+    count = torch.tensor(real["count"], dtype=torch.float64)  # [class][channel][bin]
+    r1 = torch.tensor(real["r1"], dtype=torch.float64)
+    pooled = (r1 * count).sum(dim=(1, 2)) / count.sum(dim=(1, 2)).clamp_min(1)
+    lines = [f"Real noise, horizontal lag-1 correlation pooled over channels and intensities: flat {pooled[0]:.2f}, "
+             f"edges {pooled[1]:.2f}.", "", "| model | flat/edge r1 error | flat/edge std error |", "|---|---|---|"]
+    for name, errors in realism.content_errors.items():
+        lines.append(f"| {name} | {errors['content_r1_error']:.3f} | {errors['content_std_error']:.3f} |")
     return "\n".join(lines)
 
 
@@ -186,6 +211,7 @@ def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluati
                 "## Noise level and shape", "", shape_table(realism), "", SHAPE_NOTE, "",
                 "## Spatial and cross-channel correlation", "", correlation_table(realism), "", NEIGHBOUR_NOTE, "",
                 "## Noise by place in the 2x2 and 8x8 grids", "", grid_table(realism), "", GRID_NOTE, "",
+                "## Noise on flat areas and on edges", "", content_table(realism), "", CONTENT_NOTE, "",
                 "## Noise shape per clean intensity", "", MOMENTS_NOTE, "", moments_table(realism), "",
                 "## KLD per camera and ISO", "", condition_table(realism, "kld"), "",
                 "## Correlation error per camera and ISO", "", condition_table(realism, "corr_error"), ""]
