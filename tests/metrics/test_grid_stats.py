@@ -49,6 +49,7 @@ def test_noise_that_ignores_the_grids_scores_zero_error_against_itself_and_a_fla
 def test_the_scorer_reports_grid_errors_and_they_survive_json():
     generator = torch.Generator().manual_seed(1)
     clean = torch.rand(4, 3, 16, 16, generator=generator)
+    clean[..., :12] = 0.5  # flat: enough pixels (>= 500) for the flat/edge cells
     real = torch.randn(4, 3, 16, 16, generator=generator) * 5
     scorer = RealismScorer(["same", "flat"])
     scorer.update(clean, real, {"same": real.clone(), "flat": torch.randn(4, 3, 16, 16, generator=generator) * 5},
@@ -56,8 +57,11 @@ def test_the_scorer_reports_grid_errors_and_they_survive_json():
     realism = scorer.result()
     assert realism.grid_errors["same"] == {"phase_std_error": 0.0, "phase_r1_error": 0.0, "block_cv_error": 0.0}
     assert realism.grid_errors["flat"]["phase_std_error"] > 0
+    assert realism.grid_sources["same"] == realism.grid_real != realism.grid_sources["flat"]
+    assert realism.content_errors["same"] == {"content_r1_error": 0.0, "content_std_error": 0.0}
     again = Realism.from_dict(realism.to_dict())
     assert again.grid_errors == realism.grid_errors and again.grid_real == realism.grid_real
+    assert again.grid_sources == realism.grid_sources and again.content_real == realism.content_real
     old = realism.to_dict()
-    del old["grid"]  # results.json written before the grid statistics
-    assert Realism.from_dict(old).grid_errors == {}
+    del old["grid"], old["content"]  # results.json written before the grid and content statistics
+    assert Realism.from_dict(old).grid_errors == {} and Realism.from_dict(old).content_errors == {}

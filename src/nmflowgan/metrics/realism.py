@@ -143,6 +143,7 @@ class Realism:
             ISO) of :func:`~nmflowgan.metrics.grid_stats.grid_errors` there (a result written before they were
             measured reads back without them).
         grid_real: the real noise's :class:`~nmflowgan.metrics.grid_stats.GridStats` pooled over all patches, as a dict.
+        grid_sources: each source's pooled the same way, ``{source: dict}`` (what the grid figure draws).
         content_errors: ``{source: {content_r1_error, content_std_error}}``, each the mean over (camera, ISO) of
             :func:`~nmflowgan.metrics.content_stats.content_errors` there (conditions without a cell to compare left
             out; NaN where none has one).
@@ -158,12 +159,13 @@ class Realism:
     grid_real: dict = field(default_factory=dict)
     content_errors: dict[str, dict[str, float]] = field(default_factory=dict)
     content_real: dict = field(default_factory=dict)
+    grid_sources: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"n_patches": self.n_patches, "real": self.real.to_dict(),
                 "models": {name: scores.to_dict() for name, scores in self.models.items()},
                 "per_condition": [row.to_dict() for row in self.per_condition],
-                "grid": {"errors": self.grid_errors, "real": self.grid_real},
+                "grid": {"errors": self.grid_errors, "real": self.grid_real, "sources": self.grid_sources},
                 "content": {"errors": self.content_errors, "real": self.content_real}}
 
     @classmethod
@@ -176,7 +178,8 @@ class Realism:
         return cls({name: RealismScores.from_dict(s) for name, s in data["models"].items()},
                    NoiseShape.from_dict(data["real"]),
                    [ConditionRealism.from_dict(row) for row in data["per_condition"]], int(data["n_patches"]),
-                   errors(grid), grid.get("real", {}), errors(content), content.get("real", {}))
+                   errors(grid), grid.get("real", {}), errors(content), content.get("real", {}),
+                   grid.get("sources", {}))
 
 
 class _ShapeAccumulator:
@@ -284,7 +287,8 @@ class RealismScorer:
         overall_shape = {n: _ShapeAccumulator() for n in [REAL, *self.names]}
         grid = {n: {} for n in self.names}  # {source: {error: [per condition]}}
         content = {n: {} for n in self.names}
-        real_grid, real_content = GridStatsAccumulator(), ContentStatsAccumulator()
+        pooled_grid = {n: GridStatsAccumulator() for n in [REAL, *self.names]}
+        real_content = ContentStatsAccumulator()
         for key in sorted(self.conditions):
             state = self.conditions[key]
             stats = {name: acc.result() for name, acc in state.stats.items()}
@@ -303,7 +307,8 @@ class RealismScorer:
                 totals[name]["neighbour_kld"].append(neighbour)
             for name, accumulator in state.shape.items():
                 overall_shape[name].merge(accumulator)
-            real_grid.merge(state.grid[REAL])
+            for name, accumulator in state.grid.items():
+                pooled_grid[name].merge(accumulator)
             real_content.merge(state.content[REAL])
             for name in self.names:
                 for error, value in grid_errors(state.grid[REAL].result(), state.grid[name].result()).items():
@@ -319,10 +324,11 @@ class RealismScorer:
         return Realism(models, overall_shape[REAL].result(), rows, sum(s.n_patches for s in self.conditions.values()),
                        {name: {error: sum(values) / len(values) for error, values in errors.items()}
                         for name, errors in grid.items()},
-                       real_grid.result().to_dict() if self.conditions else {},
+                       pooled_grid[REAL].result().to_dict() if self.conditions else {},
                        {name: {error: _nanmean(values) for error, values in errors.items()}
                         for name, errors in content.items()},
-                       real_content.result().to_dict() if self.conditions else {})
+                       real_content.result().to_dict() if self.conditions else {},
+                       {name: pooled_grid[name].result().to_dict() for name in self.names} if self.conditions else {})
 
     def stats(self) -> dict[Condition, dict[str, NoiseStats]]:
         """``{(camera, iso): {"real" or source: NoiseStats}}``: what the noise-level and correlation plots draw."""

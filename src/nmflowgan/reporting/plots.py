@@ -148,6 +148,32 @@ def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: Path,
     return _save(figure, path)
 
 
+def grid_std(pooled: dict[str, dict], path: Path) -> Path:
+    """Rows: the real noise and each source; columns: R, G, B; each panel the noise std at each position of the 8x8
+    grid (``[y % 8][x % 8]``, the 2x2 colour-filter phases repeating inside it) relative to its mean, in percent, on
+    one colour scale.
+
+    Args:
+        pooled: ``{"real" or source: GridStats.to_dict()}``.
+    """
+    names = list(pooled)
+    relative = {n: np.asarray(pooled[n]["block_std"], dtype=float) for n in names}  # (3, 8, 8)
+    relative = {n: 100 * (v / v.mean(axis=(1, 2), keepdims=True).clip(1e-12) - 1) for n, v in relative.items()}
+    limit = max(1.0, max(float(np.abs(v).max()) for v in relative.values()))
+    figure, axes = _subplots(len(names), 3, (7.5, 2.3 * len(names)))
+    for row, name in enumerate(names):
+        for channel in range(3):
+            axis = axes[row][channel]
+            image = axis.imshow(relative[name][channel], cmap="coolwarm", vmin=-limit, vmax=limit)
+            axis.set_title(f"{name} {CHANNELS[channel]}: cv {pooled[name]['block_cv'][channel]:.3f}", fontsize=8)
+            axis.set_xticks(range(8))
+            axis.set_yticks(range(8))
+            axis.tick_params(labelsize=6)
+    figure.colorbar(image, ax=[a for r in axes for a in r], shrink=0.6, label="std relative to its mean (%)")
+    figure.savefig(path, dpi=80)
+    return path
+
+
 def sample_grid(examples: dict, path: Path, model: str = "nmflowgan", max_rows: int = 8, gain: float = 4.0) -> Path:
     """Rows: conditions; columns: clean, real noisy, synthesized noisy, real noise and synthesized noise
     (amplified ``gain`` times around mid-grey)."""

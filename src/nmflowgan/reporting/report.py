@@ -27,6 +27,7 @@ from nmflowgan.reporting import plots
 FIGURES = {"Noise level versus clean intensity": "std_vs_intensity.png",
            "Noise skewness versus clean intensity": "skewness_vs_intensity.png",
            "Correlation versus pixel distance": "correlation.png", "Noise histograms": "histograms.png",
+           "Noise std by position in the 8x8 grid": "grid_std.png",
            "Examples": "samples.png"}
 MOMENTS_NOTE = (
     "Each cell is `mean / std / skewness / kurtosis` of the noise (8-bit units; 0 and 3 for Gaussian noise) of "
@@ -202,6 +203,8 @@ def write_report(result: EvalResult, out: Path, title: str = "nmflowgan evaluati
                  {(row.camera, row.iso): row.moments for row in result.realism.per_condition}, path),
              "correlation.png": lambda path: plots.correlation_vs_distance(result.stats, path),
              "histograms.png": lambda path: plots.noise_histograms(result.histograms, path),
+             "grid_std.png": lambda path: plots.grid_std({REAL: result.realism.grid_real}
+                                                        | result.realism.grid_sources, path),
              "samples.png": lambda path: plots.sample_grid(result.examples, path)}
     figures = {caption: drawn[name](out / name) for caption, name in FIGURES.items()}
     realism = result.realism
