@@ -228,8 +228,9 @@ class TrainConfig(ScheduleConfig):
         censor_ends: score noisy values of 0 and 255 as clipped (the probability of every value beyond, see
             :meth:`~nmflowgan.flows.flow.NoiseFlow.latent_and_log_prob`) instead of as a density (the paper's NLL).
         augment: the symmetries a training patch may be given: ``all`` (flips and quarter turns), ``flips`` (only
-            those that keep rows as rows: a model of the camera's grid keeps each pixel's horizontal and vertical
-            neighbours as the camera had them), ``none``.
+            those that keep rows as rows, though a flip swaps a pixel's left and right neighbours), ``none`` (each
+            pixel keeps its neighbours where the camera had them: a correlation per grid phase can differ to the left
+            and to the right, as it does where demosaicing or JPEG's chroma pairs pixels).
     """
 
     betas: tuple[float, float] = (0.9, 0.999)
