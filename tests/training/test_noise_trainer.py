@@ -76,6 +76,31 @@ def test_latent_correlation_trains_saves_and_loads(tmp_path, simcam_tree):
     assert not torch.equal(model.correlation.net[-1].bias, untrained.correlation.net[-1].bias)
 
 
+@pytest.mark.parametrize("augment", ["none", "all"])
+def test_a_model_of_the_grid_trains_its_grid_values_and_resumes_exactly(tmp_path, simcam_tree, augment):
+    import dataclasses
+
+    config = tiny_config()
+    model_config = dataclasses.replace(config.model, flow=dataclasses.replace(config.model.flow, grid_px=8),
+                                       correlation_px=3, correlation_grid_px=2)
+    config = dataclasses.replace(config, model=model_config, gan=None,
+                                 train=dataclasses.replace(config.train, augment=augment))
+
+    def train(out, steps, **kwargs):
+        options = NoiseTrainingOptions(data=simcam_tree, out=out, steps=steps, device="cpu", quiet=True, **kwargs)
+        return train_noise_model(config, options)
+
+    train(tmp_path / "straight", 6)
+    train(tmp_path / "resumed", 3)
+    train(tmp_path / "resumed", 6, resume=True)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    tables = [k for k in straight if k.endswith("grid.table")]
+    assert len(tables) == 4 and all(straight[k].abs().max() > 0 for k in tables)  # SAL x2, SDL x2 (no RQS here)
+    model = NoiseModel.load(tmp_path / "straight")
+    assert model.config.flow.grid_px == 8 and model.correlation.phases == 4
+
+
 def test_resumed_training_equals_uninterrupted_training(tmp_path, simcam_tree):
     _train(simcam_tree, tmp_path / "straight", 12)
     _train(simcam_tree, tmp_path / "resumed", 5)
