@@ -106,12 +106,16 @@ def give_refiner_work(model: NoiseModel) -> NoiseModel:
 # Models to compare besides the presets: ``small-affine`` is ``small`` without its spline layer (the flow of
 # ``small`` before RQS), the baseline the spline's cost is measured against; ``small-refiner`` is that model
 # with the identity refiner every ``small`` model used to carry and run (before models held only what their
-# config uses).
+# config uses); ``small-nogrid`` is ``small`` without the camera's grid (no grid values, one latent filter), the
+# baseline the grid's cost is measured against.
 AFFINE_SPEC = "UD|NE|SAL|SDL|CL2|SAL|SDL|CL2"
 
 
 def model_config(name: str) -> ModelConfig:
-    """The model config of preset ``name``, or of ``small-affine`` or ``small-refiner``."""
+    """The model config of preset ``name``, or of ``small-affine``, ``small-refiner`` or ``small-nogrid``."""
+    if name == "small-nogrid":
+        config = preset("small").model
+        return dataclasses.replace(config, flow=dataclasses.replace(config.flow, grid_px=0), correlation_grid_px=0)
     if name in ("small-affine", "small-refiner"):
         config = preset("small").model
         config = dataclasses.replace(config, flow=dataclasses.replace(config.flow, spec=AFFINE_SPEC))
