@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nmflowgan.conditions import phase_of
 from nmflowgan.errors import BadInputError
 
 
@@ -60,7 +61,7 @@ class GridPosition(nn.Module):
         self.table = nn.Parameter(torch.zeros(out_channels, period, period))
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        position = (grid[:, 0] % self.period) * self.period + grid[:, 1] % self.period  # (B, H, W)
+        position = phase_of(grid, self.period)  # (B, H, W)
         # index_select: its gradient is an index_add, twice as fast on the CPU as that of advanced indexing
         values = self.table.flatten(1).index_select(1, position.flatten())
         return values.view(-1, *position.shape).transpose(0, 1)  # (out, B, H, W) -> (B, out, H, W)

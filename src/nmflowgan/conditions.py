@@ -92,6 +92,12 @@ def grid_positions(batch: int, height: int, width: int, top: int = 0, left: int 
     return grid.expand(batch, -1, -1, -1)
 
 
+def phase_of(grid: torch.Tensor, period: int) -> torch.Tensor:
+    """``(B, H, W)`` index ``row * period + column`` of each pixel's position in a ``period`` grid (a divisor of
+    :data:`GRID_PX`), from its ``(B, 2, H, W)`` grid positions (:attr:`Condition.grid`)."""
+    return (grid[:, 0] % period) * period + grid[:, 1] % period
+
+
 def check_camera_name(camera: str) -> str:
     """``camera`` if it is printable as itself: no hidden characters (zero-width spaces, control characters) and no
     look-alikes that Unicode's NFKC form maps to other characters (a fullwidth ``V２`` is ``V2``); else

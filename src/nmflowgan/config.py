@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nmflowgan.conditions import ISO_MODES
+from nmflowgan.conditions import GRID_PX, ISO_MODES
 from nmflowgan.errors import BadInputError
 
 FLOW_LAYER_NAMES = ("UD", "NE", "SAL", "SDL", "CL2", "RQS")
@@ -26,10 +26,13 @@ AUGMENTATIONS = ("all", "flips", "none")  # what nmflowgan.data.patches.PatchDat
 
 
 def _check_grid(config: object, name: str) -> None:
-    """Raises unless the field ``name`` of ``config`` is 0 (no grid) or a period that divides the 8x8 grid."""
+    """Raises unless the field ``name`` of ``config`` is 0 (no grid) or a period (> 1) that divides the grid that
+    pixels carry (:data:`~nmflowgan.conditions.GRID_PX`)."""
     value = getattr(config, name)
-    if value not in (0, 2, 4, 8):
-        raise BadInputError(f"{name} must be 0 (none) or a grid period of 2, 4 or 8 pixels, got {value}")
+    periods = [p for p in range(2, GRID_PX + 1) if GRID_PX % p == 0]
+    if value != 0 and value not in periods:
+        raise BadInputError(f"{name} must be 0 (none) or a grid period of {', '.join(map(str, periods))} pixels, "
+                            f"got {value}")
 
 
 def _check_positive(owner: object, *names: str) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nmflowgan.conditions import GRID_PX
+from nmflowgan.conditions import grid_positions
 from nmflowgan.config import AUGMENTATIONS
 from nmflowgan.data.io import MAX_PIXELS, read_rgb
 from nmflowgan.data.pairs import PairRecord, checked
@@ -145,11 +145,9 @@ class PatchDataset(Dataset):
 
 
 def grid_window(y: int, x: int, size: int) -> np.ndarray:
-    """``uint8 (size, size, 2)``: the row and column in the camera's 8x8 grid of each pixel of the ``size`` window
-    whose top-left pixel is ``(y, x)`` of the frame (channels last, as an image crop)."""
-    rows = (np.arange(y, y + size) % GRID_PX).astype(np.uint8)
-    columns = (np.arange(x, x + size) % GRID_PX).astype(np.uint8)
-    return np.stack(np.broadcast_arrays(rows[:, None], columns[None, :]), axis=-1)
+    """``uint8 (size, size, 2)``: :func:`~nmflowgan.conditions.grid_positions` of the ``size`` window whose top-left
+    pixel is ``(y, x)`` of the frame, channels last (as an image crop, so that it is augmented as one)."""
+    return grid_positions(1, size, size, y, x)[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
 
 def collate(items: list[dict]) -> PatchBatch:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmflowgan.condition_input import ConditionInput
-from nmflowgan.conditions import Condition
+from nmflowgan.conditions import Condition, phase_of
 
 CHANNELS = 3
 
@@ -57,12 +57,6 @@ def lag_correlation(z: torch.Tensor, max_lag: int) -> torch.Tensor:
     covariance = lag_products(z, max_lag) / pairs
     variance = covariance[:, range(CHANNELS), range(CHANNELS), max_lag, max_lag].clamp_min(1e-12)  # (B, 3)
     return covariance / (variance[:, :, None] * variance[:, None, :]).sqrt()[..., None, None]
-
-
-def phase_of(grid: torch.Tensor, period: int) -> torch.Tensor:
-    """``(B, H, W)`` index ``row * period + column`` of each pixel's position in a ``period`` grid, from its
-    ``(B, 2, H, W)`` grid positions (:attr:`~nmflowgan.conditions.Condition.grid`)."""
-    return (grid[:, 0] % period) * period + grid[:, 1] % period
 
 
 def phase_lag_correlation(z: torch.Tensor, phase: torch.Tensor, period: int, max_lag: int) -> torch.Tensor:
