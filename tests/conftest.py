@@ -1,9 +1,12 @@
 """Shared fixtures: float64 helpers and small condition spaces."""
 
+import numpy as np
 import pytest
 import torch
 
-from nmflowgan.conditions import ConditionSpace
+from nmflowgan.conditions import GRID_PX, ConditionSpace
+from nmflowgan.data.io import write_png
+from nmflowgan.data.pairs import PairRecord
 
 
 @pytest.fixture(autouse=True)
@@ -83,3 +86,13 @@ def exit_code(arguments):
         return main(arguments)
     except SystemExit as exit_:
         return exit_.code
+
+
+@pytest.fixture
+def coordinate_pair(tmp_path):
+    """A 40 x 56 pair whose noisy image records each pixel's frame position modulo 8 (red the row, green the column)."""
+    rows, columns = np.meshgrid(np.arange(40) % GRID_PX, np.arange(56) % GRID_PX, indexing="ij")
+    noisy = np.stack([rows, columns, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    write_png(tmp_path / "clean.png", np.full_like(noisy, 100))
+    write_png(tmp_path / "noisy.png", noisy)
+    return PairRecord(tmp_path / "clean.png", tmp_path / "noisy.png", "V1", 100.0)

@@ -8,26 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from nmflowgan.conditions import GRID_PX, grid_positions
+from nmflowgan.conditions import grid_positions
 from nmflowgan.config import ADDED_LATER, FlowConfig, ModelConfig, from_dict, preset, to_dict
-from nmflowgan.data.io import write_png
-from nmflowgan.data.pairs import PairRecord
 from nmflowgan.data.patches import PatchDataset, collate
 from nmflowgan.errors import BadInputError
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.synthesis import synthesize_image
 from tests.conftest import exit_code, synthesize_cli, write_image
-
-
-@pytest.fixture
-def coordinate_pair(tmp_path):
-    """A 40 x 56 pair whose noisy image records each pixel's frame position modulo 8 (red the row, green the column)."""
-    rows, columns = np.meshgrid(np.arange(40) % GRID_PX, np.arange(56) % GRID_PX, indexing="ij")
-    noisy = np.stack([rows, columns, np.zeros_like(rows)], axis=-1).astype(np.uint8)
-    write_png(tmp_path / "clean.png", np.full_like(noisy, 100))
-    write_png(tmp_path / "noisy.png", noisy)
-    return PairRecord(tmp_path / "clean.png", tmp_path / "noisy.png", "V1", 100.0)
 
 
 @pytest.mark.parametrize("augment", ["none", "flips", "all"])

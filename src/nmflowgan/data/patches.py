@@ -7,7 +7,8 @@ only the 4 flips that keep rows as rows) is a pure function of ``(seed, epoch, i
 whatever the worker, the order or a resume.
 
 Each patch carries its pixels' positions in the camera's 8x8 grid (full-frame ``y`` and ``x`` modulo 8), cut and
-flipped or rotated with the pixels, so a model that reads the grid sees every pixel where the camera had it.
+flipped or rotated with the pixels, so a model that reads the grid sees every pixel where the camera had it, and
+the symmetry it was given, so that what is fitted to the noise's spatial correlation can turn it back.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nmflowgan.conditions import grid_positions
 from nmflowgan.config import AUGMENTATIONS
 from nmflowgan.data.io import MAX_PIXELS, read_rgb
 from nmflowgan.data.pairs import PairRecord, checked
+from nmflowgan.data.symmetries import ROW_KEEPING, oriented
 from nmflowgan.errors import DataError
 
 
@@ -39,6 +41,7 @@ class PatchBatch:
         oracle: ``uint8 (B, 3, P, P)`` second noisy draw (simcam only), else None.
         grid: ``uint8 (B, 2, P, P)`` each pixel's row and column in the camera's 8x8 grid
             (:attr:`~nmflowgan.conditions.Condition.grid`); None: each patch from the frame's origin, upright.
+        symmetries: ``(B,)`` the symmetry each patch was given (:mod:`~nmflowgan.data.symmetries`); None: none.
     """
 
     clean: torch.Tensor
@@ -47,6 +50,7 @@ class PatchBatch:
     isos: torch.Tensor
     oracle: torch.Tensor | None = None
     grid: torch.Tensor | None = None
+    symmetries: torch.Tensor | None = None
 
 
 class PatchDataset(Dataset):
@@ -130,15 +134,14 @@ class PatchDataset(Dataset):
         oracle = self.with_oracle and record.oracle is not None
         paths = [record.clean, record.noisy] + ([record.oracle] if oracle else [])
         crops = [self._image(p)[window] for p in paths] + [grid_window(y, x, self.patch_px)]
+        code = 0
         if self.augment == "all":
             code = int(np.random.default_rng([self.seed, epoch, index]).integers(8))
-            crops = [np.rot90(c[:, ::-1] if code >= 4 else c, k=code % 4) for c in crops]
         elif self.augment == "flips":
-            code = int(np.random.default_rng([self.seed, epoch, index]).integers(4))
-            crops = [c[:: -1 if code & 2 else 1, :: -1 if code & 1 else 1] for c in crops]
-        tensors = [torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in crops]
+            code = ROW_KEEPING[int(np.random.default_rng([self.seed, epoch, index]).integers(4))]
+        tensors = [torch.from_numpy(oriented(c, code).copy()).permute(2, 0, 1) for c in crops]
         item = {"clean": tensors[0], "noisy": tensors[1], "camera": record.camera, "iso": float(record.iso),
-                "grid": tensors[-1]}
+                "grid": tensors[-1], "symmetry": code}
         if oracle:
             item["oracle"] = tensors[2]
         return item
@@ -160,6 +163,7 @@ def collate(items: list[dict]) -> PatchBatch:
         isos=torch.tensor([i["iso"] for i in items], dtype=torch.float64),
         oracle=oracle,
         grid=torch.stack([i["grid"] for i in items]) if all("grid" in i for i in items) else None,
+        symmetries=torch.tensor([i["symmetry"] for i in items]) if all("symmetry" in i for i in items) else None,
     )
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from nmflowgan.conditions import Condition
 from nmflowgan.config import Config, ModelConfig, to_dict
 from nmflowgan.data.patches import PatchBatch, collate
+from nmflowgan.data.symmetries import upright
 from nmflowgan.data.training_data import TrainingData, training_data, validation_patches
 from nmflowgan.errors import BadInputError
 from nmflowgan.metrics.realism import RealismScorer
@@ -121,11 +122,11 @@ def new_model(config: ModelConfig, seed: int, what: str = "the config") -> Train
 
 
 class GeneratorObjective(nn.Module):
-    """The generator's forward pass as one module, so DistributedDataParallel can wrap it: the NLL of the
-    real noise, the latent-correlation loss on the real noise's latents (models with a
-    :class:`~nmflowgan.models.correlation.LatentCorrelation`; else None) and, when a latent is given, the
-    quantized refined noise it maps to (the flow's pixel-wise sample is not differentiated: the adversarial
-    loss trains the refiner only)."""
+    """The generator's forward pass as one module, so DistributedDataParallel can wrap it: the NLL of the real noise,
+    the latent-correlation loss on the real noise's latents, each patch turned back from the symmetry it was given
+    (models with a :class:`~nmflowgan.models.correlation.LatentCorrelation`; else None) and, when a latent is given,
+    the quantized refined noise it maps to (the flow's pixel-wise sample is not differentiated: the adversarial loss
+    trains the refiner only)."""
 
     def __init__(self, model: NoiseModel, censored: bool = False) -> None:
         super().__init__()
@@ -133,12 +134,16 @@ class GeneratorObjective(nn.Module):
         self.censored = censored
 
     def forward(self, real_255: torch.Tensor, clean: torch.Tensor, cond: Condition, uniform: torch.Tensor,
-                latent: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                latent: torch.Tensor | None, symmetries: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         z_real, log_prob = self.model.flow.latent_and_log_prob(real_255, clean, cond, uniform=uniform,
                                                                censored=self.censored)
         nll = -log_prob.mean() / real_255[0].numel()  # nats per dimension
         correlation = self.model.correlation
-        correlation_loss = correlation.loss(z_real, cond) if correlation is not None else None
+        correlation_loss = None
+        if correlation is not None:  # fitted to the latents as the camera laid them out, patches turned back
+            as_laid = cond if cond.grid is None else cond.with_grid(upright(cond.grid, symmetries))
+            correlation_loss = correlation.loss(upright(z_real, symmetries), as_laid)
         if latent is None:
             return nll, correlation_loss, None
         return nll, correlation_loss, quantize(clean, self.model.compose(clean, cond, latent, refiner_only=True))
@@ -272,7 +277,8 @@ def train_noise_model(config: Config, options: NoiseTrainingOptions, stop: StopR
                 if critic is not None:
                     critic.requires_grad_(False)
                 with autocast:
-                    nll, correlation_loss, fake = generator_objective(real, clean, cond, uniform, latent)
+                    nll, correlation_loss, fake = generator_objective(real, clean, cond, uniform, latent,
+                                                                      batch.symmetries)
                     loss_g = weighted(nll, correlation_loss)
                     if correlation_loss is not None:
                         losses["correlation"] = correlation_loss.item()
