@@ -26,7 +26,8 @@ def test_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     plan = json.loads((out / "plan.json").read_text())
     noise = plan["noise model"]
     assert noise["steps_per_s"] > 0 and noise["steps"] <= noise["wanted"]
-    assert noise["steps"] <= max(20, int(noise["share_s"] * noise["steps_per_s"]))
+    assert noise["validation_s"] > 0 and noise["validations"] == 11
+    assert noise["steps"] <= max(20, int((noise["share_s"] - 11 * noise["validation_s"]) * noise["steps_per_s"]))
     assert read_checkpoint_meta((out / "noise-model" / "last").resolve())["step"] == noise["steps"]
     assert "sized to the budget on this machine: noise model" in report
     assert not list(out.glob("calibration*"))  # scratch runs are removed

@@ -72,6 +72,9 @@ SHARES = {"noise model": 0.33, "denoiser": 0.11}
 # Steps timed in a scratch run; only the rate of its last 20 counts: the first steps run slower (on the reference
 # machine about 6.5 steps/s over steps 1-30 against 8.5 from then on, for the noise model).
 CALIBRATION_STEPS, WARMUP_STEPS = 50, 30
+# Validation passes in a stage (the first at step 0, then every tenth or quarter of the length): their time comes out
+# of the stage's share before its steps are sized.
+NOISE_VALIDATIONS, DENOISER_VALIDATIONS = 11, 5
 
 
 def _stage(name: str, progress: bool) -> None:
@@ -122,18 +125,19 @@ class DemoRun:
         write_text(self.out / "timings.json", json.dumps(self.timings, indent=2) + "\n")
         return result
 
-    def sized(self, stage: str, floor: int, calibrate: Callable[[], float]) -> int:
-        """The steps of ``stage``: the reference length scaled by the budget, cut to the stage's share of the
-        budget at the speed ``calibrate()`` measures (steps/s) on this machine; decided once, kept in plan.json."""
+    def sized(self, stage: str, floor: int, validations: int, calibrate: Callable[[], tuple[float, float]]) -> int:
+        """The steps of ``stage``: the reference length scaled by the budget, cut to what fits the stage's share of
+        the budget besides its ``validations`` passes, at the speed (steps/s) and the seconds per validation that
+        ``calibrate()`` measures on this machine; decided once, kept in plan.json."""
         if stage not in self.plan:
             wanted = max(floor, int(REFERENCE_STEPS[stage] * self.scale))
-            speed = calibrate() if wanted > 2 * CALIBRATION_STEPS else None
+            speed, validation_s = calibrate() if wanted > 2 * CALIBRATION_STEPS else (None, 0.0)
             if speed is not None and not math.isfinite(speed):  # stopped while timing: decide next time
                 return wanted
             share_s = SHARES[stage] * self.budget_minutes * 60
-            fits = int(share_s * speed) if speed else wanted
+            fits = int(max(0.0, share_s - validations * validation_s) * speed) if speed else wanted
             self.plan[stage] = {"steps": max(floor, min(wanted, fits)), "wanted": wanted, "steps_per_s": speed,
-                                "share_s": share_s}
+                                "validation_s": validation_s, "validations": validations, "share_s": share_s}
             write_text(self.out / "plan.json", json.dumps(self.plan, indent=2) + "\n")
         return int(self.plan[stage]["steps"])
 
@@ -192,7 +196,7 @@ def _train_noise(run: DemoRun, folder: Path, steps: int, resume: bool = False, v
 def train_noise_model_stage(run: DemoRun) -> bool:
     """Times the noise model's steps, decides its length and trains it (continuing a stopped run); False when a
     stop came first."""
-    steps = run.sized("noise model", 20, lambda: run.timed("calibrate", lambda: _steps_per_s(
+    steps = run.sized("noise model", 20, NOISE_VALIDATIONS, lambda: run.timed("calibrate", lambda: _speed(
         run.out / "calibration-noise-model",
         lambda folder: _train_noise(run, folder, CALIBRATION_STEPS, val_every=CALIBRATION_STEPS, log_every=10),
         run.config.train.batch_size)))
@@ -229,7 +233,7 @@ def train_and_score_denoisers(run: DemoRun) -> dict | None:
     keeps the scores, so a continued demo skips what is done); None when a stop came first."""
     noise_run = str(run.noise_run)
     # timed on synthesized pairs, the dearest source (the noise model draws every batch)
-    steps = run.sized("denoiser", 10, lambda: run.timed("calibrate", lambda: _steps_per_s(
+    steps = run.sized("denoiser", 10, DENOISER_VALIDATIONS, lambda: run.timed("calibrate", lambda: _speed(
         run.out / "calibration-denoiser",
         lambda folder: _train_denoiser(run, folder, noise_run, CALIBRATION_STEPS, val_every=CALIBRATION_STEPS,
                                        log_every=10),
@@ -255,18 +259,20 @@ def train_and_score_denoisers(run: DemoRun) -> dict | None:
     return scores
 
 
-def _steps_per_s(scratch: Path, train: Callable[[Path], object], batch_size: int) -> float:
-    """Trains ``CALIBRATION_STEPS`` steps into ``scratch`` with ``train(scratch)`` (metric lines every 10 steps),
-    returns the steady rate in steps/s (the first ``WARMUP_STEPS`` steps do not count), and removes the
-    scratch run."""
+def _speed(scratch: Path, train: Callable[[Path], object], batch_size: int) -> tuple[float, float]:
+    """Trains ``CALIBRATION_STEPS`` steps into ``scratch`` with ``train(scratch)`` (metric lines every 10 steps,
+    validations at the start and the end), removes the scratch run and returns the steady rate in steps/s (the first
+    ``WARMUP_STEPS`` steps do not count; nan when stopped first) and the seconds of its last validation (the first
+    one warms up)."""
     shutil.rmtree(scratch, ignore_errors=True)  # what a killed calibration left
     try:
         train(scratch)
-        rates = [m["patches_per_s"] for m in read_metrics(scratch) if m.get("step", 0) > WARMUP_STEPS
-                 and "patches_per_s" in m]
+        metrics = read_metrics(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return sum(rates) / len(rates) / batch_size if rates else float("nan")
+    rates = [m["patches_per_s"] for m in metrics if m.get("step", 0) > WARMUP_STEPS and "patches_per_s" in m]
+    validation_s = [m["val_seconds"] for m in metrics if "val_seconds" in m]
+    return (sum(rates) / len(rates) / batch_size if rates else float("nan")), (validation_s or [0.0])[-1]
 
 
 def _finished(run: Path, steps: int) -> bool:
@@ -297,8 +303,10 @@ def _sizing(plan: dict) -> str:
             parts.append(f"{stage}: {entry['steps']:,} steps (the budget's length; too short to time)")
         else:
             cut = "" if entry["steps"] >= entry["wanted"] else f", cut from {entry['wanted']:,} to fit"
-            parts.append(f"{stage}: {entry['steps']:,} steps (measured {entry['steps_per_s']:.1f} steps/s, a share of "
-                         f"{entry['share_s']:.0f} s{cut})")
+            validations = (f" and {entry['validations']} validations of {entry['validation_s']:.1f} s"
+                           if "validations" in entry else "")
+            parts.append(f"{stage}: {entry['steps']:,} steps (measured {entry['steps_per_s']:.1f} steps/s"
+                         f"{validations}, a share of {entry['share_s']:.0f} s{cut})")
     return "Training lengths, sized to the budget on this machine: " + "; ".join(parts) + "."
 
 

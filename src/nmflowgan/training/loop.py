@@ -128,6 +128,7 @@ class TrainingRun:
             self.state = load_checkpoint(folder, state, must_match)
             self.history = list(self.state.info.get("validation", []))
         self.resumed = resuming
+        self.validation_began = time.perf_counter()  # when the current validation began (set by loop)
         self.start = self.state.step
         self.best = max((self.sign * v[score] for v in self.history if eligible(v["step"])), default=-math.inf)
         self.metrics = MetricsLog(self.run_dir, self.start if resuming else None) if context.is_main else None
@@ -143,10 +144,11 @@ class TrainingRun:
             point(self.run_dir, "best", folder)
 
     def validated(self, step: int, scores: dict[str, float]) -> None:
-        """Records a validation (history and metrics) and saves ``best`` when the score improved."""
+        """Records a validation (history, and metrics with the seconds it took) and saves ``best`` when the score
+        improved."""
         record = {"step": step, **scores}
         self.history.append(record)
-        self.metrics.write(record)
+        self.metrics.write(record | {"val_seconds": time.perf_counter() - self.validation_began})
         if self.eligible(step) and self.sign * scores[self.score] > self.best:
             self.best = self.sign * scores[self.score]
             self.checkpoint(step, best=True)
@@ -160,6 +162,7 @@ class TrainingRun:
         ``stop`` is set (after a checkpoint). The learning rates of the state's optimizers follow the schedule."""
         optimizers = list(self.state.optimizers.values())
         if validate_first and not self.resumed:
+            self.validation_began = time.perf_counter()
             validate(0)
         step = self.start
         with progress(enabled=not self.options.quiet and self.context.is_main, total=schedule.total_steps,
@@ -189,6 +192,7 @@ class TrainingRun:
                         self.metrics.write({"step": step, "epoch": (step - 1) // schedule.steps_per_epoch, **losses,
                                             "lr": optimizers[0].param_groups[0]["lr"], "patches_per_s": rate})
                 if step % schedule.val_every == 0 or last:
+                    self.validation_began = time.perf_counter()
                     validate(step)
                 if step % schedule.checkpoint_every == 0 or last or stop:
                     self.checkpoint(step)
