@@ -130,11 +130,22 @@ def tiny_world(tmp_path_factory):
             write_png(pairs / split / f"n{index}.png", noisy[0])
             rows.append(f"c{index}.png,n{index}.png,MyCam,{(800, 3200)[index % 2]}")
         (pairs / split / "metadata.csv").write_text("\n".join(rows) + "\n")
-    variables = {"SIDD": sidd, "SIDD_BLOCKS": blocks, "IN": images, "TINY": tiny, "ROOT": root, "PAIRS": pairs}
+    bursts = root / "bursts"  # two tripod bursts of MyCam at ISO 800, camera and ISO in each frame's EXIF
+    exif = Image.Exif()
+    exif[0x0110] = "MyCam"
+    exif.get_ifd(0x8769)[0x8827] = 800
+    for scene in ("desk", "shelf"):
+        (bursts / scene).mkdir(parents=True)
+        image = rng.integers(40, 220, (96, 96, 3), dtype=np.uint8)
+        _, frames = builtin_cameras()[0].capture(image, 800, 5, generator)
+        for index, frame in enumerate(frames):
+            write_png(bursts / scene / f"{index}.png", frame, exif=exif.tobytes())
+    variables = {"SIDD": sidd, "SIDD_BLOCKS": blocks, "IN": images, "TINY": tiny, "ROOT": root, "PAIRS": pairs,
+                 "BURSTS": bursts}
     return {k: str(v) for k, v in variables.items()}
 
 
-OUTPUTS = ("RUN", "EVAL", "DENOISER", "OUT", "DATA", "ADAPTED")
+OUTPUTS = ("RUN", "EVAL", "DENOISER", "OUT", "DATA", "ADAPTED", "BURST_PAIRS", "FROM_BURSTS")
 
 
 def _outputs(world: dict, document: str) -> dict:

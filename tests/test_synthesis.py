@@ -11,10 +11,10 @@ from PIL import Image
 from nmflowgan.cli import main
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.config import SMALL_REFINER, small
-from nmflowgan.data.io import read_rgb, write_png
+from nmflowgan.data.io import exif_iso, read_rgb, write_png
 from nmflowgan.errors import BadInputError, DataError, OutputExistsError
 from nmflowgan.models.noise_model import NoiseModel
-from nmflowgan.synthesis import exif_iso, latent_window, synthesize, synthesize_image
+from nmflowgan.synthesis import latent_window, synthesize, synthesize_image
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ command                   function
 ========================  ==================================================================
 ``info``                  :func:`model_summary`
 ``simulate``              :func:`simulate`
+``burst-pairs``           :func:`burst_pairs`
 ``train``                 :func:`train_noise_model` with :class:`NoiseTrainingOptions`
 ``adapt``                 :func:`adapt` with :class:`NoiseTrainingOptions` and :class:`AdaptationOptions`
 ``evaluate``              :func:`evaluate_to_report`
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from nmflowgan.config import preset
+from nmflowgan.data.bursts import write_burst_pairs as burst_pairs
 from nmflowgan.data.simcam import simulate
 from nmflowgan.demo import demo
 from nmflowgan.denoising import denoise_files, evaluate_denoiser
@@ -41,8 +43,8 @@ from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_d
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 
 __all__ = ["AdaptationOptions", "DenoiserTrainingOptions", "ModelSummary", "NoiseTrainingOptions", "Report", "adapt",
-           "demo", "denoise_files", "evaluate_denoiser", "evaluate_to_report", "model_summary", "simulate",
-           "synthesize", "train_denoiser", "train_noise_model"]
+           "burst_pairs", "demo", "denoise_files", "evaluate_denoiser", "evaluate_to_report", "model_summary",
+           "simulate", "synthesize", "train_denoiser", "train_noise_model"]
 log = logging.getLogger(__name__)
 
 

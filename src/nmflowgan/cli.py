@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nmflowgan import __version__, api
 from nmflowgan.config import PRESETS, Config, load_config, preset
+from nmflowgan.data.bursts import MAX_SHIFT_PX, MIN_FRAMES
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
@@ -35,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nmflowgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_info_command, _simulate_command, _train_command, _adapt_command, _evaluate_command,
-                        _synthesize_command, _train_denoiser_command, _eval_denoiser_command, _denoise_command,
-                        _demo_command):
+    for add_command in (_info_command, _simulate_command, _burst_pairs_command, _train_command, _adapt_command,
+                        _evaluate_command, _synthesize_command, _train_denoiser_command, _eval_denoiser_command,
+                        _denoise_command, _demo_command):
         add_command(sub)
     return parser
 
@@ -64,9 +65,30 @@ def _simulate_command(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--isos", nargs="+", type=float, default=[100, 400, 1600, 3200])
     simulate.add_argument("--scenes", type=_positive_int, default=20, help="scenes (about a quarter go to test/)")
     simulate.add_argument("--size", type=_positive_int, default=512, help="side of each square scene in pixels")
+    simulate.add_argument("--burst", type=_non_negative_int, default=0, metavar="N",
+                          help="also write a burst of N noisy frames of every train/ folder into bursts/ (for "
+                               "burst-pairs; frames 0 and 1 are the folder's two noisy captures)")
     _seed_argument(simulate)
     _common_output(simulate)
     simulate.set_defaults(handler=_simulate)
+
+
+def _burst_pairs_command(sub: argparse._SubParsersAction) -> None:
+    pairs = sub.add_parser("burst-pairs",
+                           help="turn bursts of a still scene into clean/noisy pairs (a metadata.csv data set)")
+    pairs.add_argument("bursts", type=Path,
+                       help="a folder of burst folders (each: N aligned noisy frames), or one burst folder")
+    pairs.add_argument("--out", required=True, type=Path, help="folder to create (metadata.csv, a folder per burst)")
+    pairs.add_argument("--camera", default=None,
+                       help="camera name for every burst (default: each frame's EXIF Model)")
+    pairs.add_argument("--iso", type=_positive_finite, default=None,
+                       help="ISO of every burst (default: each frame's EXIF)")
+    pairs.add_argument("--min-frames", type=_positive_int, default=MIN_FRAMES,
+                       help="refuse shorter bursts (at least 3)")
+    pairs.add_argument("--max-shift", type=_positive_finite, default=MAX_SHIFT_PX, metavar="PX",
+                       help="refuse a burst in which a frame moved further than this against the others")
+    _common_output(pairs)
+    pairs.set_defaults(handler=_burst_pairs)
 
 
 def _run_arguments(parser: argparse.ArgumentParser, options: type, workers: bool = True) -> None:
@@ -367,9 +389,20 @@ def _info(args: argparse.Namespace) -> None:
 
 def _simulate(args: argparse.Namespace) -> None:
     out = api.simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
-                       overwrite=args.overwrite, progress=not args.quiet, population=args.population)
-    splits = ", ".join(f"{split}/" for split in ("train", "val", "test") if (out / split).is_dir())
+                       overwrite=args.overwrite, progress=not args.quiet, population=args.population,
+                       burst_frames=args.burst)
+    splits = ", ".join(f"{split}/" for split in ("train", "val", "test", "bursts") if (out / split).is_dir())
     print(f"simcam data set written to {out} ({splits}, simcam.json)")
+
+
+def _burst_pairs(args: argparse.Namespace) -> None:
+    out = api.burst_pairs(args.bursts, args.out, args.camera, args.iso, args.min_frames, args.max_shift,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    summary = json.loads((out / "bursts.json").read_text())["bursts"]
+    frames = sum(len(b["frames"]) for b in summary)
+    largest = max(max(abs(v) for shift in b["shifts_px"] for v in shift) for b in summary)
+    print(f"{frames} pairs from {len(summary)} bursts written to {out} (largest frame shift {largest:.3f} px); train "
+          f"or adapt with --data {out}")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from nmflowgan.atomic import write_together
-from nmflowgan.conditions import check_iso, grid_positions
-from nmflowgan.data.io import MAX_PIXELS, open_image, png_bytes, read_rgb
+from nmflowgan.conditions import grid_positions
+from nmflowgan.data.io import MAX_PIXELS, exif_iso, png_bytes, read_rgb
 from nmflowgan.devices import resolve_device
-from nmflowgan.errors import BadInputError, CheckpointError, DataError
+from nmflowgan.errors import BadInputError, CheckpointError
 from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, checked_temperature, resolve_model_dir
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.outputs import check_targets, input_images, make_parent, numbered, output_path
@@ -33,7 +33,6 @@ from nmflowgan.tiling import process_in_tiles
 
 log = logging.getLogger(__name__)
 BLOCK_PX = 128
-EXIF_IFD, EXIF_ISO = 0x8769, 0x8827
 
 
 def latent_block(seed: int, row: int, column: int) -> torch.Tensor:
@@ -105,24 +104,6 @@ def checked_origin(origin: object) -> tuple[int, int]:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (y, x)):
         raise BadInputError(f"the origin must be two whole numbers >= 0 (y, x), got {origin!r}")
     return y, x
-
-
-def exif_iso(path: Path, max_pixels: int = MAX_PIXELS) -> float:
-    """The ISO an image's EXIF records (tag ISOSpeedRatings); raises naming the file when there is none."""
-    try:
-        with open_image(path, max_pixels) as image:
-            exif = image.getexif()
-            value = exif.get_ifd(EXIF_IFD).get(EXIF_ISO, exif.get(EXIF_ISO))
-    except OSError as error:
-        raise DataError(f"{path}: unreadable image ({error})") from None
-    if isinstance(value, tuple | list):
-        value = value[0] if value else None
-    if value is None:
-        raise DataError(f"{path}: no ISO in the image's EXIF (pass --iso N instead of --iso exif)")
-    try:
-        return check_iso(value)
-    except BadInputError as error:
-        raise DataError(f"{path}: its EXIF ISO is unusable ({error})") from None
 
 
 def checkpoint_hash(model_dir: Path) -> str:

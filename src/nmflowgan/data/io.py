@@ -19,10 +19,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from nmflowgan.atomic import atomic_path
-from nmflowgan.errors import DataError
+from nmflowgan.conditions import check_camera_name, check_iso
+from nmflowgan.errors import BadInputError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 as stored; 2-8 mirrored and/or turned
+EXIF_IFD, EXIF_ISO, EXIF_MODEL = 0x8769, 0x8827, 0x0110  # the Exif sub-IFD, ISOSpeedRatings, the camera's Model
 # The project's own bound on the pixels of one image, checked from the header before anything is decoded:
 # it guards against decompression bombs (a tiny file that decodes to gigabytes) without changing Pillow's
 # process-wide setting. It sits below Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS, about 179 MP).
@@ -132,18 +134,18 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8).copy()
 
 
-def png_bytes(image: np.ndarray, compress_level: int = 1, name: str | Path = "image") -> bytes:
-    """``uint8 (H, W, 3)`` encoded as a PNG file (``name`` is what an error names)."""
+def png_bytes(image: np.ndarray, compress_level: int = 1, name: str | Path = "image", exif: bytes = b"") -> bytes:
+    """``uint8 (H, W, 3)`` encoded as a PNG file (``name`` is what an error names), with ``exif`` when given."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"{name}: can only write uint8 (H, W, 3) images, got {image.dtype}{image.shape}")
     buffer = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buffer, format="PNG", compress_level=compress_level)
+    Image.fromarray(image, "RGB").save(buffer, format="PNG", compress_level=compress_level, exif=exif)
     return buffer.getvalue()
 
 
-def write_png(path: str | Path, image: np.ndarray, compress_level: int = 1) -> None:
+def write_png(path: str | Path, image: np.ndarray, compress_level: int = 1, exif: bytes = b"") -> None:
     """Writes ``uint8 (H, W, 3)`` as PNG, atomically (a crash never leaves a half-written file)."""
-    data = png_bytes(image, compress_level, path)
+    data = png_bytes(image, compress_level, path, exif)
     with atomic_path(Path(path)) as temp:
         temp.write_bytes(data)
 
@@ -163,3 +165,38 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     options = {"quality": 95} if formats[suffix] == "JPEG" else {}
     with atomic_path(path) as temp:
         Image.fromarray(image, "RGB").save(temp, format=formats[suffix], **options)
+
+
+def exif_iso(path: str | Path, max_pixels: int = MAX_PIXELS) -> float:
+    """The ISO an image's EXIF records (tag ISOSpeedRatings); raises naming the file when there is none."""
+    value = _exif_tag(Path(path), max_pixels, EXIF_ISO)
+    if isinstance(value, tuple | list):
+        value = value[0] if value else None
+    if value is None:
+        raise DataError(f"{path}: no ISO in the image's EXIF (pass --iso N instead of --iso exif)")
+    try:
+        return check_iso(value)
+    except BadInputError as error:
+        raise DataError(f"{path}: its EXIF ISO is unusable ({error})") from None
+
+
+def exif_camera(path: str | Path, max_pixels: int = MAX_PIXELS) -> str:
+    """The camera model an image's EXIF records (tag Model), stripped; raises naming the file when there is none."""
+    value = _exif_tag(Path(path), max_pixels, EXIF_MODEL)
+    name = value.strip("\0 ") if isinstance(value, str) else ""
+    if not name:
+        raise DataError(f"{path}: no camera model in the image's EXIF (pass --camera NAME)")
+    try:
+        return check_camera_name(name)
+    except BadInputError as error:
+        raise DataError(f"{path}: its EXIF camera model is unusable ({error}); pass --camera NAME") from None
+
+
+def _exif_tag(path: Path, max_pixels: int, tag: int) -> object:
+    """A tag of the image's EXIF, from the Exif sub-IFD or the main one; None when absent."""
+    try:
+        with open_image(path, max_pixels) as image:
+            exif = image.getexif()
+            return exif.get_ifd(EXIF_IFD).get(tag, exif.get(tag))
+    except OSError as error:
+        raise DataError(f"{path}: unreadable image ({error})") from None

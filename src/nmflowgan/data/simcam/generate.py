@@ -3,6 +3,9 @@
 
 Every (scene, camera, ISO) is one SIDD folder. Capture ``010`` is the clean image and one noisy draw;
 capture ``011`` is the same clean image with a second, independent draw: the oracle of evaluation.
+With ``burst_frames`` N, every ``train`` folder also gets a burst in ``bursts/<folder>/``: N independent noisy
+frames of the same scene (frames 0 and 1 are captures 010 and 011), PNG with the camera and ISO in their EXIF, as a
+tripod burst would give; the clean image of ``train/`` is then its known truth.
 Scenes in ``train``, ``val`` and ``test`` are disjoint (a bundled photo only ever lands in one of them).
 The whole tree is written under a temporary name and renamed when complete.
 """
@@ -18,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from nmflowgan import __version__
 from nmflowgan.atomic import write_text
-from nmflowgan.data.io import write_png
+from nmflowgan.data.io import EXIF_IFD, EXIF_ISO, EXIF_MODEL, write_png
 from nmflowgan.data.sidd import SiddFolder
 from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, camera_population, scene_tensor
 from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
@@ -38,6 +42,8 @@ TEST_EVERY = 4  # every 4th procedural scene and every 4th photo goes to the tes
 # every 4th procedural scene not in test goes to val, the pairs a training picks its best step on (never test's)
 VAL_EVERY = 4
 SPLITS = ("train", "val", "test")
+BURSTS = "bursts"
+MIN_BURST_FRAMES = 2
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def noise_seed(seed: int, scene: int, camera: int, iso: float) -> int:
 
 def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequence[float] = DEFAULT_ISOS,
              scenes: int = 20, size_px: int = 512, seed: int = 0, overwrite: bool = False,
-             progress: bool = True, population: int = 0) -> Path:
+             progress: bool = True, population: int = 0, burst_frames: int = 0) -> Path:
     """Generates a simcam data set.
 
     Args:
@@ -112,6 +118,7 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         seed: the whole data set is a pure function of its arguments.
         population: this many more cameras, drawn across the simulator's parameter space from ``seed``
             (codes ``A0, A1, ...``; see :func:`~nmflowgan.data.simcam.camera.random_camera`).
+        burst_frames: 0, or N >= 2 noisy frames per ``train`` folder written as a burst into ``bursts/``.
 
     Returns:
         ``out``.
@@ -127,13 +134,15 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         raise BadInputError(f"simcam needs at least 2 scenes (one for train, one for test), got {scenes}")
     if size_px < 32:
         raise BadInputError(f"simcam scenes must be at least 32 px, got {size_px}")
+    if burst_frames and burst_frames < MIN_BURST_FRAMES:
+        raise BadInputError(f"a simcam burst needs at least {MIN_BURST_FRAMES} frames, got {burst_frames}")
     size_px = size_px // 2 * 2  # the Bayer mosaic wants an even side
     check_output_folder(out, "a simcam data set", is_simcam_set, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write(staging, chosen, isos, scenes, size_px, seed, progress)
+        _write(staging, chosen, isos, scenes, size_px, seed, progress, burst_frames)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -150,11 +159,11 @@ def is_simcam_set(folder: Path) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return (isinstance(meta, dict) and meta.get("format") == FORMAT
-            and {p.name for p in folder.iterdir()} <= {"simcam.json", *SPLITS})
+            and {p.name for p in folder.iterdir()} <= {"simcam.json", BURSTS, *SPLITS})
 
 
 def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes: int, size_px: int, seed: int,
-           progress: bool) -> None:
+           progress: bool, burst_frames: int = 0) -> None:
     """Writes the whole data set into ``staging``."""
     specs = plan_scenes(scenes, seed, available_photos())
     for split in SPLITS:
@@ -172,7 +181,9 @@ def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes
                 for iso in isos:
                     instance += 1
                     generator = torch.Generator().manual_seed(noise_seed(seed, spec.index, camera_index, iso))
-                    clean, noisy = camera.capture_raw(raw, iso, 2, generator)
+                    bursts = burst_frames if spec.split == "train" else 0
+                    # the first two draws are the same whatever follows them: bursts leave train/ as it was
+                    clean, noisy = camera.capture_raw(raw, iso, max(2, bursts), generator)
                     fields = SiddFolder(instance, spec.index + 1, camera.code, int(round(iso)),
                                         min(99999, int(round(4e5 / iso))), 5500, brightness)
                     folder = staging / spec.split / fields.name
@@ -181,12 +192,25 @@ def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes
                         clean_path, noisy_path = fields.pair_files(folder, capture)
                         write_png(clean_path, clean)
                         write_png(noisy_path, draw)
+                    if bursts:
+                        _write_burst(staging / BURSTS / fields.name, noisy, camera.code, iso)
                     bar.update()
     meta = {
         "format": FORMAT, "version": __version__, "seed": seed, "size_px": size_px,
         "isos": isos, "cameras": [c.to_dict() for c in chosen],
         "scenes": [{"index": s.index, "kind": s.kind, "seed": s.seed, "split": s.split} for s in specs],
         "captures": {"010": "clean + noisy draw 1", "011": "the same clean + independent noisy draw 2"},
+        "burst_frames": burst_frames,
     }
     write_text(staging / "simcam.json", json.dumps(meta, indent=2) + "\n")
     log.info("simcam: wrote %d pairs (%d scenes x %d cameras x %d ISOs)", total, len(specs), len(chosen), len(isos))
+
+
+def _write_burst(folder: Path, frames: np.ndarray, camera: str, iso: float) -> None:
+    """Writes ``uint8 (N, H, W, 3)`` frames as ``frame-00.png``... with the camera (EXIF Model) and ISO."""
+    folder.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[EXIF_MODEL] = camera
+    exif.get_ifd(EXIF_IFD)[EXIF_ISO] = int(round(iso))
+    for index, frame in enumerate(frames):
+        write_png(folder / f"frame-{index:02d}.png", frame, exif=exif.tobytes())
