@@ -108,10 +108,12 @@ def _refuse_output_beside_base(out: Path, base: Path | str) -> None:
 
 def adaptation_config(base: NoiseModel, adaptation: AdaptationOptions) -> Config:
     """``small``'s training settings on the base's architecture, at the adaptation's rate, with the rate halved at
-    each third of the run and no adversarial game (the refiner, if any, is not retrained)."""
+    each third of the run and no adversarial game (the refiner, if any, is not retrained). Patches take every
+    symmetry (``augment="all"``), as adaptation was measured (docs/adapt.md): a few pairs need them all, and the
+    latent correlation is fitted upright whatever a patch was given."""
     preset = small()
     train = dataclasses.replace(preset.train, lr=adaptation.lr or ADAPT_LR[adaptation.adapt],
-                                lr_decay_every=ADAPT_LR_PARTS, lr_decay_unit="run")
+                                lr_decay_every=ADAPT_LR_PARTS, lr_decay_unit="run", augment="all")
     return dataclasses.replace(preset, name="adapt", model=base.config, train=train, gan=None)
 
 
