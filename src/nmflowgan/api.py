@@ -11,6 +11,7 @@ command                   function
 ``burst-pairs``           :func:`burst_pairs`
 ``train``                 :func:`train_noise_model` with :class:`NoiseTrainingOptions`
 ``adapt``                 :func:`adapt` with :class:`NoiseTrainingOptions` and :class:`AdaptationOptions`
+``match``                 :func:`match_pairs`
 ``evaluate``              :func:`evaluate_to_report`
 ``synthesize``            :func:`synthesize`
 ``train-denoiser``        :func:`train_denoiser` with :class:`DenoiserTrainingOptions`
@@ -32,6 +33,7 @@ from nmflowgan.data.bursts import write_burst_pairs as burst_pairs
 from nmflowgan.data.simcam import simulate
 from nmflowgan.demo import demo
 from nmflowgan.denoising import denoise_files, evaluate_denoiser
+from nmflowgan.matching import match_pairs
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.dncnn import DnCNN
 from nmflowgan.models.noise_model import NoiseModel
@@ -43,8 +45,8 @@ from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_d
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 
 __all__ = ["AdaptationOptions", "DenoiserTrainingOptions", "ModelSummary", "NoiseTrainingOptions", "Report", "adapt",
-           "burst_pairs", "demo", "denoise_files", "evaluate_denoiser", "evaluate_to_report", "model_summary",
-           "simulate", "synthesize", "train_denoiser", "train_noise_model"]
+           "burst_pairs", "demo", "denoise_files", "evaluate_denoiser", "evaluate_to_report", "match_pairs",
+           "model_summary", "simulate", "synthesize", "train_denoiser", "train_noise_model"]
 log = logging.getLogger(__name__)
 
 

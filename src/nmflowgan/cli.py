@@ -20,6 +20,7 @@ from nmflowgan.data.bursts import MAX_SHIFT_PX, MIN_FRAMES
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.devices import DEVICE_CHOICES
 from nmflowgan.errors import NmflowganError
+from nmflowgan.matching import MATCHED_PATCHES
 from nmflowgan.models.adaptation import ADAPTED_PARAMETERS
 from nmflowgan.models.sampler import PRECISIONS, SamplingOptions
 from nmflowgan.seeds import SEED_RULE, checked_seed
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nmflowgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (_info_command, _simulate_command, _burst_pairs_command, _train_command, _adapt_command,
-                        _evaluate_command, _synthesize_command, _train_denoiser_command, _eval_denoiser_command,
-                        _denoise_command, _demo_command):
+                        _match_command, _evaluate_command, _synthesize_command, _train_denoiser_command,
+                        _eval_denoiser_command, _denoise_command, _demo_command):
         add_command(sub)
     return parser
 
@@ -71,6 +72,20 @@ def _simulate_command(sub: argparse._SubParsersAction) -> None:
     _seed_argument(simulate)
     _common_output(simulate)
     simulate.set_defaults(handler=_simulate)
+
+
+def _match_command(sub: argparse._SubParsersAction) -> None:
+    match = sub.add_parser("match", help="which camera and ISO of a model (e.g. builtin) explain your pairs best")
+    match.add_argument("--data", required=True, type=Path, help="your pairs (any layout train and adapt read)")
+    match.add_argument("--model", default="builtin", help="the model searched: a run or model folder, or builtin")
+    match.add_argument("--split", default=None, help="split of --data (default: the training one)")
+    match.add_argument("--patches", type=_positive_int, default=MATCHED_PATCHES,
+                       help="48 px patches scored per camera/ISO of the pairs")
+    match.add_argument("--json", action="store_true", help="machine-readable output")
+    match.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_argument(match)
+    _seed_argument(match)
+    match.set_defaults(handler=_match)
 
 
 def _burst_pairs_command(sub: argparse._SubParsersAction) -> None:
@@ -393,6 +408,22 @@ def _simulate(args: argparse.Namespace) -> None:
                        burst_frames=args.burst)
     splits = ", ".join(f"{split}/" for split in ("train", "val", "test", "bursts") if (out / split).is_dir())
     print(f"simcam data set written to {out} ({splits}, simcam.json)")
+
+
+def _match(args: argparse.Namespace) -> None:
+    found = api.match_pairs(args.model, args.data, args.split, args.patches, args.seed, args.device, not args.quiet)
+    if args.json:
+        print(json.dumps([m.to_dict() for m in found], indent=2))
+        return
+    print("| your camera | ISO | patches | nearest camera | at ISO | NLL (nats/value) | KLD there | runner-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in found:
+        second = sorted((v, c) for c, v in m.by_camera.items() if c != m.model_camera)[:1]
+        runner = f"{second[0][1]} ({second[0][0]:.4f})" if second else "-"
+        print(f"| {m.camera} | {m.iso:g} | {m.patches} | {m.model_camera} | {m.model_iso:g} | {m.nll:.4f} | "
+              f"{m.kld:.4f} | {runner} |")
+    print(f"draw it with: nmflowgan synthesize --checkpoint {args.model} --camera NEAREST --iso AT_ISO; or adapt, "
+          "which starts each new camera from its nearest")
 
 
 def _burst_pairs(args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from nmflowgan.config import Config, small
 from nmflowgan.data.patches import collate, evenly_spaced
 from nmflowgan.data.training_data import TrainingData
 from nmflowgan.errors import BadInputError
+from nmflowgan.matching import mean_nll
 from nmflowgan.models.adaptation import (
     ADAPTED_PARAMETERS,
     BaseReplay,
@@ -140,28 +141,20 @@ def _adapted(base: NoiseModel, adaptation: AdaptationOptions, seed: int, censore
 
 def _likelihood_scores(base: NoiseModel, data: TrainingData, seed: int, censored: bool
                        ) -> Callable[[str, str], float]:
-    """``score(new, source)``: the mean NLL under base camera ``source`` of up to :data:`SCORED_PATCHES` patches
-    of new camera ``new``, spread over its pairs (lower is better)."""
+    """``score(new, source)``: the mean NLL under base camera ``source``, at their own ISOs, of up to
+    :data:`SCORED_PATCHES` patches of new camera ``new``, spread over its pairs (lower is better; the first stage of
+    ``nmflowgan match``)."""
     dataset = data.patches
-    chosen = []
+    chosen = {}
     for camera in data.cameras:
         indices = [i for pair, record in enumerate(dataset.records) if record.camera == camera
                    for i in range(dataset.starts[pair], dataset.starts[pair + 1])]
-        chosen += [indices[i] for i in evenly_spaced(len(indices), SCORED_PATCHES)]
-    patches = collate([dataset[(index, 0)] for index in chosen])
-    clean, noise = patches.clean.float() / 255.0, patches.noisy.float() - patches.clean.float()
-    uniform = torch.rand(noise.shape, generator=torch.Generator().manual_seed(seed))
-    of_camera = {new: torch.tensor([camera == new for camera in patches.cameras]) for new in data.cameras}
+        chosen[camera] = collate([dataset[(indices[i], 0)] for i in evenly_spaced(len(indices), SCORED_PATCHES)])
+    uniform = {camera: torch.rand(batch.noisy.shape, generator=torch.Generator().manual_seed(seed))
+               for camera, batch in chosen.items()}
 
-    @torch.no_grad()
     def score(new: str, source: str) -> float:
-        mine = of_camera[new]
-        grid = patches.grid[mine] if patches.grid is not None else None
-        cond = base.encode(source, patches.isos[mine].tolist(), int(mine.sum()), grid=grid)
-        _, log_prob = base.flow.latent_and_log_prob(noise[mine].to(cond.features.device),
-                                                    clean[mine].to(cond.features.device), cond,
-                                                    uniform=uniform[mine].to(cond.features.device), censored=censored)
-        return -float(log_prob.mean())
+        return mean_nll(base, chosen[new], source, chosen[new].isos.tolist(), uniform[new], censored)
     return score
 
 
