@@ -47,3 +47,21 @@ def test_a_demo_stopped_while_timing_its_steps_decides_nothing(tmp_path):
     assert demo(tmp_path / "demo", budget_minutes=0.5, progress=False, stop=stop) is None
     assert not (tmp_path / "demo" / "plan.json").exists() and not (tmp_path / "demo" / "noise-model").exists()
     assert not list((tmp_path / "demo").glob("calibration*"))
+
+
+def test_a_stage_gets_no_more_than_the_time_the_stages_before_it_left(tmp_path):
+    from nmflowgan.demo import SCORING_S, SETUP_S, SHARES, DemoRun
+    from nmflowgan.training.run import StopRequest
+
+    def plan(timings: dict, speed: float = 10.0) -> dict:
+        run = DemoRun(tmp_path / str(len(list(tmp_path.iterdir()))), 20, 0, False, StopRequest())
+        run.timings = dict(timings)
+        run.sized("denoiser", 10, 5, lambda: (speed, 0.5), runs=5)
+        return run.plan["denoiser"]
+
+    on_time = plan({"simulate": 20.0, "train noise model": 396.0})
+    assert on_time["share_s"] == pytest.approx(SHARES["denoiser"] * 1200) and on_time["steps"] == 800
+    late = plan({"simulate": 40.0, "train noise model": 396.0, "evaluate": 404.0})  # 840 s spent, 300 s left
+    assert late["share_s"] == pytest.approx((1200 - SETUP_S - 840) / 5 - SCORING_S)
+    assert late["steps"] == int((late["share_s"] - 5 * 0.5) * 10.0)
+    assert plan({"evaluate": 5000.0})["steps"] == 10  # nothing left: the floor

@@ -75,6 +75,9 @@ CALIBRATION_STEPS, WARMUP_STEPS = 50, 30
 # Validation passes in a stage (the first at step 0, then every tenth or quarter of the length): their time comes out
 # of the stage's share before its steps are sized.
 NOISE_VALIDATIONS, DENOISER_VALIDATIONS = 11, 5
+# Kept out of the time left for a stage: the set-up before the demo starts (a fresh clone's pip install took 37-50 s)
+# and the report, and the seconds to score each trained denoiser (4 s on a fast 2-core CPU).
+SETUP_S, SCORING_S = 60.0, 10.0
 
 
 def _stage(name: str, progress: bool) -> None:
@@ -125,16 +128,24 @@ class DemoRun:
         write_text(self.out / "timings.json", json.dumps(self.timings, indent=2) + "\n")
         return result
 
-    def sized(self, stage: str, floor: int, validations: int, calibrate: Callable[[], tuple[float, float]]) -> int:
+    def sized(self, stage: str, floor: int, validations: int, calibrate: Callable[[], tuple[float, float]],
+              runs: int = 1) -> int:
         """The steps of ``stage``: the reference length scaled by the budget, cut to what fits the stage's share of
         the budget besides its ``validations`` passes, at the speed (steps/s) and the seconds per validation that
-        ``calibrate()`` measures on this machine; decided once, kept in plan.json."""
+        ``calibrate()`` measures on this machine; decided once, kept in plan.json.
+
+        The share is also cut to the time left: what the budget, less :data:`SETUP_S` (scaled), leaves after the
+        stages done so far, split between the stage's ``runs`` (each keeping :data:`SCORING_S` to be scored), so that
+        stages that ran longer on a slower machine (simulation, evaluation) shorten what follows instead of the demo
+        overrunning.
+        """
         if stage not in self.plan:
             wanted = max(floor, int(REFERENCE_STEPS[stage] * self.scale))
             speed, validation_s = calibrate() if wanted > 2 * CALIBRATION_STEPS else (None, 0.0)
             if speed is not None and not math.isfinite(speed):  # stopped while timing: decide next time
                 return wanted
-            share_s = SHARES[stage] * self.budget_minutes * 60
+            left_s = self.budget_minutes * 60 - SETUP_S * self.scale - sum(self.timings.values())
+            share_s = min(SHARES[stage] * self.budget_minutes * 60, max(0.0, left_s / runs - SCORING_S))
             fits = int(max(0.0, share_s - validations * validation_s) * speed) if speed else wanted
             self.plan[stage] = {"steps": max(floor, min(wanted, fits)), "wanted": wanted, "steps_per_s": speed,
                                 "validation_s": validation_s, "validations": validations, "share_s": share_s}
@@ -237,7 +248,7 @@ def train_and_score_denoisers(run: DemoRun) -> dict | None:
         run.out / "calibration-denoiser",
         lambda folder: _train_denoiser(run, folder, noise_run, CALIBRATION_STEPS, val_every=CALIBRATION_STEPS,
                                        log_every=10),
-        run.config.denoiser_train.batch_size)))
+        run.config.denoiser_train.batch_size)), runs=len(DENOISER_SOURCES))
     if run.stop:
         return None
     scores_path = run.out / "denoisers.json"
