@@ -11,7 +11,7 @@ and noise the model draws on their clean images at that condition.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from nmflowgan.data.folders import default_splits, find_pairs
+from nmflowgan.data.pairs import PairRecord
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate, evenly_spaced
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError
@@ -71,11 +72,17 @@ def candidate_isos(model: NoiseModel, own_iso: float) -> list[float]:
 def condition_patches(data: str | Path, split: str | None, patches: int) -> dict[tuple[str, float], PatchBatch]:
     """Up to ``patches`` upright patches of each (camera, ISO) of the data set, spread evenly over its pairs."""
     dataset = PatchDataset(find_pairs(data, split), patch_px=PATCH_PX, stride_px=PATCH_PX)
-    chosen: dict[tuple[str, float], list[int]] = {}
+    return grouped_patches(dataset, lambda record: (record.camera, record.iso), patches)
+
+
+def grouped_patches(dataset: PatchDataset, key: Callable[[PairRecord], Hashable], patches: int) -> dict:
+    """Up to ``patches`` patches of each group of ``dataset``'s pairs (``key(record)``), spread evenly over the
+    group's pairs, each group as one un-augmented :class:`PatchBatch`, in the order of the sorted keys."""
+    chosen: dict = {}
     for pair, record in enumerate(dataset.records):
-        chosen.setdefault((record.camera, record.iso), []).extend(range(dataset.starts[pair], dataset.starts[pair + 1]))
-    return {condition: collate([dataset[(indices[i], 0)] for i in evenly_spaced(len(indices), patches)])
-            for condition, indices in sorted(chosen.items())}
+        chosen.setdefault(key(record), []).extend(range(dataset.starts[pair], dataset.starts[pair + 1]))
+    return {group: collate([dataset[(indices[i], 0)] for i in evenly_spaced(len(indices), patches)])
+            for group, indices in sorted(chosen.items())}
 
 
 @torch.no_grad()

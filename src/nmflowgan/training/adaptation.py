@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 from nmflowgan.config import Config, small
-from nmflowgan.data.patches import collate, evenly_spaced
 from nmflowgan.data.training_data import TrainingData
 from nmflowgan.errors import BadInputError
-from nmflowgan.matching import mean_nll
+from nmflowgan.matching import grouped_patches, mean_nll
 from nmflowgan.models.adaptation import (
     ADAPTED_PARAMETERS,
     BaseReplay,
@@ -144,12 +143,7 @@ def _likelihood_scores(base: NoiseModel, data: TrainingData, seed: int, censored
     """``score(new, source)``: the mean NLL under base camera ``source``, at their own ISOs, of up to
     :data:`SCORED_PATCHES` patches of new camera ``new``, spread over its pairs (lower is better; the first stage of
     ``nmflowgan match``)."""
-    dataset = data.patches
-    chosen = {}
-    for camera in data.cameras:
-        indices = [i for pair, record in enumerate(dataset.records) if record.camera == camera
-                   for i in range(dataset.starts[pair], dataset.starts[pair + 1])]
-        chosen[camera] = collate([dataset[(indices[i], 0)] for i in evenly_spaced(len(indices), SCORED_PATCHES)])
+    chosen = grouped_patches(data.patches, lambda record: record.camera, SCORED_PATCHES)
     uniform = {camera: torch.rand(batch.noisy.shape, generator=torch.Generator().manual_seed(seed))
                for camera, batch in chosen.items()}
 
