@@ -5,9 +5,7 @@ all of a camera's pairs where it has fewer; ``all``: every pair) and ``test/`` (
 ISO) cells ``train/`` has: the baselines, NLF among them, are fitted per cell, so a test pair of a cell without
 training pairs has nothing to compare with; with K=5 and all, that is the whole test split), each with its
 metadata.csv. Images are hard links to the originals (no copy of the data). With ``--scenes N`` it also
-writes ``OUT/NAME-kK-sS-clean/``: the subset's clean images plus N simulator scenes, each scene given one of
-the subset's (camera, ISO) conditions in turn (its "noisy" file is a copy of the clean one: a denoiser trained
-from it synthesizes the noise), for a denoiser trained on synthesized pairs.
+writes ``OUT/scenes-N/``: N simulator scenes of 512 px, clean images for ``train-denoiser --extra-clean``.
 
 Usage::
 
@@ -60,19 +58,13 @@ def chosen_pairs(rows: list[dict[str, str]], pairs: str, seed: int) -> list[dict
     return picked
 
 
-def write_clean_folder(rows: list[dict[str, str]], source: Path, folder: Path, scenes: int, seed: int) -> None:
-    write_folder(rows, source, folder)  # the subset's own pairs (a denoiser trained from it uses their clean)
-    conditions = sorted({(row["camera"], row["iso"]) for row in rows})
+def write_scenes(folder: Path, scenes: int) -> None:
+    """``scenes`` simulator scenes of 512 px (photographs and procedural kinds in turn) as PNGs in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     kinds = [f"photo:{p}" for p in available_photos()] + list(PROCEDURAL)
-    extra = []
     for index in range(scenes):
-        scene = make_scene(kinds[index % len(kinds)], seed * 1000 + index, 512)
-        name = f"scene_{index:03d}.png"
-        write_png(folder / name, np.ascontiguousarray(scene))
-        camera, iso = conditions[index % len(conditions)]
-        extra.append({"clean": name, "noisy": name, "camera": camera, "iso": iso})
-    with open(folder / "metadata.csv", "a", newline="") as handle:
-        csv.DictWriter(handle, fieldnames=["clean", "noisy", "camera", "iso"]).writerows(extra)
+        scene = make_scene(kinds[index % len(kinds)], index, 512)
+        write_png(folder / f"scene_{index:03d}.png", np.ascontiguousarray(scene))
 
 
 def main() -> None:
@@ -93,11 +85,10 @@ def main() -> None:
             tested = [row for row in test if (row["camera"], float(row["iso"])) in cells]
             write_folder(picked, args.data / "train", args.out / name / "train")
             write_folder(tested, args.data / "test", args.out / name / "test")
-            if args.scenes:
-                write_clean_folder(picked, args.data / "train", args.out / f"{name}-clean" / "train", args.scenes,
-                                   seed)
-                write_folder(tested, args.data / "test", args.out / f"{name}-clean" / "test")
             print(f"{args.out / name}: {len(picked)} training pairs, {len(tested)} of {len(test)} test pairs")
+    if args.scenes:
+        write_scenes(args.out / f"scenes-{args.scenes}", args.scenes)
+        print(f"{args.out / f'scenes-{args.scenes}'}: {args.scenes} clean simulator scenes")
 
 
 if __name__ == "__main__":

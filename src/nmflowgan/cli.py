@@ -162,8 +162,10 @@ def _adapt_command(sub: argparse._SubParsersAction) -> None:
     adapt.add_argument("--split", default=None, help="training split (default: as train)")
     adapt.add_argument("--val-split", default=None, help="validation split (default: as train: never the test split)")
     adapt.add_argument("--adapt", choices=ADAPTED_PARAMETERS, default=_default(api.AdaptationOptions, "adapt"),
-                       help="all: every weight, on the new pairs and on the base's own noise for its cameras; camera: "
-                            "only the new cameras' weights (the base's cameras draw exactly what they drew)")
+                       help="adapters: the new cameras' weights and a scale and shift per new camera of every hidden "
+                            "layer (the base's cameras draw exactly what they drew); camera: only the new cameras' "
+                            "weights (the same guarantee, less room); all: every weight, on the new pairs and on the "
+                            "base's own noise for its cameras")
     adapt.add_argument("--replay", type=float, default=_default(api.AdaptationOptions, "replay"),
                        help="--adapt all: weight of the base's own noise beside the new pairs (0: none; the base's "
                             "cameras then drift)")
@@ -238,6 +240,12 @@ def _train_denoiser_command(sub: argparse._SubParsersAction) -> None:
     denoiser.add_argument("--noise", required=True,
                           help="a noise-model checkpoint, or gaussian | nlf | real (the data set's own noisy images)")
     denoiser.add_argument("--flow-only", action="store_true", help="use the checkpoint's flow without its refiner")
+    denoiser.add_argument("--real-share", type=float, default=_default(api.DenoiserTrainingOptions, "real_share"),
+                          metavar="F", help="with a synthetic --noise: each patch keeps its real noisy partner with "
+                                            "probability F (0: all synthesized; 0.5: half real, half synthesized)")
+    denoiser.add_argument("--extra-clean", type=Path, default=None, metavar="DIR",
+                          help="with a synthetic --noise: clean images without partners to train on as well, their "
+                               "noise drawn at the training pairs' camera/ISO conditions in turn")
     denoiser.add_argument("--data", required=True, type=Path)
     denoiser.add_argument("--split", default=None)
     denoiser.add_argument("--val-split", default=None, help="as train's (never the test split unless named)")

@@ -9,12 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from nmflowgan.cli import main
+from nmflowgan.data.clean_images import clean_image_records
 from nmflowgan.data.io import read_rgb, write_png
+from nmflowgan.data.patches import PatchBatch
 from nmflowgan.denoising import denoise_image, evaluate_denoiser
-from nmflowgan.errors import BadInputError, CheckpointError
+from nmflowgan.errors import BadInputError, CheckpointError, DataError
 from nmflowgan.metrics.image_quality import psnr
 from nmflowgan.models.dncnn import DnCNN
-from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, train_denoiser
+from nmflowgan.training.denoiser_trainer import DenoiserTrainingOptions, mixed, train_denoiser
 from nmflowgan.training.noise_trainer import NoiseTrainingOptions, train_noise_model
 from nmflowgan.training.run import read_metrics
 from tests.conftest import tiny_config
@@ -69,6 +71,49 @@ def test_resumed_denoiser_equals_uninterrupted(tmp_path, simcam_tree, noise_run)
     _train(simcam_tree, tmp_path / "resumed", str(noise_run), 9, resume=True)
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_real_share_one_trains_exactly_as_real_pairs(tmp_path, simcam_tree, noise_run):
+    """Every patch keeps its real partner at share 1: the synthesized draw is discarded, the weights are real's."""
+    _train(simcam_tree, tmp_path / "real", "real", 5)
+    _train(simcam_tree, tmp_path / "mixed", str(noise_run), 5, real_share=1.0)
+    real, mixed_run = _weights(tmp_path / "real"), _weights(tmp_path / "mixed")
+    assert all(torch.equal(real[k], mixed_run[k]) for k in real if not k.startswith("optimizer"))
+
+
+def test_mixing_keeps_real_partners_at_the_share_and_never_for_clean_only_images():
+    clean = torch.full((400, 3, 4, 4), 100, dtype=torch.uint8)
+    noisy = clean + 7
+    real = torch.arange(400) % 4 != 0  # every fourth patch is a clean-only image
+    batch = PatchBatch(clean, torch.where(real[:, None, None, None], noisy, clean), ["a"] * 400,
+                       torch.full((400,), 100.0), real=real)
+    synthesized = torch.full((400, 3, 4, 4), 0.5)
+    out = mixed(synthesized, batch, 0.5, torch.Generator().manual_seed(0))
+    kept = (out == 107 / 255).all(dim=(1, 2, 3))
+    assert torch.equal(kept | (out == 0.5).all(dim=(1, 2, 3)), torch.ones(400, dtype=torch.bool))
+    assert not kept[~real].any()  # a clean-only patch always gets synthesized noise
+    assert 0.4 < kept[real].float().mean() < 0.6
+    assert torch.equal(mixed(synthesized, batch, 1.0, torch.Generator()).eq(107 / 255).all(dim=(1, 2, 3)), real)
+
+
+def test_extra_clean_images_are_trained_on_at_the_pairs_conditions(tmp_path, simcam_tree, noise_run):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for index in range(3):
+        write_png(extra / f"photo_{index}.png", np.full((64, 64, 3), 60 * index, dtype=np.uint8))
+    records = clean_image_records(extra, [("IP", 800.0), ("G4", 100.0), ("IP", 800.0)])
+    assert [(r.camera, r.iso, r.clean_only, r.noisy == r.clean) for r in records] == [
+        ("G4", 100.0, True, True), ("IP", 800.0, True, True), ("G4", 100.0, True, True)]
+    result = _train(simcam_tree, tmp_path / "run", str(noise_run), 4, real_share=0.5, extra_clean=extra)
+    assert result.step == 4
+    facts = json.loads((tmp_path / "run" / "last" / "training.json").read_text())["info"]
+    assert facts["extra_clean"]["images"] == 3 and facts["real_share"] == 0.5
+    with pytest.raises(BadInputError, match="not 'real'"):
+        _train(simcam_tree, tmp_path / "bad", "real", 2, extra_clean=extra)
+    with pytest.raises(BadInputError, match="from 0 to 1"):
+        _train(simcam_tree, tmp_path / "bad", str(noise_run), 2, real_share=1.5)
+    with pytest.raises(DataError, match="no PNG"):
+        clean_image_records(tmp_path / "run", [("IP", 800.0)])
 
 
 def test_denoising_is_tiled_exactly_and_scored(tmp_path, simcam_tree):

@@ -22,6 +22,8 @@ class PairRecord:
         camera: camera code; iso: ISO.
         scene: an identifier of the scene, so that splits can keep scenes disjoint.
         oracle: a second noisy image of the very same clean image, when the source has one (simcam).
+        clean_only: no noisy capture exists (``noisy`` is the clean file itself): a denoiser draws synthesized
+            noise on it (:mod:`nmflowgan.data.clean_images`).
     """
 
     clean: Path
@@ -30,6 +32,7 @@ class PairRecord:
     iso: float
     scene: str = ""
     oracle: Path | None = None
+    clean_only: bool = False
 
 
 def check_pair(record: PairRecord, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:

@@ -42,6 +42,8 @@ class PatchBatch:
         grid: ``uint8 (B, 2, P, P)`` each pixel's row and column in the camera's 8x8 grid
             (:attr:`~nmflowgan.conditions.Condition.grid`); None: each patch from the frame's origin, upright.
         symmetries: ``(B,)`` the symmetry each patch was given (:mod:`~nmflowgan.data.symmetries`); None: none.
+        real: ``(B,)`` bool, whether the patch's noisy partner is a real capture (False for a clean-only image,
+            whose ``noisy`` is its clean); None: all are.
     """
 
     clean: torch.Tensor
@@ -51,6 +53,7 @@ class PatchBatch:
     oracle: torch.Tensor | None = None
     grid: torch.Tensor | None = None
     symmetries: torch.Tensor | None = None
+    real: torch.Tensor | None = None
 
 
 class PatchDataset(Dataset):
@@ -141,7 +144,7 @@ class PatchDataset(Dataset):
             code = ROW_KEEPING[int(np.random.default_rng([self.seed, epoch, index]).integers(4))]
         tensors = [torch.from_numpy(oriented(c, code).copy()).permute(2, 0, 1) for c in crops]
         item = {"clean": tensors[0], "noisy": tensors[1], "camera": record.camera, "iso": float(record.iso),
-                "grid": tensors[-1], "symmetry": code}
+                "grid": tensors[-1], "symmetry": code, "real": not record.clean_only}
         if oracle:
             item["oracle"] = tensors[2]
         return item
@@ -164,6 +167,7 @@ def collate(items: list[dict]) -> PatchBatch:
         oracle=oracle,
         grid=torch.stack([i["grid"] for i in items]) if all("grid" in i for i in items) else None,
         symmetries=torch.tensor([i["symmetry"] for i in items]) if all("symmetry" in i for i in items) else None,
+        real=torch.tensor([i["real"] for i in items]) if all("real" in i for i in items) else None,
     )
 
 

@@ -2,18 +2,22 @@
 
 The noise source is a frozen noise model (``nmflowgan``, or its flow alone), a closed-form baseline
 (``gaussian``, ``nlf``, fitted on the training split), or ``real``: the data set's own noisy images, the
-reference every synthetic source is measured against. Validation is always on real noisy patches (PSNR),
-so runs with different sources are selected and compared on the same footing. Resume, checkpoints,
-progress and signals behave as in noise-model training. Each rank's noise at each step comes from a generator
-seeded by ``(seed, step, rank)``, so a resumed run (on any number of ranks equal to the original) draws
-exactly what the uninterrupted run drew.
+reference every synthetic source is measured against. A synthetic source can also be mixed with the real pairs
+(each patch keeps its real noisy partner with probability ``real_share``) and given clean images without a partner
+(``extra_clean``), which only it can make noisy: how a user with a few real pairs of a camera would train.
+Validation is always on real noisy patches (PSNR), so runs with different sources are selected and compared on the
+same footing. Resume, checkpoints, progress and signals behave as in noise-model training. Each rank's noise at each
+step comes from a generator seeded by ``(seed, step, rank)``, so a resumed run (on any number of ranks equal to the
+original) draws exactly what the uninterrupted run drew.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from nmflowgan.config import Config, to_dict
-from nmflowgan.data.patches import PatchBatch, collate
+from nmflowgan.data.clean_images import clean_image_records
+from nmflowgan.data.pairs import PairRecord
+from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
 from nmflowgan.data.training_data import training_data, validation_patches
 from nmflowgan.errors import BadInputError
 from nmflowgan.models.dncnn import WEIGHTS_FILE, DnCNN
@@ -49,6 +55,10 @@ class DenoiserTrainingOptions(RunOptions):
             checkpoint's flow without its refiner; sampling: how that model's noise is computed.
         val_every / val_patches: validation interval (steps) and size (real noisy patches).
         fit_patches: training patches the ``gaussian``/``nlf`` baselines are fitted on.
+        real_share: with a synthetic ``noise``, the probability that a patch keeps its real noisy partner (drawn per
+            patch and step; 0: every patch synthesized).
+        extra_clean: with a synthetic ``noise``, a folder of clean images (no partners) trained on as well, with
+            noise drawn at the training pairs' conditions in turn (:mod:`nmflowgan.data.clean_images`).
     """
 
     noise: str
@@ -57,6 +67,16 @@ class DenoiserTrainingOptions(RunOptions):
     val_every: int = 100
     val_patches: int = 64
     fit_patches: int = 2000
+    real_share: float = 0.0
+    extra_clean: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.real_share, int | float) and 0 <= self.real_share <= 1):
+            raise BadInputError(f"real-share must be a number from 0 to 1, got {self.real_share!r}")
+        if self.noise == "real" and (self.real_share or self.extra_clean is not None):
+            raise BadInputError("--real-share and --extra-clean mix real pairs with synthesized noise: give a noise "
+                                "model (or gaussian / nlf) as --noise, not 'real'")
 
 
 def noise_source(options: DenoiserTrainingOptions, records: list, patch_px: int, device: torch.device
@@ -91,6 +111,15 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
                              options.max_pixels)
         dataset = data.patches
         source = noise_source(options, dataset.records, train_config.patch_px, device)
+        extra: list[PairRecord] = []
+        if options.extra_clean is not None:
+            extra = clean_image_records(options.extra_clean, [(r.camera, r.iso) for r in dataset.records],
+                                        options.max_pixels)
+            dataset = PatchDataset(dataset.records + extra, train_config.patch_px, train_config.stride_px,
+                                   augment=dataset.augment, seed=options.seed, skip_bad=options.skip_bad,
+                                   max_pixels=options.max_pixels)
+            log.info("training also on %d clean images of %s (%d patches of %d in all)", len(extra),
+                     options.extra_clean, len(dataset) - len(data.patches), len(dataset))
         validation = validation_patches(data.validation, train_config.patch_px, options.val_patches,
                                         options.skip_bad, options.max_pixels)
         if validation is not None:
@@ -103,7 +132,7 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
                                    options.seed, 0, 1)
         schedule = Schedule.of(options, train_config, probe.steps_per_epoch, options.val_every)
         facts = {"noise": options.noise, "flow_only": options.flow_only, "seed": options.seed,
-                 "data": data.fingerprint(),
+                 "data": data.fingerprint(), "real_share": options.real_share, "extra_clean": _digest(extra),
                  "steps_per_epoch": probe.steps_per_epoch, "global_batch": train_config.batch_size,
                  "config": to_dict(config)}
         state = TrainingState(0, {}, {"denoiser": optimizer}, facts | {"options": options.to_dict()})
@@ -119,7 +148,10 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
         def train_step(batch: PatchBatch, step: int) -> dict[str, float]:
             clean = batch.clean.to(device).float() / 255.0
             with torch.no_grad():
-                noisy = source(clean, batch, step_generator(options.seed, step, context.rank))
+                generator = step_generator(options.seed, step, context.rank)
+                noisy = source(clean, batch, generator)
+                if options.real_share > 0:  # after the synthesized draw, which stays what it is without mixing
+                    noisy = mixed(noisy, batch, options.real_share, generator)
             with autocast:
                 loss = F.mse_loss(trained(noisy).float(), clean)
             optimizer.zero_grad(set_to_none=True)
@@ -133,6 +165,27 @@ def train_denoiser(config: Config, options: DenoiserTrainingOptions, stop: StopR
 
         return run.loop(loader, schedule, train_step, validate, stop, f"denoiser ({options.noise})",
                         train_config.batch_size, validate_first=False)
+
+
+def mixed(synthesized: torch.Tensor, batch: PatchBatch, real_share: float, generator: torch.Generator
+          ) -> torch.Tensor:
+    """``synthesized`` ``(B, 3, P, P)`` in [0, 1] with each patch that has a real noisy partner replaced by that
+    partner with probability ``real_share`` (one draw per patch from ``generator``); clean-only patches keep theirs."""
+    keep = torch.rand(len(synthesized), generator=generator) < real_share
+    if batch.real is not None:
+        keep &= batch.real
+    real = batch.noisy.to(synthesized.device, synthesized.dtype) / 255.0
+    return torch.where(keep.to(synthesized.device)[:, None, None, None], real, synthesized)
+
+
+def _digest(records: list[PairRecord]) -> dict:
+    """The number of clean-only images and a digest of their names, sizes and conditions (a resumed run must train
+    on the same ones)."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(f"{record.clean.resolve()}|{record.clean.stat().st_size}|{record.camera}|{record.iso!r}\n"
+                      .encode())
+    return {"images": len(records), "digest": digest.hexdigest()[:16]}
 
 
 @torch.no_grad()
