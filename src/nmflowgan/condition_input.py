@@ -6,9 +6,12 @@ a camera one-hot followed by the ISO feature) through one of two layers, and thr
 * :class:`ConditionInput`: a linear map of the features, the first layer of every condition network (the flow
   layers' condition MLPs, CL, the latent correlation);
 * :class:`ConditionPlanes`: a convolution of an image's channels followed by the features as constant planes (a
-  refiner or critic that sees the condition).
+  refiner or critic that sees the condition);
 
-In both, input column ``first_feature + c`` of the weight (axis 1) reads camera ``c``. :func:`grow_cameras` relies
+and, in a model that gives cameras parameters of their own (an adapted model, ``FlowConfig.camera_adapters``),
+through :class:`CameraModulation`: a scale and a shift per camera of each hidden channel of the flow's networks.
+
+In all three, column ``first_feature + c`` of the weight (axis 1) reads camera ``c``. :func:`grow_cameras` relies
 on that alone: it copies a base model into the same architecture over more cameras, starts each new camera's
 column as a copy of a base camera's (so the new camera draws exactly that camera's noise), and refuses any other
 parameter whose shape changed, so a layer that read the features another way could not be grown wrongly.
@@ -42,6 +45,57 @@ class ConditionPlanes(nn.Conv2d):
                  ) -> None:
         super().__init__(image_channels + feature_dim, out_channels, kernel_size, **conv)
         self.first_feature = image_channels
+
+
+class CameraModulation(nn.Module):
+    """A scale and a shift per camera of each channel of a hidden layer: ``(B, C, H, W)`` hidden values and ``(B, D)``
+    condition features -> ``hidden * (1 + scale[camera]) + shift[camera]``.
+
+    Both tables are zero at start, and a camera whose columns stay zero gets its hidden values back exactly (times 1,
+    plus 0): an adaptation that trains only the new cameras' columns leaves every base camera's noise bit for bit as
+    it was, while a new camera reshapes what each shared layer computes for it, not only what it is fed.
+
+    Args:
+        cameras: the vocabulary's cameras (the first ``cameras`` features are their one-hot); channels: C.
+    """
+
+    first_feature = 0
+
+    def __init__(self, cameras: int, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(channels, cameras))  # cameras on axis 1, as every reader's weight
+        self.shift = nn.Parameter(torch.zeros(channels, cameras))
+
+    def forward(self, hidden: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        cameras = features[:, : self.scale.shape[1]].float()  # one-hot: each product picks one column exactly
+        scale = nn.functional.linear(cameras, self.scale).to(hidden.dtype)[:, :, None, None]
+        shift = nn.functional.linear(cameras, self.shift).to(hidden.dtype)[:, :, None, None]
+        return hidden * (1 + scale) + shift
+
+
+def modulated(layers: nn.Sequential, x: torch.Tensor, modulations: nn.ModuleDict | None,
+              features: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+    """``layers(x)``, each output of ``layers[i]`` passed through ``modulations[str(start + i)]`` where there is one
+    (``start``: the index of ``layers[0]`` in the network the keys count in, for a slice of it)."""
+    if modulations is None:
+        return layers(x)
+    for index, layer in enumerate(layers, start):
+        x = layer(x)
+        if str(index) in modulations:
+            x = modulations[str(index)](x, features)
+    return x
+
+
+def hidden_modulations(layers: nn.Sequential, cameras: int) -> nn.ModuleDict:
+    """A :class:`CameraModulation` after every activation of ``layers`` that a convolution follows (its hidden
+    layers), keyed by the activation's index; the channels are those of the convolution before it."""
+    modulations, channels = {}, 0
+    for index, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            channels = layer.out_channels
+        elif index + 1 < len(layers) and isinstance(layers[index + 1], nn.Conv2d):
+            modulations[str(index)] = CameraModulation(cameras, channels)
+    return nn.ModuleDict(modulations)
 
 
 class GridPosition(nn.Module):
@@ -82,18 +136,28 @@ def grow_cameras(base: nn.Module, grown: nn.Module, base_cameras: int, sources: 
     Returns:
         For each weight that reads the camera, the new cameras' columns (along axis 1).
 
+    A :class:`CameraModulation` the base does not have starts at zero for every camera (the base's cameras draw what
+    they drew; new cameras start as their source camera).
+
     Raises:
         BadInputError: a parameter whose shape changed is not the weight of a :class:`ConditionInput` or
-            :class:`ConditionPlanes` (it reads the condition some other way, e.g. a table per (camera, ISO) cell).
+            :class:`ConditionPlanes` or a table of a :class:`CameraModulation` (it reads the condition some other way,
+            e.g. a table per (camera, ISO) cell).
     """
     readers = {f"{name}.weight": module for name, module in grown.named_modules()
                if isinstance(module, ConditionInput | ConditionPlanes)}
+    readers |= {f"{name}.{table}": module for name, module in grown.named_modules()
+                if isinstance(module, CameraModulation) for table in ("scale", "shift")}
     base_state = base.state_dict()
     columns: dict[str, slice] = {}
     with torch.no_grad():
         for name, target in grown.state_dict().items():
-            old = base_state[name]
             reader = readers.get(name)
+            old = base_state.get(name)
+            if old is None and isinstance(reader, CameraModulation):  # the base reads cameras without modulation
+                old = torch.zeros(target.shape[0], base_cameras, dtype=target.dtype)
+            elif old is None:
+                raise BadInputError(f"cannot grow {name}: the base model has no such parameter")
             if reader is None:
                 if old.shape != target.shape:
                     raise BadInputError(f"cannot grow {name} from {tuple(old.shape)} to {tuple(target.shape)}: only "

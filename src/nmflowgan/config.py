@@ -59,6 +59,9 @@ class FlowConfig:
             to their first hidden layer, :class:`~nmflowgan.condition_input.GridPosition`): 2 the colour-filter
             array, 8 the JPEG blocks (which also tells the 2x2 phase); 0: none, the noise is the same at every
             place of the frame (the paper's model).
+        camera_adapters: every hidden layer of SAL, SDL and RQS also gets a scale and a shift per camera
+            (:class:`~nmflowgan.condition_input.CameraModulation`, zero at start): what ``adapt --adapt adapters``
+            trains for a new camera, so that the base's cameras keep their noise exactly.
     """
 
     spec: str = "UD|NE|SAL|SDL|CL2|SAL|SDL|CL2"
@@ -68,6 +71,7 @@ class FlowConfig:
     meta_blocks: int = 3
     sdl_embedding: int = 3
     grid_px: int = 0
+    camera_adapters: bool = False
 
     def __post_init__(self) -> None:
         names = self.layer_names
@@ -381,6 +385,7 @@ def to_dict(config: object) -> dict:
 # (the behaviour before the key existed): a built-in model or a saved config from before loads as what it was.
 ADDED_LATER: dict[tuple[str, str], object] = {
     ("FlowConfig", "grid_px"): 0,
+    ("FlowConfig", "camera_adapters"): False,
     ("ModelConfig", "correlation_grid_px"): 0,
     ("TrainConfig", "augment"): "all",
 }

@@ -14,6 +14,7 @@ from nmflowgan.data.simcam.scenes import PROCEDURAL, make_scene
 from nmflowgan.errors import BadInputError
 from nmflowgan.models.adaptation import grown_model, restrict_to_new_cameras
 from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.models.sampler import SamplingOptions
 from tests.conftest import exit_code
 
 
@@ -75,6 +76,33 @@ def test_adapting_the_camera_only_changes_the_new_cameras_columns_and_nothing_el
         assert torch.equal(value[:, others], before[name][:, others]), name
     for camera in base.cameras:
         assert torch.allclose(_draw(model, camera), _draw(base, camera), atol=1e-5)
+
+
+def test_camera_adapters_start_as_the_identity_and_leave_the_base_cameras_bit_for_bit():
+    base = _perturbed()
+    model, columns = grown_model(base, ["BB"], ["CC"], adapters=True)
+    modulated = [name for name in columns if ".modulations." in name]
+    assert modulated and all(name.endswith((".scale", ".shift")) for name in modulated)
+    model.eval()
+    assert torch.equal(_draw(model, "CC"), _draw(model, "BB"))  # zero tables: the source camera's noise exactly
+    trainable = restrict_to_new_cameras(model, columns)
+    optimizer = torch.optim.Adam(trainable, lr=0.05)
+    clean = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    noise = (8 * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))).round()
+    for _ in range(3):
+        optimizer.zero_grad()
+        cond = model.encode("CC", 800, 2)
+        z, nll = _nll_per_value(model, noise, clean, cond, generator=torch.Generator().manual_seed(4))
+        (nll + model.correlation.loss(z, cond)).backward()
+        optimizer.step()
+    assert all(model.get_parameter(name)[:, columns[name]].abs().sum() > 0 for name in modulated)
+    for camera in base.cameras:  # exactly, not approximately: the base's cameras never see the new tables
+        assert torch.equal(_draw(model, camera), _draw(base, camera))
+        for options in (SamplingOptions.plain(), SamplingOptions()):
+            drawn = [m.sample(torch.full((1, 3, 16, 16), 0.4), camera, 800, generator=torch.Generator().manual_seed(7),
+                              options=options) for m in (model, base)]
+            assert torch.equal(*drawn)
+    assert not torch.allclose(_draw(model, "CC"), _draw(model, "BB"), atol=1e-3)
 
 
 def _new_camera(code="ZZ"):
@@ -139,7 +167,7 @@ def new_camera(tmp_path_factory):
     return _new_camera_pairs(root / "train", 3, seed=0), _new_camera_pairs(root / "held_out", 4, seed=1)
 
 
-@pytest.mark.parametrize("adapt", ["all", "camera"])
+@pytest.mark.parametrize("adapt", ["all", "camera", "adapters"])
 def test_adapting_the_builtin_model_to_a_new_simulated_camera_improves_on_the_base(tmp_path, new_camera, adapt):
     base = NoiseModel.load("builtin")
     train, held_out = new_camera
@@ -157,7 +185,9 @@ def test_adapting_the_builtin_model_to_a_new_simulated_camera_improves_on_the_ba
     started, _ = _noise_std_against_the_camera(base, started_from, 800)
     assert abs(drawn - true) < abs(started - true), (true, drawn, started)
     for camera, iso in (("V2", 1600), ("A5", 100), ("AX", 6400)):
-        if adapt == "camera":  # the base's own cameras draw exactly what they drew
+        if adapt == "adapters":  # the base's own cameras draw exactly what they drew, bit for bit
+            assert torch.equal(_draw(adapted, camera, iso), _draw(base, camera, iso))
+        elif adapt == "camera":  # the base's own cameras draw what they drew
             assert torch.allclose(_draw(adapted, camera, iso), _draw(base, camera, iso), atol=1e-4)
         else:  # trained on the base's own noise beside the new pairs: they keep their likelihood
             kept, was = _replayed_nll(adapted, base, camera, iso), _replayed_nll(base, base, camera, iso)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmflowgan.condition_input import ConditionInput, GridPosition
+from nmflowgan.condition_input import ConditionInput, GridPosition, hidden_modulations, modulated
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.flows.base import FlowContext, FlowLayer
 
@@ -87,10 +87,12 @@ class SignalAwareAffine(ConditionalAffine):
         features: width of the convolutions; receptive_field_px: odd window size.
         meta_hidden, meta_blocks: the condition MLP.
         grid_px: period of the grid read (0: none).
+        camera_adapters: a scale and shift per camera of every hidden layer
+            (:class:`~nmflowgan.condition_input.CameraModulation`).
     """
 
     def __init__(self, channels: int, space: ConditionSpace, features: int, receptive_field_px: int,
-                 meta_hidden: int, meta_blocks: int, grid_px: int = 0) -> None:
+                 meta_hidden: int, meta_blocks: int, grid_px: int = 0, camera_adapters: bool = False) -> None:
         super().__init__()
         self.channels = channels
         layers: list[nn.Module] = [nn.Conv2d(3, features, 1), nn.ReLU()]
@@ -100,11 +102,13 @@ class SignalAwareAffine(ConditionalAffine):
         self.structure = nn.Sequential(*layers)
         self.meta = ResidualMLP(space.feature_dim, 2 * channels, meta_hidden, meta_blocks)
         self.grid = GridPosition(features, grid_px) if grid_px else None
+        self.modulations = hidden_modulations(self.structure, len(space.cameras)) if camera_adapters else None
 
     def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = context.clean.dtype
         first = self.structure[0](context.clean_compute)
-        structure = self.structure[1:](first + grid_term(self.grid, context, first)).to(dtype)  # (B, 2C, H, W)
+        structure = modulated(self.structure[1:], first + grid_term(self.grid, context, first), self.modulations,
+                              context.cond.features, start=1).to(dtype)  # (B, 2C, H, W)
         meta = self.meta(context.cond.features.to(dtype))[:, :, None, None]  # (B, 2C, 1, 1)
         embedding = structure * meta
         return embedding[:, : self.channels], embedding[:, self.channels :]
@@ -125,13 +129,14 @@ class SignalDependentAffine(ConditionalAffine):
     Pointwise (1x1) convolutions make scale and bias a function of the clean intensity at the same pixel:
     the heteroscedastic, signal-dependent part of camera noise. With ``grid_px`` (the period of the grid read),
     also of the pixel's position in the camera's grid: a learned value per position joins the first hidden layer.
+    With ``camera_adapters``, every hidden layer is scaled and shifted per camera.
     """
 
     # the first two convolutions, which have no activation between them (folded when drawing)
     ENTRY = 2
 
     def __init__(self, channels: int, space: ConditionSpace, features: int, embedding: int,
-                 meta_hidden: int, meta_blocks: int, grid_px: int = 0) -> None:
+                 meta_hidden: int, meta_blocks: int, grid_px: int = 0, camera_adapters: bool = False) -> None:
         super().__init__()
         self.channels = channels
         self.meta = ResidualMLP(space.feature_dim, embedding, meta_hidden, meta_blocks)
@@ -144,6 +149,7 @@ class SignalDependentAffine(ConditionalAffine):
             nn.Conv2d(features, 2 * channels, 1), nn.Tanh(),
         )
         self.grid = GridPosition(2 * features, grid_px) if grid_px else None
+        self.modulations = hidden_modulations(self.pointwise, len(space.cameras)) if camera_adapters else None
         self.folded: _FoldedEntry | None = None  # set in sampling copies only (see for_sampling)
 
     def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +160,8 @@ class SignalDependentAffine(ConditionalAffine):
             rest = self.pointwise[self.ENTRY :]
         else:
             hidden, rest = self.folded(clean, meta), self.pointwise
-        embedding = rest(hidden + grid_term(self.grid, context, hidden)).to(context.clean.dtype)  # (B, 2C, H, W)
+        embedding = modulated(rest, hidden + grid_term(self.grid, context, hidden), self.modulations,
+                              context.cond.features, start=self.ENTRY).to(context.clean.dtype)  # (B, 2C, H, W)
         return embedding[:, : self.channels], embedding[:, self.channels :]
 
     def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> FlowLayer:

@@ -3,7 +3,9 @@ and only what the adaptation may change left free to train.
 
 A camera is one input column of each layer that reads the condition (:mod:`nmflowgan.condition_input`): a new
 camera is a new column, and a copy of base camera ``b``'s columns makes the new camera draw exactly ``b``'s noise.
-Training only the new columns (``camera``) leaves every base camera's noise exactly as it was; ``all`` trains every
+Training only the new columns (``camera``) leaves every base camera's noise exactly as it was; ``adapters`` does too,
+and also gives the model a scale and a shift per camera of every hidden layer of its flow (zero for the base's
+cameras, trained for the new ones), so a new camera reshapes what the shared layers compute for it; ``all`` trains every
 weight, on the new pairs and on noise the frozen base draws for its own cameras (:class:`BaseReplay`), so that what
 the new cameras teach the shared weights does not unteach the old ones. The stage that runs an adaptation is
 :mod:`nmflowgan.training.adaptation`.
@@ -11,6 +13,7 @@ the new cameras teach the shared weights does not unteach the old ones. The stag
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -23,7 +26,7 @@ from nmflowgan.errors import BadInputError
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
 
-ADAPTED_PARAMETERS = ("camera", "all")
+ADAPTED_PARAMETERS = ("adapters", "camera", "all")
 MIN_ADAPTATION_PAIRS = 3
 
 
@@ -48,11 +51,15 @@ def check_adaptable(space: ConditionSpace, cameras: Sequence[str], isos: Sequenc
                             f"{low:g}-{high:g}")
 
 
-def grown_model(base: NoiseModel, sources: Sequence[str], cameras: Sequence[str]
+def grown_model(base: NoiseModel, sources: Sequence[str], cameras: Sequence[str], adapters: bool = False
                 ) -> tuple[NoiseModel, dict[str, slice]]:
     """``base`` over its cameras followed by ``cameras``, new camera ``i`` a copy of base camera ``sources[i]``; and,
-    for each weight that reads the camera, the new cameras' columns (axis 1)."""
-    model = NoiseModel(base.config, base.cameras + tuple(cameras), base.isos)
+    for each weight that reads the camera, the new cameras' columns (axis 1). With ``adapters`` (or a base that has
+    them), the model has a :class:`~nmflowgan.condition_input.CameraModulation` in every hidden layer of its flow."""
+    config = base.config
+    if adapters and not config.flow.camera_adapters:
+        config = dataclasses.replace(config, flow=dataclasses.replace(config.flow, camera_adapters=True))
+    model = NoiseModel(config, base.cameras + tuple(cameras), base.isos)
     columns = grow_cameras(base, model, len(base.cameras), [base.space.camera_index(s) for s in sources])
     return model, columns
 

@@ -45,7 +45,7 @@ from nmflowgan.training.run import StopRequest
 log = logging.getLogger(__name__)
 # adapt's defaults, from the measurements in docs/adapt.md
 ADAPT_STEPS = 400
-ADAPT_LR = {"camera": 1e-2, "all": 1e-3}
+ADAPT_LR = {"adapters": 1e-3, "camera": 1e-2, "all": 1e-3}
 ADAPT_LR_PARTS = 3  # the rate is halved at each third of the run
 SCORED_PATCHES = 64  # patches of each new camera scored under every base camera to pick its start
 
@@ -56,7 +56,8 @@ class AdaptationOptions:
 
     Attributes:
         base: the trained model to adapt: a model or run folder, or ``builtin``.
-        adapt: ``camera`` (the new cameras' columns only; the base's cameras stay exactly as they were) or ``all``
+        adapt: ``adapters`` (the new cameras' columns and a scale and shift per new camera of every hidden layer of the
+            flow; the base's cameras stay exactly as they were), ``camera`` (the new cameras' columns only) or ``all``
             (every weight, on the new pairs and on noise the frozen base draws for its own cameras).
         replay: with ``all``, the weight of the base's own noise in the loss (0: none, and the base's cameras drift
             freely toward the new ones).
@@ -112,9 +113,12 @@ def adaptation_config(base: NoiseModel, adaptation: AdaptationOptions) -> Config
     symmetry (``augment="all"``), as adaptation was measured (docs/adapt.md): a few pairs need them all, and the
     latent correlation is fitted upright whatever a patch was given."""
     preset = small()
+    model = base.config
+    if adaptation.adapt == "adapters":
+        model = dataclasses.replace(model, flow=dataclasses.replace(model.flow, camera_adapters=True))
     train = dataclasses.replace(preset.train, lr=adaptation.lr or ADAPT_LR[adaptation.adapt],
                                 lr_decay_every=ADAPT_LR_PARTS, lr_decay_unit="run", augment="all")
-    return dataclasses.replace(preset, name="adapt", model=base.config, train=train, gan=None)
+    return dataclasses.replace(preset, name="adapt", model=model, train=train, gan=None)
 
 
 def _adapted(base: NoiseModel, adaptation: AdaptationOptions, seed: int, censored: bool) -> TraineeBuilder:
@@ -128,10 +132,10 @@ def _adapted(base: NoiseModel, adaptation: AdaptationOptions, seed: int, censore
         sources = nearest_cameras(_likelihood_scores(base, data, seed, censored), base.cameras, cameras)
         log.info("adapting %s: new camera(s) start from the base's %s", adaptation.base,
                  ", ".join(f"{new} <- {source}" for new, source in sources.items()))
-        model, columns = grown_model(base, [sources[c] for c in cameras], cameras)
+        model, columns = grown_model(base, [sources[c] for c in cameras], cameras, adaptation.adapt == "adapters")
         model.to(device)
         facts = {"adaptation": adaptation.to_dict() | {"adapted_from": sources}}
-        if adaptation.adapt == "camera":
+        if adaptation.adapt in ("camera", "adapters"):
             return Trainee(model, restrict_to_new_cameras(model, columns), fresh=False, facts=facts)
         extra = _replay_loss(BaseReplay(base.to(device)), adaptation.replay, seed) if adaptation.replay > 0 else None
         return Trainee(model, list(model.parameters()), fresh=False, extra_loss=extra, facts=facts)
