@@ -4,24 +4,26 @@
 # SUBSETS is adapt_subsets.py's output (--pairs 5 --seeds 0 --scenes 40) and ADAPTED the model `adapt` made from the
 # same subset. "real" trains on the real pairs; "synth" on noise ADAPTED draws on their clean images and on the 40
 # clean simulator scenes; "mixed" on both: each real patch keeps its real partner with probability 0.5, the scenes
-# are synthesized. Every run validates on scenes held out of the subset's train/ and is scored on its test/.
+# are synthesized; "real+scenes" keeps every real partner and synthesizes the scenes only. Every run validates on
+# scenes held out of the subset's train/ and is scored on its test/. SOURCES picks the sources (default: all four).
 # Prints one tab-separated row per run: set, source, steps, seed, PSNR, SSIM, noisy PSNR.
 #
 #     bash docs/studies/mixed_denoiser.sh SUBSETS polyu ADAPTED WORK "800 4000" "0 1"
 set -euo pipefail
 SUBSETS=${1:?usage: mixed_denoiser.sh SUBSETS SET ADAPTED WORK [STEPS] [SEEDS]}
 SET=${2:?} ADAPTED=${3:?} WORK=${4:?}
-STEPS=${5:-800} SEEDS=${6:-0}
+STEPS=${5:-800} SEEDS=${6:-0} SOURCES=${SOURCES:-real synth mixed real+scenes}
 DATA="$SUBSETS/$SET-k5-s0" SCENES="$SUBSETS/scenes-40"
 mkdir -p "$WORK"
 for steps in $STEPS; do
   for seed in $SEEDS; do
-    for source in real synth mixed; do
+    for source in $SOURCES; do
       run="$WORK/$SET-$source-$steps-s$seed"
       case $source in
         real) noise=(--noise real) ;;
         synth) noise=(--noise "$ADAPTED" --extra-clean "$SCENES") ;;
         mixed) noise=(--noise "$ADAPTED" --extra-clean "$SCENES" --real-share 0.5) ;;
+        real+scenes) noise=(--noise "$ADAPTED" --extra-clean "$SCENES" --real-share 1) ;;
       esac
       [ -d "$run/best" ] || nmflowgan train-denoiser "${noise[@]}" --data "$DATA" --preset small --steps "$steps" \
           --val-every 100 --seed "$seed" --out "$run" --device cpu --quiet --overwrite > "$run.log" 2>&1
