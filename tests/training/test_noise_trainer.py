@@ -255,7 +255,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, simcam_tree):
     # about lr * sign(g), so an element whose gradient is ~0 may step the other way, which puts the two runs
     # 2 * lr apart there. The tiny critic sits at a gradient penalty of ~1 (its gradients are ~0, their signs
     # round-off) and the refiner learns from it, so there such elements are common: any of the 6 steps may have
-    # gone the other way (on an AVX2-only CPU 0.0011 apart after 6 critic steps of 2e-4, measured). The flow learns from the NLL, whose gradients are not ~0: nearly every element must
+    # gone the other way (on an AVX2-only CPU 0.0011 apart after 6 critic steps of 2e-4, measured). The flow
+    # learns from the NLL, whose gradients are not ~0: nearly every element must
     # agree to float32 round-off.
     train, gan = tiny_config().train, tiny_config().gan
     critic_step, generator_step = gan.critic_lr, max(train.lr, gan.refiner_lr or train.lr)
