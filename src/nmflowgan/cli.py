@@ -135,7 +135,8 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
                             "when named)")
     train.add_argument("--val-split", default=None,
                        help="the split to pick the best step on (default: val/ beside train/, else whole scenes held "
-                            "out of the training split; the test split only when named, as it is evaluate's)")
+                            "out of the training split, or below 10 scenes per camera the bottom eighth of every "
+                            "pair's rows; the test split only when named, as it is evaluate's)")
     _preset_arguments(train)
     train.add_argument("--stage", choices=STAGES, default=_default(api.NoiseTrainingOptions, "stage"),
                        help="joint: NLL (+ latent correlation) + GAN (the paper; a config without a gan section "

@@ -217,13 +217,16 @@ def test_random_bytes_are_refused_cleanly(data):
             read_rgb(path)
 
 
-def test_a_folder_in_sidds_layout_that_is_not_sidd_trains_on_every_pair(simcam_tree, tmp_path, caplog):
+def test_a_folder_in_sidds_layout_that_is_not_sidd_trains_on_every_pair(simcam_tree, tmp_path, caplog, monkeypatch):
     """The simulator's train/ is a tree in SIDD's layout: nothing of it may be dropped by SIDD's instance split
     unless that split is asked for, and a run says how many pairs and which conditions it trains on."""
     import logging
 
+    import nmflowgan.data.training_data as module
     from nmflowgan.data.folders import default_splits
     from nmflowgan.data.training_data import training_data
+
+    monkeypatch.setattr(module, "MIN_SCENES_PER_CAMERA", 1)  # enough scenes to hold whole ones out
 
     tree = simcam_tree / "train"
     folders = [p for p in tree.iterdir() if p.is_dir()]

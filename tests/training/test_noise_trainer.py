@@ -326,6 +326,7 @@ def test_a_training_validates_on_scenes_held_out_of_its_training_split_and_never
         tmp_path, simcam_tree, monkeypatch):
     import nmflowgan.data.training_data as training_data
 
+    monkeypatch.setattr(training_data, "MIN_SCENES_PER_CAMERA", 1)  # enough scenes to hold whole ones out
     asked, real_find_pairs = [], training_data.find_pairs
     monkeypatch.setattr(training_data, "find_pairs", lambda data, split=None, *rest: (asked.append(split),
                                                                                        real_find_pairs(data, split,
@@ -341,3 +342,37 @@ def test_a_training_validates_on_scenes_held_out_of_its_training_split_and_never
     finally:
         (simcam_tree / "val").rmdir()
     assert training_data.validation_split(simcam_tree, "train", "test") == "test"  # only when named
+
+
+def test_a_training_with_few_scenes_per_camera_validates_on_the_bottom_rows_of_every_pair(tmp_path, simcam_tree):
+    """Below MIN_SCENES_PER_CAMERA scenes per camera, every training pair gives its bottom rows (8-aligned, at
+    least a patch) to validation and trains on the rest: every pair and condition is validated on, no pixel is in
+    both, the test split is never read, and validation patches keep their full-frame places in the 8x8 grid."""
+    from nmflowgan.data.io import image_size
+    from nmflowgan.data.patches import PatchDataset
+    from nmflowgan.data.training_data import (MIN_SCENES_PER_CAMERA, held_out_strips, scenes_by_camera,
+                                              training_data, validation_patches)
+
+    pairs = find_pairs(simcam_tree, "train")
+    assert scenes_by_camera(pairs) < MIN_SCENES_PER_CAMERA
+    data = training_data(simcam_tree, None, None, 24, 24, 4)
+    trained, held = data.patches.records, data.validation
+    assert len(trained) == len(held) == len(pairs)
+    assert {(r.camera, r.iso) for r in held} == {(r.camera, r.iso) for r in pairs}
+    for train, validation in zip(trained, held):
+        height = image_size(train.clean)[0]
+        assert train.clean == validation.clean and train.rows[0] == 0 and validation.rows[1] == height
+        assert train.rows[1] == validation.rows[0] and validation.rows[0] % 8 == 0
+        assert validation.rows[1] - validation.rows[0] >= 24 and train.rows[1] >= 24
+    assert all(r.clean.parent.parent.name == "train" for r in trained + held)
+    for index in range(len(data.patches)):  # no training patch reaches into a validation band
+        record, y, _ = data.patches.locate(index)
+        assert y + 24 <= record.rows[1]
+    bands = PatchDataset(held, 24, 24)
+    for index in range(len(bands)):  # each validation patch lies in its band, at its full-frame grid rows
+        record, y, _ = bands.locate(index)
+        assert record.rows[0] <= y and y + 24 <= record.rows[1]
+        assert bands[index]["grid"][0, :, 0].tolist() == [(y + i) % 8 for i in range(24)]
+    assert validation_patches(held, 24, 16).clean.shape == (16, 3, 24, 24)
+    short = [dataclasses.replace(pairs[0])]  # 64 rows: too few for two 48-row bands, trained on whole
+    assert held_out_strips(short, 48) == (short, [])

@@ -24,6 +24,8 @@ class PairRecord:
         oracle: a second noisy image of the very same clean image, when the source has one (simcam).
         clean_only: no noisy capture exists (``noisy`` is the clean file itself): a denoiser draws synthesized
             noise on it (:mod:`nmflowgan.data.clean_images`).
+        rows: ``(top, bottom)``: only these image rows belong to the record (a band of the image carved out for
+            validation, :func:`~nmflowgan.data.training_data.held_out_strips`); None: the whole image.
     """
 
     clean: Path
@@ -33,6 +35,7 @@ class PairRecord:
     scene: str = ""
     oracle: Path | None = None
     clean_only: bool = False
+    rows: tuple[int, int] | None = None
 
 
 def check_pair(record: PairRecord, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:

@@ -82,12 +82,19 @@ class PatchDataset(Dataset):
         self.epoch = 0
         self.records: list[PairRecord] = []
         self.grids: list[tuple[int, int]] = []  # patches per column and per row of each pair
+        self.tops: list[int] = []  # the first image row of each pair's patches (its band's top, else 0)
         self.starts = [0]
         for record, (height, width) in checked(records, skip_bad, max_pixels):
-            if height < patch_px or width < patch_px:
-                raise DataError(f"{record.clean}: {width}x{height} is smaller than the {patch_px}px patch")
-            rows, cols = (height - patch_px) // stride_px + 1, (width - patch_px) // stride_px + 1
+            top, bottom = record.rows or (0, height)
+            if not 0 <= top < bottom <= height:
+                raise DataError(f"{record.clean}: rows {top}-{bottom} are not inside its {height} rows")
+            if bottom - top < patch_px or width < patch_px:
+                raise DataError(f"{record.clean}: {width}x{bottom - top}"
+                                f"{'' if record.rows is None else f' (rows {top}-{bottom})'} is smaller than the "
+                                f"{patch_px}px patch")
+            rows, cols = (bottom - top - patch_px) // stride_px + 1, (width - patch_px) // stride_px + 1
             self.records.append(record)
+            self.tops.append(top)
             self.grids.append((rows, cols))
             self.starts.append(self.starts[-1] + rows * cols)
         if not self.records:
@@ -114,7 +121,8 @@ class PatchDataset(Dataset):
         pair = bisect.bisect_right(self.starts, index) - 1
         columns = self.grids[pair][1]
         offset = index - self.starts[pair]
-        return self.records[pair], (offset // columns) * self.stride_px, (offset % columns) * self.stride_px
+        y = self.tops[pair] + (offset // columns) * self.stride_px
+        return self.records[pair], y, (offset % columns) * self.stride_px
 
     def _image(self, path: Path) -> np.ndarray:
         if path in self._cache:
