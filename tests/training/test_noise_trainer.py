@@ -355,7 +355,7 @@ def test_a_training_with_few_scenes_per_camera_validates_on_the_bottom_rows_of_e
 
     pairs = find_pairs(simcam_tree, "train")
     assert scenes_by_camera(pairs) < MIN_SCENES_PER_CAMERA
-    data = training_data(simcam_tree, None, None, 24, 24, 4)
+    data = training_data(simcam_tree, None, None, 16, 16, 4)
     trained, held = data.patches.records, data.validation
     assert len(trained) == len(held) == len(pairs)
     assert {(r.camera, r.iso) for r in held} == {(r.camera, r.iso) for r in pairs}
@@ -363,16 +363,16 @@ def test_a_training_with_few_scenes_per_camera_validates_on_the_bottom_rows_of_e
         height = image_size(train.clean)[0]
         assert train.clean == validation.clean and train.rows[0] == 0 and validation.rows[1] == height
         assert train.rows[1] == validation.rows[0] and validation.rows[0] % 8 == 0
-        assert validation.rows[1] - validation.rows[0] >= 24 and train.rows[1] >= 24
+        assert validation.rows[1] - validation.rows[0] >= 16 and train.rows[1] >= 16
     assert all(r.clean.parent.parent.name == "train" for r in trained + held)
     for index in range(len(data.patches)):  # no training patch reaches into a validation band
         record, y, _ = data.patches.locate(index)
-        assert y + 24 <= record.rows[1]
-    bands = PatchDataset(held, 24, 24)
+        assert y + 16 <= record.rows[1]
+    bands = PatchDataset(held, 16, 16)
     for index in range(len(bands)):  # each validation patch lies in its band, at its full-frame grid rows
         record, y, _ = bands.locate(index)
-        assert record.rows[0] <= y and y + 24 <= record.rows[1]
-        assert bands[index]["grid"][0, :, 0].tolist() == [(y + i) % 8 for i in range(24)]
-    assert validation_patches(held, 24, 16).clean.shape == (16, 3, 24, 24)
-    short = [dataclasses.replace(pairs[0])]  # 64 rows: too few for two 48-row bands, trained on whole
-    assert held_out_strips(short, 48) == (short, [])
+        assert record.rows[0] <= y and y + 16 <= record.rows[1]
+        assert bands[index]["grid"][0, :, 0].tolist() == [(y + i) % 8 for i in range(16)]
+    assert validation_patches(held, 16, 8).clean.shape == (8, 3, 16, 16)
+    short = pairs[:1]  # 64 rows: a 24-row band would take over a quarter of them, so it is trained on whole
+    assert held_out_strips(short, 24) == (short, [])

@@ -94,8 +94,13 @@ def training_data(data: Path, split: str | None, val_split: str | None, patch_px
         strips = scenes_per_camera < MIN_SCENES_PER_CAMERA
         if strips:
             records, validation = held_out_strips(records, patch_px, max_pixels)
-            log.info("validating on the bottom rows of %d training pairs (%.1f scenes per camera are too few to hold "
-                     "whole scenes out)", len(validation), scenes_per_camera)
+            if validation:
+                log.info("validating on the bottom rows of %d training pairs (%.1f scenes per camera are too few to "
+                         "hold whole scenes out)", len(validation), scenes_per_camera)
+            else:
+                log.warning("no validation: %.1f scenes per camera are too few to hold whole scenes out, and the "
+                            "pairs are under four %d px patches high, too short to hold rows out", scenes_per_camera,
+                            patch_px)
         else:
             records, validation = held_out_scenes(records)
             log.info("validating on %d pairs of %d scene(s) held out of the training split", len(validation),
@@ -160,13 +165,14 @@ def held_out_strips(records: list[PairRecord], patch_px: int, max_pixels: int = 
     """``(training pairs, validation pairs)``: each pair split into its top rows, to train on, and its bottom rows
     (:data:`STRIP_SHARE` of them, at least ``patch_px``), to validate on, cut on a row that is a multiple of 8 so
     that both keep their pixels' places in the camera's grids. Every camera and ISO is validated on, and no pixel
-    is in both. A pair too short for two bands of ``patch_px`` rows is trained on whole."""
+    is in both. A pair whose band would take more than a quarter of its rows (one under four patches high) is
+    trained on whole: it has too little to give."""
     training, validation = [], []
     for record in records:
         height = image_size(record.clean, max_pixels)[0]
         band = max(patch_px, round(height * STRIP_SHARE))
         cut = (height - band) // 8 * 8
-        if cut < patch_px:
+        if band > height // 4:
             training.append(record)
             continue
         training.append(dataclasses.replace(record, rows=(0, cut)))
