@@ -140,12 +140,12 @@ def tiny_world(tmp_path_factory):
         _, frames = builtin_cameras()[0].capture(image, 800, 5, generator)
         for index, frame in enumerate(frames):
             write_png(bursts / scene / f"{index}.png", frame, exif=exif.tobytes())
-    variables = {"SIDD": sidd, "SIDD_BLOCKS": blocks, "IN": images, "TINY": tiny, "ROOT": root, "PAIRS": pairs,
-                 "BURSTS": bursts}
+    variables = {"SIDD": sidd, "SIDD_BLOCKS": blocks, "IN": images, "TINY": tiny, "CONFIG": tiny, "ROOT": root,
+                 "PAIRS": pairs, "BURSTS": bursts}
     return {k: str(v) for k, v in variables.items()}
 
 
-OUTPUTS = ("RUN", "EVAL", "DENOISER", "OUT", "DATA", "ADAPTED", "BURST_PAIRS", "FROM_BURSTS")
+OUTPUTS = ("RUN", "EVAL", "DENOISER", "OUT", "DATA", "EVAL_DATA", "ADAPTED", "BURST_PAIRS", "FROM_BURSTS")
 
 
 def _outputs(world: dict, document: str) -> dict:
