@@ -5,7 +5,7 @@ Validation never reads the test split, which is ``evaluate``'s alone: a training
 it is given, else on a ``val/`` folder beside ``train/``, else on pairs held out of its training split. Those are
 whole scenes (:data:`HELD_OUT_SHARE` of them, chosen by a hash of the scene's name, so the same on every run) where
 the split has at least :data:`MIN_SCENES_PER_CAMERA` scenes per camera, and otherwise the bottom band of every
-pair (:func:`held_out_strips`): with 5 pairs per camera, the tenth of the scenes held out of polyu was 2 pairs that
+pair that is at least four patches high (:func:`held_out_strips`; whole scenes again when none is): with 5 pairs per camera, the tenth of the scenes held out of polyu was 2 pairs that
 represented its cameras so badly that the step picked on them was the untrained start (test KLD 0.138, against
 0.077 for the step picked on strips and 0.071 for the last step; docs/adapt.md). A single ``metadata.csv`` folder,
 which has no splits, trains on every pair and validates on none.
@@ -91,17 +91,14 @@ def training_data(data: Path, split: str | None, val_split: str | None, patch_px
     strips = False
     if val_split == HELD_OUT:
         scenes_per_camera = scenes_by_camera(records)
-        strips = scenes_per_camera < MIN_SCENES_PER_CAMERA
-        if strips:
-            records, validation = held_out_strips(records, patch_px, max_pixels)
-            if validation:
+        if scenes_per_camera < MIN_SCENES_PER_CAMERA:
+            kept, bands = held_out_strips(records, patch_px, max_pixels)
+            strips = bool(bands)  # pairs under four patches high give no rows: whole scenes are held out then
+            if strips:
+                records, validation = kept, bands
                 log.info("validating on the bottom rows of %d training pairs (%.1f scenes per camera are too few to "
                          "hold whole scenes out)", len(validation), scenes_per_camera)
-            else:
-                log.warning("no validation: %.1f scenes per camera are too few to hold whole scenes out, and the "
-                            "pairs are under four %d px patches high, too short to hold rows out", scenes_per_camera,
-                            patch_px)
-        else:
+        if not strips:
             records, validation = held_out_scenes(records)
             log.info("validating on %d pairs of %d scene(s) held out of the training split", len(validation),
                      len({r.scene for r in validation}))
