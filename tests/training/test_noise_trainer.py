@@ -350,8 +350,13 @@ def test_a_training_with_few_scenes_per_camera_validates_on_the_bottom_rows_of_e
     both, the test split is never read, and validation patches keep their full-frame places in the 8x8 grid."""
     from nmflowgan.data.io import image_size
     from nmflowgan.data.patches import PatchDataset
-    from nmflowgan.data.training_data import (MIN_SCENES_PER_CAMERA, held_out_strips, scenes_by_camera,
-                                              training_data, validation_patches)
+    from nmflowgan.data.training_data import (
+        MIN_SCENES_PER_CAMERA,
+        held_out_strips,
+        scenes_by_camera,
+        training_data,
+        validation_patches,
+    )
 
     pairs = find_pairs(simcam_tree, "train")
     assert scenes_by_camera(pairs) < MIN_SCENES_PER_CAMERA

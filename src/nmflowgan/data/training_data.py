@@ -2,13 +2,14 @@
 pass over the data set's splits, with the checks a training needs before its first step.
 
 Validation never reads the test split, which is ``evaluate``'s alone: a training validates on the ``--val-split``
-it is given, else on a ``val/`` folder beside ``train/``, else on pairs held out of its training split. Those are
-whole scenes (:data:`HELD_OUT_SHARE` of them, chosen by a hash of the scene's name, so the same on every run) where
-the split has at least :data:`MIN_SCENES_PER_CAMERA` scenes per camera, and otherwise the bottom band of every
-pair that is at least four patches high (:func:`held_out_strips`; whole scenes again when none is): with 5 pairs per camera, the tenth of the scenes held out of polyu was 2 pairs that
-represented its cameras so badly that the step picked on them was the untrained start (test KLD 0.138, against
-0.077 for the step picked on strips and 0.071 for the last step; docs/adapt.md). A single ``metadata.csv`` folder,
-which has no splits, trains on every pair and validates on none.
+it is given, else on a ``val/`` folder beside ``train/``, else on pairs held out of its training split
+(:func:`held_out`). Those are whole scenes (:data:`HELD_OUT_SHARE` of them, chosen by a hash of the scene's name, so
+the same on every run) where the split has at least :data:`MIN_SCENES_PER_CAMERA` scenes per camera, and otherwise
+the bottom band of every pair that is at least four patches high (:func:`held_out_strips`; whole scenes again when
+none is): with 5 pairs per camera, the tenth of the scenes held out of polyu was 2 pairs that represented its
+cameras so badly that the step picked on them was the untrained start (test KLD 0.138, against 0.077 for the step
+picked on strips and 0.071 for the last step; docs/adapt.md). A single ``metadata.csv`` folder, which has no
+splits, trains on every pair and validates on none.
 """
 
 from __future__ import annotations
@@ -88,27 +89,13 @@ def training_data(data: Path, split: str | None, val_split: str | None, patch_px
     val_split = validation_split(data, split, val_split)
     records = find_pairs(data, split, skip_bad)
     validation: list[PairRecord] = []
-    strips = False
+    source = f"split {split}" if split else "every pair of the data set"
     if val_split == HELD_OUT:
-        scenes_per_camera = scenes_by_camera(records)
-        if scenes_per_camera < MIN_SCENES_PER_CAMERA:
-            kept, bands = held_out_strips(records, patch_px, max_pixels)
-            strips = bool(bands)  # pairs under four patches high give no rows: whole scenes are held out then
-            if strips:
-                records, validation = kept, bands
-                log.info("validating on the bottom rows of %d training pairs (%.1f scenes per camera are too few to "
-                         "hold whole scenes out)", len(validation), scenes_per_camera)
-        if not strips:
-            records, validation = held_out_scenes(records)
-            log.info("validating on %d pairs of %d scene(s) held out of the training split", len(validation),
-                     len({r.scene for r in validation}))
+        records, validation, held = held_out(records, patch_px, max_pixels)
+        source += f" less {held}" if validation else ""
     elif val_split is not None:
         validation = find_pairs(data, val_split, skip_bad)
     conditions = sorted({(r.camera, float(r.iso)) for r in records})
-    source = f"split {split}" if split else "every pair of the data set"
-    if val_split == HELD_OUT and validation:
-        source += (" less the bottom rows of each pair, held out for validation" if strips else
-                   f" less {len({r.scene for r in validation})} scene(s) held out for validation")
     log.info("training on %d pairs (%s), %d camera/ISO conditions: %s", len(records), source, len(conditions),
              describe_conditions(conditions))
     patches = PatchDataset(records, patch_px, stride_px, augment=augment, seed=seed, skip_bad=skip_bad,
@@ -149,6 +136,23 @@ def held_out_scenes(records: list[PairRecord], share: float = HELD_OUT_SHARE
     return [r for r in records if r.scene not in held], [r for r in records if r.scene in held]
 
 
+def held_out(records: list[PairRecord], patch_px: int, max_pixels: int = MAX_PIXELS
+             ) -> tuple[list[PairRecord], list[PairRecord], str]:
+    """``(training pairs, validation pairs, what was held out)``: :func:`held_out_strips` below
+    :data:`MIN_SCENES_PER_CAMERA` scenes per camera where any pair has rows to give, else :func:`held_out_scenes`."""
+    scenes_per_camera = scenes_by_camera(records)
+    if scenes_per_camera < MIN_SCENES_PER_CAMERA:
+        training, validation = held_out_strips(records, patch_px, max_pixels)
+        if validation:  # pairs under four patches high give no rows: whole scenes are held out then
+            log.info("validating on the bottom rows of %d training pairs (%.1f scenes per camera are too few to hold "
+                     "whole scenes out)", len(validation), scenes_per_camera)
+            return training, validation, "the bottom rows of each pair, held out for validation"
+    training, validation = held_out_scenes(records)
+    scenes = len({r.scene for r in validation})
+    log.info("validating on %d pairs of %d scene(s) held out of the training split", len(validation), scenes)
+    return training, validation, f"{scenes} scene(s) held out for validation"
+
+
 def scenes_by_camera(records: list[PairRecord]) -> float:
     """The number of distinct scenes each camera of ``records`` has, averaged over the cameras (0 for none)."""
     scenes: dict[str, set[str]] = {}
@@ -168,10 +172,10 @@ def held_out_strips(records: list[PairRecord], patch_px: int, max_pixels: int = 
     for record in records:
         height = image_size(record.clean, max_pixels)[0]
         band = max(patch_px, round(height * STRIP_SHARE))
-        cut = (height - band) // 8 * 8
         if band > height // 4:
             training.append(record)
             continue
+        cut = (height - band) // 8 * 8
         training.append(dataclasses.replace(record, rows=(0, cut)))
         validation.append(dataclasses.replace(record, rows=(cut, height)))
     return training, validation
