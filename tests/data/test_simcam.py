@@ -170,8 +170,9 @@ def test_a_drawn_population_spans_the_parameter_space_and_is_a_function_of_its_s
     assert camera_population(5, seed=0) == cameras[:5]  # camera i does not depend on the count
     assert camera_population(5, seed=1) != cameras[:5]
     assert {c.bayer for c in cameras} == {"RGGB", "BGGR", "GRBG", "GBRG"}
-    assert {c.demosaic for c in cameras} == {"nearest", "bilinear", "chroma"}
+    assert {c.demosaic for c in cameras} == {"gradient", "bilinear", "chroma"}  # no caricature of a real demosaic
     assert any(c.jpeg_quality is None for c in cameras) and any(c.jpeg_quality for c in cameras)
+    assert any(c.jpeg_requality for c in cameras) and all(c.jpeg_quality for c in cameras if c.jpeg_requality)
     shots = [c.shot_at_100 for c in cameras]
     assert max(shots) / min(shots) > 10  # small and large sensors
     for camera in cameras:
@@ -199,3 +200,47 @@ def test_the_iso_range_reaches_12800_and_the_population_writes_a_usable_tree(tmp
     assert [c["code"] for c in meta["cameras"]] == ["A0", "A1", "A2"]
     with pytest.raises(BadInputError, match="no cameras"):
         simulate(tmp_path / "none", cameras=[], scenes=2, size_px=64, progress=False)
+
+
+@pytest.mark.parametrize("bayer", ["RGGB", "BGGR", "GRBG", "GBRG"])
+def test_the_gradient_demosaic_keeps_flat_colours_and_ramps_and_every_sample_it_has(bayer):
+    import dataclasses
+
+    camera = dataclasses.replace(builtin_cameras()[0], bayer=bayer, demosaic="gradient")
+    rows, columns = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    for rgb in (torch.tensor([0.3, 0.5, 0.7]).view(1, 3, 1, 1).expand(1, 3, 16, 16),
+                torch.stack([0.1 + 0.01 * columns, 0.2 + 0.02 * rows, 0.3 + 0.01 * (rows + columns)])[None]):
+        masks = camera._masks(rgb)
+        raw = (rgb * masks).sum(1, keepdim=True)
+        rgb_out = camera._demosaic(raw)
+        # a linear ramp is reproduced away from the reflected border, a flat colour everywhere
+        assert torch.allclose(rgb_out[..., 2:-2, 2:-2], rgb[..., 2:-2, 2:-2], atol=1e-6)
+        assert torch.equal(rgb_out * masks, rgb * masks)  # the sampled colour of each pixel is kept as it is
+    # the missing samples follow the other channels' detail: a green edge moves red where red was not sampled
+    green_edge = torch.where(columns >= 8, 0.8, 0.2)
+    raw = (torch.stack([torch.full_like(rows, 0.5), green_edge, torch.full_like(rows, 0.5)])[None] * masks).sum(1, True)
+    red = camera._demosaic(raw)[0, 0]
+    assert red[4:12, 9].mean() > red[4:12, 6].mean() + 0.01
+    bilinear = dataclasses.replace(camera, demosaic="bilinear")._demosaic(raw)[0, 0]
+    assert torch.allclose(bilinear, torch.full_like(bilinear, 0.5))  # where bilinear sees the red samples alone
+
+
+def test_a_second_jpeg_pass_adds_to_the_noise_at_the_block_edges():
+    import dataclasses
+
+    from nmflowgan.metrics.grid_stats import GridStatsAccumulator
+
+    scene = make_scene("dead_leaves", 5, 128)
+    once = dataclasses.replace(builtin_cameras()[0], jpeg_quality=75)
+    twice = dataclasses.replace(once, jpeg_requality=80)
+    clean, noisy = twice.capture(scene, 800, 1, torch.Generator().manual_seed(0))
+    once_clean, once_noisy = once.capture(scene, 800, 1, torch.Generator().manual_seed(0))
+    assert not np.array_equal(noisy, once_noisy)  # the second pass changed what the first left
+    cvs = []
+    for c, n in ((once_clean, once_noisy), (clean, noisy)):
+        accumulator = GridStatsAccumulator()
+        accumulator.update(torch.from_numpy(n[0].astype(np.float64) - c).permute(2, 0, 1)[None])
+        cvs.append(float(accumulator.result().block_cv.mean()))
+    assert cvs[1] > 0.01 and cvs[0] > 0.01  # both follow the 8x8 grid: the second pass is on the first's grid
+    with pytest.raises(BadInputError, match="second JPEG"):
+        dataclasses.replace(builtin_cameras()[0], jpeg_requality=80)

@@ -28,7 +28,10 @@ from PIL import Image
 from nmflowgan.errors import BadInputError
 
 BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
-DEMOSAIC_METHODS = ("nearest", "bilinear", "chroma")
+DEMOSAIC_METHODS = ("nearest", "bilinear", "chroma", "gradient")
+# What a drawn camera may use: `nearest` gives each 2x2 phase a lag-1 correlation 0.3-1.1 apart, which no real
+# camera shows (docs/realism.md, "The simulator against real grids"), so it stays a built-in camera's only.
+POPULATION_DEMOSAIC = ("gradient", "bilinear", "chroma")
 ISO_RANGE = (50.0, 12800.0)
 _CHANNEL = {"R": 0, "G": 1, "B": 2}
 
@@ -45,12 +48,15 @@ class VirtualCamera:
         shot_at_100: shot-noise variance per unit of raw signal at ISO 100; grows linearly with ISO.
         read_at_100: read-noise variance (raw units squared) at ISO 100; grows with ISO squared.
         read_floor: ISO-independent read-noise variance (the floor at low ISO).
-        demosaic: ``nearest``, ``bilinear`` or ``chroma`` (bilinear + smoothed colour differences).
+        demosaic: ``nearest``, ``bilinear``, ``chroma`` (bilinear + smoothed colour differences) or ``gradient``
+            (bilinear corrected by the other channels' Laplacian, Malvar, He and Cutler, ICASSP 2004).
         denoise_sigma_px, denoise_amount: in-camera denoising, a Gaussian blur blended in linear RGB;
             the blend grows with ISO (``amount * log2(ISO/100)/5``, clipped to [0, amount]).
         sharpen_amount: unsharp-mask strength (1-pixel Gaussian) after denoising.
         tone_strength: blend between no tone curve (0) and a smoothstep S-curve (1).
         jpeg_quality: the camera saves JPEG at this quality (4:2:0 chroma), or PNG when None.
+        jpeg_requality: a JPEG camera's image saved a second time at this quality (an editor or a web upload
+            re-compressing on the same 8x8 grid), or once only when None.
     """
 
     code: str
@@ -66,6 +72,7 @@ class VirtualCamera:
     sharpen_amount: float
     tone_strength: float
     jpeg_quality: int | None = None
+    jpeg_requality: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.code) != 2:
@@ -76,6 +83,8 @@ class VirtualCamera:
             raise BadInputError(f"demosaic method {self.demosaic!r} is not one of {DEMOSAIC_METHODS}")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:
             raise BadInputError(f"JPEG quality {self.jpeg_quality} is outside 1-95")
+        if self.jpeg_requality is not None and (self.jpeg_quality is None or not 1 <= self.jpeg_requality <= 95):
+            raise BadInputError(f"a second JPEG quality ({self.jpeg_requality}) needs a first and must lie in 1-95")
 
     # ---- the noise level function -----------------------------------------------------------------
 
@@ -146,6 +155,8 @@ class VirtualCamera:
         images = self.process(torch.cat([raw, noisy]), iso).permute(0, 2, 3, 1).numpy()
         if self.jpeg_quality is not None:
             images = np.stack([jpeg_round_trip(image, self.jpeg_quality) for image in images])
+        if self.jpeg_requality is not None:
+            images = np.stack([jpeg_round_trip(image, self.jpeg_requality) for image in images])
         return images[0], images[1:]
 
     # ---- helpers ----------------------------------------------------------------------------------
@@ -169,6 +180,8 @@ class VirtualCamera:
             # Every 2x2 block takes its own R and B sample and the mean of its two G samples.
             planes = F.avg_pool2d(raw * masks, 2) / F.avg_pool2d(masks, 2)
             return F.interpolate(planes, scale_factor=2, mode="nearest")
+        if self.demosaic == "gradient":
+            return self._gradient_demosaic(raw)
         cross = torch.tensor([[0, 1, 0], [1, 4, 1], [0, 1, 0]], dtype=raw.dtype, device=raw.device)
         box = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=raw.dtype, device=raw.device)
         kernels = torch.stack([box, cross, box])[:, None]  # (3, 1, 3, 3)
@@ -181,6 +194,35 @@ class VirtualCamera:
             difference = F.avg_pool2d(F.pad(rgb - green, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
             rgb = green + difference
         return rgb
+
+
+    def _gradient_demosaic(self, raw: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` raw -> ``(B, 3, H, W)``: each missing sample is the bilinear estimate plus a share of the
+        Laplacian of the colour sampled there (the 5x5 filters of Malvar, He and Cutler, ICASSP 2004)."""
+        g_at_rb = [[0, 0, -2, 0, 0], [0, 0, 4, 0, 0], [-2, 4, 8, 4, -2], [0, 0, 4, 0, 0], [0, 0, -2, 0, 0]]
+        along_row = [[0, 0, 1, 0, 0], [0, -2, 0, -2, 0], [-2, 8, 10, 8, -2], [0, -2, 0, -2, 0], [0, 0, 1, 0, 0]]
+        across = [[0, 0, -3, 0, 0], [0, 4, 0, 4, 0], [-3, 0, 12, 0, -3], [0, 4, 0, 4, 0], [0, 0, -3, 0, 0]]
+        kernels = torch.tensor([g_at_rb, along_row, list(map(list, zip(*along_row))), across],
+                               dtype=raw.dtype, device=raw.device)[:, None] / 16
+        estimates = torch.cat([raw, F.conv2d(F.pad(raw, (2, 2, 2, 2), mode="reflect"), kernels)], 1)  # (B, 5, H, W)
+        # Which estimate gives channel c at 2x2 position p: 0 the sample itself, 1 green at red/blue, 2 red/blue
+        # at green from the row's neighbours, 3 from the column's, 4 red at blue or blue at red.
+        choice = torch.zeros(3, 2, 2, dtype=torch.long)
+        for position, colour in enumerate(self.bayer):
+            row, column = divmod(position, 2)
+            for channel in "RGB":
+                if channel == colour:
+                    continue
+                if channel == "G":
+                    source = 1
+                elif colour == "G":
+                    source = 2 if self.bayer[row * 2 + 1 - column] == channel else 3
+                else:
+                    source = 4
+                choice[_CHANNEL[channel], row, column] = source
+        height, width = raw.shape[-2:]
+        index = choice.repeat(1, height // 2, width // 2).to(raw.device)  # (3, H, W)
+        return estimates.gather(1, index[None].expand(raw.shape[0], -1, -1, -1))
 
 
 def scene_tensor(scene: np.ndarray) -> torch.Tensor:
@@ -281,10 +323,11 @@ def random_camera(code: str, rng: np.random.Generator) -> VirtualCamera:
     """One camera drawn across the simulator's parameter space.
 
     Ranges (uniform unless said): shot noise 1e-5-8e-4 and read noise 2e-8-8e-7 per unit at ISO 100 and a
-    read floor of 1e-7-6e-6 (all log-uniform: phones to large-sensor cameras); any Bayer pattern and
-    demosaicing method; red and blue gains 1.5-2.6 and 1.3-2.1; a colour matrix with diagonal 1.3-2.0 (rows
-    sum to 1); in-camera denoising of 0.6-1.6 px blended up to 0-0.8; sharpening 0-0.7 in half of the
-    cameras; tone strength 0-0.7; JPEG at quality 60-95 in two cameras of three, PNG otherwise.
+    read floor of 1e-7-6e-6 (all log-uniform: phones to large-sensor cameras); any Bayer pattern; the
+    ``gradient``, ``bilinear`` or ``chroma`` demosaic (:data:`POPULATION_DEMOSAIC`); red and blue gains 1.5-2.6
+    and 1.3-2.1; a colour matrix with diagonal 1.3-2.0 (rows sum to 1); in-camera denoising of 0.6-1.6 px
+    blended up to 0-0.8; sharpening 0-0.7 in half of the cameras; tone strength 0-0.7; JPEG at quality 60-95 in
+    two cameras of three, PNG otherwise; half of the JPEG cameras saved a second time at quality 70-95.
     """
 
     def log_uniform(low: float, high: float) -> float:
@@ -304,11 +347,13 @@ def random_camera(code: str, rng: np.random.Generator) -> VirtualCamera:
         wb_gains=(round(rng.uniform(1.5, 2.6), 3), round(rng.uniform(1.3, 2.1), 3)),
         rgb_from_cam=tuple(matrix),
         shot_at_100=log_uniform(1e-5, 8e-4), read_at_100=log_uniform(2e-8, 8e-7), read_floor=log_uniform(1e-7, 6e-6),
-        demosaic=str(rng.choice(DEMOSAIC_METHODS)),
+        demosaic=str(rng.choice(POPULATION_DEMOSAIC)),
         denoise_sigma_px=round(rng.uniform(0.6, 1.6), 3), denoise_amount=round(rng.uniform(0.0, 0.8), 3),
         sharpen_amount=round(rng.uniform(0.0, 0.7), 3) if rng.uniform() < 0.5 else 0.0,
         tone_strength=round(rng.uniform(0.0, 0.7), 3),
-        jpeg_quality=int(rng.integers(60, 96)) if rng.uniform() < 2 / 3 else None,
+        jpeg_quality=(quality := int(rng.integers(60, 96)) if rng.uniform() < 2 / 3 else None),
+        # drawn last, so that every other parameter of camera i is what earlier populations drew
+        jpeg_requality=int(rng.integers(70, 96)) if quality is not None and rng.uniform() < 0.5 else None,
     )
 
 
