@@ -225,7 +225,7 @@ def test_the_gradient_demosaic_keeps_flat_colours_and_ramps_and_every_sample_it_
     assert torch.allclose(bilinear, torch.full_like(bilinear, 0.5))  # where bilinear sees the red samples alone
 
 
-def test_a_second_jpeg_pass_adds_to_the_noise_at_the_block_edges():
+def test_a_second_jpeg_pass_changes_the_image_keeps_the_8x8_grid_and_needs_a_first():
     import dataclasses
 
     from nmflowgan.metrics.grid_stats import GridStatsAccumulator

@@ -195,7 +195,6 @@ class VirtualCamera:
             rgb = green + difference
         return rgb
 
-
     def _gradient_demosaic(self, raw: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` raw -> ``(B, 3, H, W)``: each missing sample is the bilinear estimate plus a share of the
         Laplacian of the colour sampled there (the 5x5 filters of Malvar, He and Cutler, ICASSP 2004)."""
