@@ -51,3 +51,41 @@ def test_match_prints_json_and_refuses_unknown_cameras(builtin, v3_pairs, capsys
     assert {m["camera"] for m in found} == {"V3"} and all(m["model_camera"] in builtin.cameras for m in found)
     with pytest.raises(BadInputError, match="no camera.*'Z9'"):
         match_pairs(builtin, v3_pairs, "train", cameras=["Z9"], progress=False)
+
+
+def test_scoring_in_chunks_gives_the_likelihood_of_one_pass(builtin, v3_pairs):
+    import torch
+
+    from nmflowgan.data.folders import find_pairs
+    from nmflowgan.data.patches import PatchDataset
+    from nmflowgan.matching import SCORED_CHUNK, grouped_patches, mean_nll
+
+    dataset = PatchDataset(find_pairs(v3_pairs, "train"), patch_px=48, stride_px=24)
+    batch = grouped_patches(dataset, lambda record: record.camera, SCORED_CHUNK + 5)["V3"]
+    assert len(batch.clean) == SCORED_CHUNK + 5  # two passes, the second one short
+    uniform = torch.rand(batch.noisy.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cond = builtin.encode("V3", batch.isos.tolist(), len(batch.clean))
+        noise = batch.noisy.float() - batch.clean.float()
+        _, log_prob = builtin.flow.latent_and_log_prob(noise, batch.clean.float() / 255, cond, uniform=uniform,
+                                                       censored=True)
+    one_pass = -float(log_prob.mean()) / noise[0].numel()
+    assert mean_nll(builtin, batch, "V3", batch.isos.tolist(), uniform) == pytest.approx(one_pass, rel=1e-5)
+    few = [0, 3, 7]
+    assert mean_nll(builtin, batch.subset(few), "V3", batch.isos[few].tolist(), uniform[few]) == pytest.approx(
+        -float(log_prob[few].mean()) / noise[0].numel(), rel=1e-5)
+
+
+def test_the_nearest_camera_is_the_best_finalist_of_the_screening():
+    from nmflowgan.models.adaptation import nearest_cameras
+
+    screened = {"A0": 1.0, "A1": 2.0, "A2": 3.0, "A3": 4.0}  # NLL on a few patches
+    full = {"A0": 2.5, "A1": 2.0, "A2": 2.2, "A3": 0.1}  # on all of them: A3 is best, but screened out
+    calls = []
+
+    def score(new, base, screen):
+        calls.append((base, screen))
+        return (screened if screen else full)[base]
+    assert nearest_cameras(score, list(screened), ["NEW"], finalists=3) == {"NEW": "A1"}
+    assert sorted(base for base, screen in calls if not screen) == ["A0", "A1", "A2"]
+    assert nearest_cameras(score, list(screened), ["NEW"], finalists=4) == {"NEW": "A3"}

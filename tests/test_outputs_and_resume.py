@@ -279,6 +279,6 @@ def test_a_run_without_validation_says_so_and_non_finite_base_scores_are_refused
                       "--steps", "2", "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"]) == 0
     assert "no 'best': the data set has no validation split" in capsys.readouterr().out
     with pytest.raises(BadInputError, match="no base camera gives the pairs of NEW a finite likelihood"):
-        nearest_cameras(lambda new, base: float("nan"), ["A0", "A1"], ["NEW"])
-    assert nearest_cameras(lambda new, base: {"A0": float("nan"), "A1": 3.0}[base], ["A0", "A1"], ["NEW"]) == {
-        "NEW": "A1"}
+        nearest_cameras(lambda new, base, screen: float("nan"), ["A0", "A1"], ["NEW"])
+    assert nearest_cameras(lambda new, base, screen: {"A0": float("nan"), "A1": 3.0}[base], ["A0", "A1"],
+                           ["NEW"]) == {"NEW": "A1"}

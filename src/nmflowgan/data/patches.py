@@ -55,6 +55,13 @@ class PatchBatch:
     symmetries: torch.Tensor | None = None
     real: torch.Tensor | None = None
 
+    def subset(self, indices: Sequence[int]) -> PatchBatch:
+        """The patches at ``indices``, in that order."""
+        def pick(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value[list(indices)]
+        return PatchBatch(pick(self.clean), pick(self.noisy), [self.cameras[i] for i in indices], pick(self.isos),
+                          pick(self.oracle), pick(self.grid), pick(self.symmetries), pick(self.real))
+
 
 class PatchDataset(Dataset):
     """Patches of a list of pairs.

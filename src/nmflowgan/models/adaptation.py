@@ -28,6 +28,7 @@ from nmflowgan.models.sampler import SamplingOptions
 
 ADAPTED_PARAMETERS = ("adapters", "camera", "all")
 MIN_ADAPTATION_PAIRS = 3
+NEAREST_FINALISTS = 3  # base cameras scored on all of a new camera's patches after the screening
 
 
 def check_adaptable(space: ConditionSpace, cameras: Sequence[str], isos: Sequence[float], pairs: int,
@@ -108,17 +109,20 @@ class BaseReplay:
 
 
 @torch.no_grad()
-def nearest_cameras(score: Callable[[str, str], float], base_cameras: Sequence[str], new_cameras: Sequence[str]
-                    ) -> dict[str, str]:
-    """For each new camera, the base camera under which its noise is most likely.
+def nearest_cameras(score: Callable[[str, str, bool], float], base_cameras: Sequence[str],
+                    new_cameras: Sequence[str], finalists: int = NEAREST_FINALISTS) -> dict[str, str]:
+    """For each new camera, the base camera under which its noise is most likely: every base camera screened on a
+    few of the new camera's patches, the best ``finalists`` of them scored on all its patches.
 
     Args:
-        score: ``score(new_camera, base_camera)`` -> the mean NLL of the new camera's patches when drawn as
-            ``base_camera`` (lower is better).
+        score: ``score(new_camera, base_camera, screen)`` -> the mean NLL of the new camera's patches (a few of
+            them where ``screen``) when drawn as ``base_camera`` (lower is better).
     """
     chosen = {}
     for new in new_cameras:
-        scores = {base: score(new, base) for base in base_cameras}
+        screened = {base: score(new, base, True) for base in base_cameras}
+        best = sorted((base for base in base_cameras if math.isfinite(screened[base])), key=screened.__getitem__)
+        scores = {base: score(new, base, False) for base in best[:finalists]}
         finite = {base: value for base, value in scores.items() if math.isfinite(value)}
         if not finite:
             raise BadInputError(f"no base camera gives the pairs of {new} a finite likelihood (the base model's "

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from nmflowgan.config import Config, small
+from nmflowgan.data.patches import evenly_spaced
 from nmflowgan.data.training_data import TrainingData
 from nmflowgan.errors import BadInputError
 from nmflowgan.matching import grouped_patches, mean_nll
@@ -47,7 +48,10 @@ log = logging.getLogger(__name__)
 ADAPT_STEPS = 400
 ADAPT_LR = {"adapters": 1e-3, "camera": 1e-2, "all": 1e-3}
 ADAPT_LR_PARTS = 3  # the rate is halved at each third of the run
-SCORED_PATCHES = 64  # patches of each new camera scored under every base camera to pick its start
+SCORED_PATCHES = 64  # patches of each new camera scored under the finalist base cameras to pick its start
+# patches of each new camera scored under every base camera to choose the finalists: on the 5-pair polyu and
+# nam_cc15 subsets, 8 patches put the camera that all 64 pick first for all 8 new cameras (docs/adapt.md)
+SCREENED_PATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -143,16 +147,20 @@ def _adapted(base: NoiseModel, adaptation: AdaptationOptions, seed: int, censore
 
 
 def _likelihood_scores(base: NoiseModel, data: TrainingData, seed: int, censored: bool
-                       ) -> Callable[[str, str], float]:
-    """``score(new, source)``: the mean NLL under base camera ``source``, at their own ISOs, of up to
-    :data:`SCORED_PATCHES` patches of new camera ``new``, spread over its pairs (lower is better; the first stage of
-    ``nmflowgan match``)."""
+                       ) -> Callable[[str, str, bool], float]:
+    """``score(new, source, screen)``: the mean NLL under base camera ``source``, at their own ISOs, of up to
+    :data:`SCORED_PATCHES` patches of new camera ``new`` spread over its pairs, or of :data:`SCREENED_PATCHES` of
+    them spread over those where ``screen`` (lower is better; the first stage of ``nmflowgan match``)."""
     chosen = grouped_patches(data.patches, lambda record: record.camera, SCORED_PATCHES)
     uniform = {camera: torch.rand(batch.noisy.shape, generator=torch.Generator().manual_seed(seed))
                for camera, batch in chosen.items()}
+    few = {camera: evenly_spaced(len(batch.clean), SCREENED_PATCHES) for camera, batch in chosen.items()}
 
-    def score(new: str, source: str) -> float:
-        return mean_nll(base, chosen[new], source, chosen[new].isos.tolist(), uniform[new], censored)
+    def score(new: str, source: str, screen: bool) -> float:
+        batch, noise_uniform = chosen[new], uniform[new]
+        if screen:
+            batch, noise_uniform = batch.subset(few[new]), noise_uniform[few[new]]
+        return mean_nll(base, batch, source, batch.isos.tolist(), noise_uniform, censored)
     return score
 
 
