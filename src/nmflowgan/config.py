@@ -175,6 +175,9 @@ class ModelConfig:
             its per-pixel distribution; 0: none (the paper's model).
         correlation_grid_px: one latent filter per position in a grid of this period (2: one per colour-filter
             phase); 0: one filter everywhere.
+        correlation_content: one latent filter per content class of the clean image as well (flat, or which way
+            its gradient runs; :func:`~nmflowgan.models.correlation.content_classes`), so that the noise's
+            correlation may differ on edges and in flat areas.
     """
 
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -182,6 +185,7 @@ class ModelConfig:
     iso_mode: str = "continuous"
     correlation_px: int = 0
     correlation_grid_px: int = 0
+    correlation_content: bool = False
 
     def __post_init__(self) -> None:
         if self.iso_mode not in ISO_MODES:
@@ -191,6 +195,8 @@ class ModelConfig:
         _check_grid(self, "correlation_grid_px")
         if self.correlation_grid_px and not self.correlation_px:
             raise BadInputError("correlation_grid_px needs a latent filter (correlation_px)")
+        if self.correlation_content and not self.correlation_px:
+            raise BadInputError("correlation_content needs a latent filter (correlation_px)")
 
 
 @dataclass(frozen=True)
@@ -387,6 +393,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("FlowConfig", "grid_px"): 0,
     ("FlowConfig", "camera_adapters"): False,
     ("ModelConfig", "correlation_grid_px"): 0,
+    ("ModelConfig", "correlation_content"): False,
     ("TrainConfig", "augment"): "all",
 }
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from nmflowgan.conditions import Condition, grid_positions
 from nmflowgan.models.correlation import (
     LatentCorrelation,
+    content_classes,
     lag_correlation,
     lag_products,
     phase_lag_correlation,
@@ -63,7 +64,7 @@ def test_phase_lag_correlation_hand_computed():
     z = torch.zeros(1, 3, 1, 4)
     z[0, 0, 0] = torch.tensor([1.0, 2.0, -1.0, -2.0])
     phase = phase_of(grid_positions(1, 1, 4), 2)
-    result = phase_lag_correlation(z, phase, 2, 1)[0, :, 0, 0, 1]  # (phases, dx = -1, 0, 1) at dy = 0
+    result = phase_lag_correlation(z, phase, 4, 1)[0, :, 0, 0, 1]  # (phases, dx = -1, 0, 1) at dy = 0
     even, odd = result[0], result[1]  # phases (0, 0) and (0, 1)
     # even pixels 0 and 2: value [1, -1]; right neighbours [1, -1] (both), left neighbour only of pixel 2: 1
     assert even.tolist() == pytest.approx([(-1 * 1) / 1, 1.0, (1 * 1 + -1 * -1) / 2])
@@ -78,7 +79,7 @@ def test_claimed_covariance_matches_the_empirical_one(grid_px):
     with torch.no_grad():
         out = layer(torch.randn(128, 3, 48, 48), _cond(features.expand(128, 4), grid))[:, :, 4:-4, 4:-4]
         if grid_px:
-            empirical = phase_lag_correlation(out, phase_of(grid[:, :, 4:-4, 4:-4], 2), 2, 2).mean(0)
+            empirical = phase_lag_correlation(out, phase_of(grid[:, :, 4:-4, 4:-4], 2), 4, 2).mean(0)
         else:
             empirical = lag_correlation(out, 2).mean(0)[None]
         claimed = layer.covariance(features, 2)[0]
@@ -115,3 +116,98 @@ def test_the_loss_recovers_a_known_correlation(grid_px):
         start = (LatentCorrelation(3, 4, grid_px=grid_px).covariance(features, 2)
                  - truth.covariance(features, 2)).abs().max()
     assert error < 0.05 < start
+
+
+def _edges(batch, size=32, seed=0):
+    """Clean images in [0, 1] with flat areas and edges both ways: random rectangles on a flat background."""
+    generator = torch.Generator().manual_seed(seed)
+    clean = torch.full((batch, 3, size, size), 0.5)
+    for b in range(batch):
+        for _ in range(8):
+            y0, x0 = torch.randint(0, size - 4, (2,), generator=generator).tolist()
+            h, w = torch.randint(3, size // 2, (2,), generator=generator).tolist()
+            clean[b, :, y0 : y0 + h, x0 : x0 + w] = torch.rand(1, generator=generator).item()
+    return clean
+
+
+def test_content_classes_hand_computed():
+    flat = torch.full((1, 3, 5, 6), 0.4)
+    assert content_classes(flat).eq(0).all()
+    step = flat.clone()
+    step[..., 3:] = 0.6  # a change from left to right between columns 2 and 3: about 51 levels
+    classes = content_classes(step)[0]
+    assert classes[:, 2:4].eq(1).all() and classes[:, [0, 1, 4, 5]].eq(0).all()
+    assert content_classes(step.transpose(-2, -1))[0].eq(classes.T * 2).all()  # turned: a change down the rows
+    faint = flat.clone()
+    faint[..., 3:] += 3 / 255  # central difference 1.5 levels: still flat
+    assert content_classes(faint).eq(0).all()
+
+
+@settings(max_examples=8, deadline=None)
+@given(kernel_px=st.sampled_from([1, 3]), height=st.integers(2, 6), width=st.integers(2, 6), seed=st.integers(0, 99),
+       grid_px=st.sampled_from([0, 2]))
+def test_content_filters_keep_every_output_value_standard_normal(kernel_px, height, width, seed, grid_px):
+    torch.manual_seed(seed)
+    layer = LatentCorrelation(kernel_px, 4, grid_px=grid_px, content=True).double()
+    torch.nn.init.normal_(layer.net[-1].weight, std=0.5)
+    torch.nn.init.normal_(layer.net[-1].bias, std=0.5)
+    clean = torch.rand(2, 3, height, width, dtype=torch.float64)
+    assert content_classes(clean).unique().numel() > 1 or height * width < 6
+    cond = _cond(torch.rand(2, 4, dtype=torch.float64), grid_positions(2, height, width))
+    z = torch.zeros(2, 3, height, width, dtype=torch.float64)
+    rows = torch.autograd.functional.jacobian(lambda x: layer(x, cond, clean), z).reshape(2 * 3 * height * width, -1)
+    assert torch.allclose(rows.square().sum(1), torch.ones(rows.shape[0], dtype=torch.float64), atol=1e-10)
+
+
+def test_content_filters_imply_the_covariance_each_class_shows():
+    torch.manual_seed(1)
+    layer = LatentCorrelation(3, 4, grid_px=2, content=True)
+    torch.nn.init.normal_(layer.net[-1].bias, std=0.5)
+    features = torch.rand(1, 4).expand(256, 4)
+    clean, grid = _edges(256, 40), grid_positions(256, 40, 40)
+    cond = _cond(features, grid)
+    with torch.no_grad():
+        out = layer(torch.randn(256, 3, 40, 40), cond, clean)[:, :, 4:-4, 4:-4]
+        label = layer.labels(cond, clean, torch.empty(256, 3, 40, 40))[:, 4:-4, 4:-4]
+        empirical = phase_lag_correlation(out, label, layer.phases, 2)
+        implied, share = layer.implied_covariance(features, label, 2)
+    weight = share[:, :, None, None, None, None]  # pool the samples by how many pixels each label has in each
+    pooled = lambda x: (x * weight).sum(0) / weight.sum(0).clamp_min(1e-9)  # noqa: E731
+    common = share.sum(0) > 5  # labels with enough pixels over the batch (five images' worth)
+    assert common.sum() == 12, share.sum(0)  # every phase and class
+    assert (pooled(empirical) - pooled(implied))[common].abs().max() < 0.05
+    # the classes' filters differ, so what a flat pixel and an edge pixel see differs
+    assert (implied[:, 0] - implied[:, 1]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="needs the clean image"):
+        layer(torch.randn(1, 3, 8, 8), _cond(torch.rand(1, 4), grid_positions(1, 8, 8)))
+
+
+def test_the_loss_recovers_a_known_content_aware_correlation():
+    torch.manual_seed(7)
+    truth = LatentCorrelation(3, 4, content=True)
+    torch.nn.init.normal_(truth.net[-1].bias, std=0.5)
+    cond = _cond(torch.zeros(16, 4))
+    learner = LatentCorrelation(3, 4, content=True)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(300):
+        clean = _edges(16, 32, seed=step)
+        with torch.no_grad():
+            real = truth(torch.randn(16, 3, 32, 32, generator=generator), cond, clean)
+        loss = learner.loss(real, cond, clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # what the filters imply on images neither saw: a class's own covariance at lags its neighbours share, the
+    # cross terms elsewhere (an edge pixel's filter at lags across its thin edge is seen only through its mix)
+    clean, features = _edges(64, 32, seed=1000), cond.features[:1].expand(64, 4)
+    label = learner.labels(_cond(features), clean, clean)
+    with torch.no_grad():
+        target, share = truth.implied_covariance(features, label, 2)
+        fitted = learner.implied_covariance(features, label, 2)[0]
+        start = LatentCorrelation(3, 4, content=True).implied_covariance(features, label, 2)[0]
+    weight = share[:, :, None, None, None, None]
+    error = ((fitted - target).abs() * weight).sum(0) / weight.sum(0)
+    untrained = ((start - target).abs() * weight).sum(0) / weight.sum(0)
+    assert error.max() < 0.1 < 0.3 < untrained.max()  # every label within 0.1 where the untrained filter is 0.3 off
+    assert error.mean() < untrained.mean() / 5

@@ -76,13 +76,13 @@ def test_latent_correlation_trains_saves_and_loads(tmp_path, simcam_tree):
     assert not torch.equal(model.correlation.net[-1].bias, untrained.correlation.net[-1].bias)
 
 
-@pytest.mark.parametrize("augment", ["none", "all"])
-def test_a_model_of_the_grid_trains_its_grid_values_and_resumes_exactly(tmp_path, simcam_tree, augment):
+@pytest.mark.parametrize(("augment", "content"), [("none", False), ("all", False), ("all", True)])
+def test_a_model_of_the_grid_trains_its_grid_values_and_resumes_exactly(tmp_path, simcam_tree, augment, content):
     import dataclasses
 
     config = tiny_config()
     model_config = dataclasses.replace(config.model, flow=dataclasses.replace(config.model.flow, grid_px=8),
-                                       correlation_px=3, correlation_grid_px=2)
+                                       correlation_px=3, correlation_grid_px=2, correlation_content=content)
     config = dataclasses.replace(config, model=model_config, gan=None,
                                  train=dataclasses.replace(config.train, augment=augment))
 
@@ -98,7 +98,11 @@ def test_a_model_of_the_grid_trains_its_grid_values_and_resumes_exactly(tmp_path
     tables = [k for k in straight if k.endswith("grid.table")]
     assert len(tables) == 4 and all(straight[k].abs().max() > 0 for k in tables)  # SAL x2, SDL x2 (no RQS here)
     model = NoiseModel.load(tmp_path / "straight")
-    assert model.config.flow.grid_px == 8 and model.correlation.phases == 4
+    assert model.config.flow.grid_px == 8 and model.correlation.phases == (12 if content else 4)
+    assert model.config.correlation_content == content
+    clean = torch.rand(2, 3, 24, 24)
+    noise = model.draw(clean, model.encode(model.cameras[0], [800.0, 800.0], 2), torch.Generator().manual_seed(0))
+    assert torch.isfinite(noise).all() and noise.std() > 0
 
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path, simcam_tree):

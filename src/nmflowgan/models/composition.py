@@ -46,7 +46,7 @@ class ComposedNoise(nn.Module):
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not refiner_only):
             if correlate and self.correlation is not None:
-                latent = self.correlation(latent, cond)
+                latent = self.correlation(latent, cond, clean)
             noise = invert_layers(self.flow_layers, latent, self.flow_context(clean, cond)) - clean * 255.0
         if refine and self.refiner is not None:
             noise = self.refiner(noise, clean, cond.features)

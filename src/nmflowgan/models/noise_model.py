@@ -57,7 +57,8 @@ class NoiseModel(ComposedNoise):
         self.space = ConditionSpace(tuple(cameras), tuple(isos), config.iso_mode)
         self.flow = NoiseFlow(config.flow, self.space)
         self.correlation = (LatentCorrelation(config.correlation_px, self.space.feature_dim,
-                                              grid_px=config.correlation_grid_px)
+                                              grid_px=config.correlation_grid_px,
+                                              content=config.correlation_content)
                             if config.correlation_px else None)
         self.refiner = UNetRefiner(config.refiner, self.space.feature_dim) if config.refiner is not None else None
 

@@ -143,7 +143,7 @@ class GeneratorObjective(nn.Module):
         correlation_loss = None
         if correlation is not None:  # fitted to the latents as the camera laid them out, patches turned back
             as_laid = cond if cond.grid is None else cond.with_grid(upright(cond.grid, symmetries))
-            correlation_loss = correlation.loss(upright(z_real, symmetries), as_laid)
+            correlation_loss = correlation.loss(upright(z_real, symmetries), as_laid, upright(clean, symmetries))
         if latent is None:
             return nll, correlation_loss, None
         return nll, correlation_loss, quantize(clean, self.model.compose(clean, cond, latent, refiner_only=True))
