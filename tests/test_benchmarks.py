@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sampling", "memory", "training"])
+@pytest.mark.parametrize("name", ["sampling", "memory", "training", "correlation"])
 def test_each_benchmark_prints_the_ratio_its_json_record_holds(tmp_path, name):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--json",
                              str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300,
@@ -41,3 +41,9 @@ def test_each_benchmark_prints_the_ratio_its_json_record_holds(tmp_path, name):
         for job in record["training"]:
             assert job["ratio"] == pytest.approx(job["fast"] / job["plain"])
         assert record["ratio"] == pytest.approx(statistics.geometric_mean([j["ratio"] for j in record["training"]]))
+    if name == "correlation":
+        assert [r["filter"] for r in record["correlation"]] == ["small", "small + content"]
+        for r in record["correlation"]:
+            assert r["ratio"] == pytest.approx(r["reference_ms"] / r["current_ms"])
+            assert r["loss"] == pytest.approx(r["reference_loss"], rel=1e-4)
+        assert record["ratio"] == pytest.approx(record["correlation"][0]["ratio"])

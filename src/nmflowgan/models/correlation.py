@@ -25,6 +25,8 @@ the pixels of label ``f``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,12 +62,25 @@ def lag_products(x: torch.Tensor, max_lag: int, y: torch.Tensor | None = None) -
         ``(N, C, C', 2 * max_lag + 1, 2 * max_lag + 1)``, indexed ``[n, c, c', max_lag + dy, max_lag + dx]``.
     """
     height, width = x.shape[-2:]
-    size = (height + max_lag, width + max_lag)  # zero padding: no lag up to max_lag wraps around
-    spectrum = torch.fft.rfft2(x.float(), s=size)
-    other = spectrum if y is None else torch.fft.rfft2(y.float(), s=size)
-    products = torch.fft.irfft2(spectrum.conj()[:, :, None] * other[:, None, :], s=size)
-    lags = torch.arange(-max_lag, max_lag + 1, device=x.device)
-    return products.index_select(-2, lags % size[0]).index_select(-1, lags % size[1])
+    rows, cols = height + max_lag, width + max_lag  # zero padding: no lag up to max_lag wraps around
+    spectrum = torch.fft.rfft2(x.float(), s=(rows, cols))
+    other = spectrum if y is None else torch.fft.rfft2(y.float(), s=(rows, cols))
+    products = spectrum.conj()[:, :, None] * other[:, None, :]  # (N, C, C', rows, cols // 2 + 1)
+    # The inverse transform at the 2 * max_lag + 1 lags alone, as two matrix products (a complex one down the rows,
+    # a real one along them, whose half spectrum counts twice but for its first and Nyquist terms): a fifth of the
+    # time of the full inverse for 48 px patches and 4 lags.
+    f64 = {"dtype": torch.float64, "device": x.device}
+    lags = torch.arange(-max_lag, max_lag + 1, **f64)
+    down = torch.polar(torch.full((lags.numel(), rows), 1.0 / rows, **f64),
+                       2 * math.pi * lags[:, None] * torch.arange(rows, **f64)[None] / rows).to(products.dtype)
+    half = products.shape[-1]
+    weight = torch.full((half, 1), 2.0 / cols, **f64)
+    weight[0] = 1.0 / cols
+    if cols % 2 == 0:
+        weight[-1] = 1.0 / cols
+    angle = 2 * math.pi * torch.arange(half, **f64)[:, None] * lags[None] / cols
+    partial = down @ products  # (N, C, C', L, half)
+    return partial.real @ (weight * angle.cos()).float() - partial.imag @ (weight * angle.sin()).float()
 
 
 def lag_correlation(z: torch.Tensor, max_lag: int) -> torch.Tensor:
