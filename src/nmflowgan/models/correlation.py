@@ -242,13 +242,12 @@ class LatentCorrelation(nn.Module):
         label weighted by its share of the sample's pixels."""
         max_lag = self.kernel_px - 1
         centred = real_latent.detach() - real_latent.detach().mean(dim=(2, 3), keepdim=True)
+        if self.content:
+            return self._content_loss(centred, cond, clean, max_lag)
         if self.phases == 1:
             target = lag_correlation(centred, max_lag)[:, None]
-        elif not self.content:
-            target = phase_lag_correlation(centred, phase_of(cond.grid_like(centred), self.period), self.phases,
-                                           max_lag)
         else:
-            return self._content_loss(centred, cond, clean, max_lag)
+            target = phase_lag_correlation(centred, self.labels(cond, None, centred), self.phases, max_lag)
         return (self.covariance(cond.features, max_lag) - target).square().mean()
 
     def implied_covariance(self, features: torch.Tensor, label: torch.Tensor, max_lag: int
