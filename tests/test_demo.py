@@ -14,8 +14,9 @@ def test_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--budget-minutes", "0.5", "--quiet"]) == 0
     report = (out / "report.md").read_text()
-    for model in ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle"):
+    for model in ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle", "decorrelated oracle"):
         assert re.search(rf"\| {model} \| \d+\.\d{{4}} \|", report), model
+    assert "Correlation charge: +0.0" in report  # the real noise's, from the test images' further captures
     for source in ("real", "nmflowgan", "flow-only", "nlf", "gaussian"):
         assert re.search(rf"\| {source} \| \d+\.\d\d \| 0\.\d{{4}} \|", report), source
     assert "examples.png" in report and (out / "examples.png").is_file()

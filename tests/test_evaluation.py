@@ -165,3 +165,38 @@ def test_test_pairs_of_unknown_conditions_are_refused_or_skipped_and_named(tmp_p
     assert set(results["skipped_conditions"]) == {"V2 ISO 100", "V2 ISO 1600"}
     assert all(row["camera"] == "V1" for row in results["per_condition"])
     assert "Not scored:" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_further_captures_give_the_decorrelated_oracle_and_the_correlation_charge(tmp_path, simcam_tree):
+    data = simulate(tmp_path / "sim", cameras=["V1", "V2"], isos=[100, 1600], scenes=6, size_px=64, seed=3,
+                    progress=False, oracle_draws=6)
+    # The further draws come after the pair's two captures, which stay what they were without them.
+    for path in sorted(simcam_tree.rglob("*.PNG")):
+        assert (data / path.relative_to(simcam_tree)).read_bytes() == path.read_bytes()
+    test, train = find_pairs(data, "test"), find_pairs(data, "train")
+    assert all(len(r.oracle_draws) == 6 and r.oracle is not None for r in test)
+    assert all(r.oracle_draws == () for r in train)
+    assert len(list((data / "test").rglob("*_NOISY_SRGB_017.PNG"))) == len(test)
+
+    model = NoiseModel(tiny_config().model, ["V1", "V2"], [100, 1600])
+    model.save(tmp_path / "model")
+    evaluate_to_report(tmp_path / "model", data, tmp_path / "eval", patch_px=32, max_patches=64, fit_patches=50,
+                       progress=False)
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    models = results["models"]
+    assert list(models)[-2:] == ["oracle", "decorrelated oracle"]
+    decorrelated, oracle = models["decorrelated oracle"], models["oracle"]
+    # Each value keeps the real noise's distribution: the level and the tails of the oracle ...
+    assert decorrelated["std"] == pytest.approx(oracle["std"], rel=0.05)
+    assert decorrelated["kurtosis"] == pytest.approx(oracle["kurtosis"], rel=0.15)
+    # ... while neighbours share a capture with probability 1/6 only: their correlation falls by that factor.
+    for row in results["per_condition"]:
+        lag1 = [row["correlation"][name]["spatial"][c][1] for name in ("oracle", "decorrelated oracle")
+                for c in range(3)]
+        assert all(d == pytest.approx(o / 6, abs=0.06) for o, d in zip(lag1[:3], lag1[3:]))
+        assert min(lag1[:3]) > 0.2
+    assert results["correlation_charge"] == pytest.approx(oracle["kld"] - decorrelated["kld"])
+    assert results["correlation_charge"] > 0  # correlated noise fills a patch's histogram less evenly
+    assert "Correlation charge" in (tmp_path / "eval" / "report.md").read_text()
+    with pytest.raises(BadInputError, match="further draws"):
+        simulate(tmp_path / "bad", cameras=["V1"], isos=[100], scenes=2, size_px=32, oracle_draws=1, progress=False)

@@ -69,6 +69,9 @@ def _simulate_command(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--burst", type=_non_negative_int, default=0, metavar="N",
                           help="also write a burst of N noisy frames of every train/ folder into bursts/ (for "
                                "burst-pairs; frames 0 and 1 are the folder's two noisy captures)")
+    simulate.add_argument("--oracle-draws", type=_non_negative_int, default=0, metavar="K",
+                          help="also write K further noisy captures of every test/ folder, from which evaluate "
+                               "scores the decorrelated oracle and the correlation charge")
     _seed_argument(simulate)
     _common_output(simulate)
     simulate.set_defaults(handler=_simulate)
@@ -414,7 +417,7 @@ def _info(args: argparse.Namespace) -> None:
 def _simulate(args: argparse.Namespace) -> None:
     out = api.simulate(args.out, args.cameras, args.isos, args.scenes, args.size, args.seed,
                        overwrite=args.overwrite, progress=not args.quiet, population=args.population,
-                       burst_frames=args.burst)
+                       burst_frames=args.burst, oracle_draws=args.oracle_draws)
     splits = ", ".join(f"{split}/" for split in ("train", "val", "test", "bursts") if (out / split).is_dir())
     print(f"simcam data set written to {out} ({splits}, simcam.json)")
 

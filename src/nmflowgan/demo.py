@@ -4,7 +4,7 @@ Stages, each kept on disk so that an interrupted demo continues where it stopped
 
 1. simulate a simcam data set (5 cameras x 4 ISOs);
 2. train the ``small`` noise model (the flow's NLL and its latent correlation; see docs/realism.md);
-3. evaluate it against ``gaussian``, ``nlf``, ``flow-only`` and the ``oracle``;
+3. evaluate it against ``gaussian``, ``nlf``, ``flow-only``, the ``oracle`` and the ``decorrelated oracle``;
 4. synthesize example images for every camera at three ISOs, one of them never seen in training;
 5. train small denoisers on real and on synthesized pairs, and score them on real test pairs;
 6. write ``report.md`` and ``report.html`` with every table and figure, all measured in this run.
@@ -63,6 +63,9 @@ TRAIN_ISOS = (100, 400, 1600, 3200)
 EXAMPLE_ISOS = (100, 800, 3200)  # 800 lies between trained ISOs: the continuous condition interpolates
 DENOISER_SOURCES = ("real", "nmflowgan", "flow-only", "nlf", "gaussian")
 BASE_MINUTES = 20
+# Further captures of every test image, from which evaluation scores the decorrelated oracle and the correlation
+# charge (8 leave neighbours an eighth of their correlation).
+ORACLE_DRAWS = 8
 REFERENCE_STEPS = {"noise model": 3000, "denoiser": 800}
 # The share of the budget one training may take. On the reference machine (2-core AMD EPYC with AVX512-BF16)
 # the noise model trained 3,000 steps in 340 s and each denoiser 800 steps in 100-130 s, 17 minutes in all
@@ -166,7 +169,7 @@ def demo(out: str | Path = "nmflowgan-demo", budget_minutes: float = BASE_MINUTE
     _stage("2/6 train the noise model (small preset)", progress)
     if not train_noise_model_stage(run):
         return None
-    _stage("3/6 evaluate against gaussian, nlf, flow-only and the oracle", progress)
+    _stage("3/6 evaluate against gaussian, nlf, flow-only and the oracles", progress)
     evaluate_noise_model(run)
     _stage("4/6 synthesize examples (ISO 800 was never seen in training)", progress)
     if not (run.out / "examples.png").exists():
@@ -187,7 +190,7 @@ def simulate_data(run: DemoRun) -> None:
     if not (run.data / "simcam.json").exists():
         scenes = max(4, round(16 * min(1.0, run.scale)))
         run.timed("simulate", lambda: simulate(run.data, isos=TRAIN_ISOS, scenes=scenes, size_px=256, seed=run.seed,
-                                               overwrite=True, progress=run.progress))
+                                               overwrite=True, progress=run.progress, oracle_draws=ORACLE_DRAWS))
 
 
 def _train_noise(run: DemoRun, folder: Path, steps: int, resume: bool = False, val_every: int | None = None,

@@ -7,6 +7,10 @@ Sources compared (each that applies), all scored by :class:`~nmflowgan.metrics.r
   and refiner, those it has). Both start from the same latent draw, so their difference is the model's
   correlation (latent filter or refiner), not sampling noise;
 * ``oracle``: a second independent real draw of the same clean image (simcam only): the floor.
+* ``decorrelated oracle``: real noise with its correlation removed, each value from one of K further draws (a
+  simcam test set written with ``--oracle-draws K``). The oracle's KLD minus its is the *correlation charge*:
+  what the per-patch KLD charges the true noise for being spatially correlated, which no correlated model can
+  score below.
 
 Two protocols (:data:`PROTOCOLS`):
 
@@ -37,13 +41,21 @@ from nmflowgan.metrics.noise_stats import NoiseStats
 from nmflowgan.metrics.realism import Condition, Realism, RealismScorer
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
-from nmflowgan.noise_sources import NoiseSource, baseline_noise, fit_baselines, model_noise, oracle_noise
+from nmflowgan.noise_sources import (
+    NoiseSource,
+    baseline_noise,
+    decorrelated_oracle_noise,
+    fit_baselines,
+    model_noise,
+    oracle_noise,
+)
 from nmflowgan.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
-SOURCE_ORDER = ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle")
+DECORRELATED = "decorrelated oracle"
+SOURCE_ORDER = ("gaussian", "nlf", "flow-only", "nmflowgan", "oracle", DECORRELATED)
 # Generator stream of each source: flow-only and nmflowgan share one, so they refine the same latents.
-STREAMS = {"gaussian": 1, "nlf": 2, "flow-only": 3, "nmflowgan": 3, "oracle": 4}
+STREAMS = {"gaussian": 1, "nlf": 2, "flow-only": 3, "nmflowgan": 3, "oracle": 4, DECORRELATED: 5}
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,18 @@ class EvalResult:
     skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        charge = correlation_charge(self.realism.models)
         return {"protocol": self.protocol.to_dict(), "seed": self.seed, "sampling": self.sampling,
-                "skipped_conditions": self.skipped, **self.realism.to_dict()}
+                "skipped_conditions": self.skipped, **self.realism.to_dict(),
+                **({} if charge is None else {"correlation_charge": charge})}
+
+
+def correlation_charge(models: dict) -> float | None:
+    """The oracle's KLD minus the decorrelated oracle's (``models``: source -> scores with a ``kld``), or None
+    without both."""
+    if "oracle" not in models or DECORRELATED not in models:
+        return None
+    return models["oracle"].kld - models[DECORRELATED].kld
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, train_split: str | None = None,
@@ -172,6 +194,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         "nmflowgan": model_noise(model, True, options, protocol.rounded)}
     if all(r.oracle is not None for r in usable):
         sources["oracle"] = oracle_noise
+        if min(len(r.oracle_draws) for r in usable) >= 2 and len({len(r.oracle_draws) for r in usable}) == 1:
+            sources[DECORRELATED] = decorrelated_oracle_noise
     generators = {name: torch.Generator().manual_seed(seed + STREAMS[name]) for name in sources}
 
     scorer = RealismScorer(list(sources))

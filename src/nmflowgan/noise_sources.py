@@ -4,8 +4,10 @@ denoiser training alike.
 A source is ``(clean (B, 3, P, P) in [0, 1], its batch, a generator) -> (B, 3, P, P)`` noise in 8-bit
 units as a camera records it: ``clean * 255 + noise`` clipped to [0, 255] and, unless ``rounded=False``,
 rounded to integers. The sources are the closed-form baselines (``gaussian``, ``nlf``, fitted on training
-patches), a noise model (``nmflowgan``) or its flow alone (``flow-only``), and the ``oracle``: a second
-real capture of the same clean image (simcam only).
+patches), a noise model (``nmflowgan``) or its flow alone (``flow-only``), the ``oracle``: a second
+real capture of the same clean image (simcam only), and the ``decorrelated oracle``: every value from one of K
+further captures picked at random, so each keeps its true distribution while its neighbours come from other
+captures (a simcam test set written with ``--oracle-draws K``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,19 @@ def oracle_noise(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> 
     if batch.oracle is None:
         raise ValueError("this batch has no second capture")
     return (batch.oracle.double() - batch.clean.double()).to(clean.device, clean.dtype)
+
+
+def decorrelated_oracle_noise(clean: torch.Tensor, batch: PatchBatch, g: torch.Generator) -> torch.Tensor:
+    """Real noise without its spatial and cross-channel correlation: each value (pixel and channel) taken from one
+    of the batch's K further captures, picked at random from ``g``. Each value is still a draw of the camera's
+    noise for its pixel; two neighbours share a capture with probability 1/K only, so their correlation shrinks by
+    that factor. Scored beside the oracle, it shows what the per-patch KLD charges the real noise for being
+    correlated (a correlated patch fills its histogram from fewer independent values)."""
+    if batch.oracle_draws is None:
+        raise ValueError("this batch has no further captures")
+    draws = batch.oracle_draws.double()  # (B, K, 3, P, P)
+    pick = torch.randint(draws.shape[1], (draws.shape[0], 1, *draws.shape[2:]), generator=g)
+    return (draws.gather(1, pick).squeeze(1) - batch.clean.double()).to(clean.device, clean.dtype)
 
 
 def fit_baselines(records: list, patch_px: int, max_patches: int, seed: int, progress: bool,

@@ -22,6 +22,8 @@ class PairRecord:
         camera: camera code; iso: ISO.
         scene: an identifier of the scene, so that splits can keep scenes disjoint.
         oracle: a second noisy image of the very same clean image, when the source has one (simcam).
+        oracle_draws: further independent noisy images of the same clean image (a simcam test set written with
+            ``--oracle-draws``), from which evaluation builds the decorrelated oracle; empty otherwise.
         clean_only: no noisy capture exists (``noisy`` is the clean file itself): a denoiser draws synthesized
             noise on it (:mod:`nmflowgan.data.clean_images`).
         rows: ``(top, bottom)``: only these image rows belong to the record (a band of the image carved out for
@@ -34,6 +36,7 @@ class PairRecord:
     iso: float
     scene: str = ""
     oracle: Path | None = None
+    oracle_draws: tuple[Path, ...] = ()
     clean_only: bool = False
     rows: tuple[int, int] | None = None
 

@@ -39,6 +39,8 @@ class PatchBatch:
         clean, noisy: ``uint8 (B, 3, P, P)``, 0-255.
         cameras: camera code per patch; isos: ``(B,)`` float ISOs.
         oracle: ``uint8 (B, 3, P, P)`` second noisy draw (simcam only), else None.
+        oracle_draws: ``uint8 (B, K, 3, P, P)`` further independent noisy draws (a simcam test set written with
+            ``--oracle-draws``, every patch with the same K), else None.
         grid: ``uint8 (B, 2, P, P)`` each pixel's row and column in the camera's 8x8 grid
             (:attr:`~nmflowgan.conditions.Condition.grid`); None: each patch from the frame's origin, upright.
         symmetries: ``(B,)`` the symmetry each patch was given (:mod:`~nmflowgan.data.symmetries`); None: none.
@@ -54,13 +56,15 @@ class PatchBatch:
     grid: torch.Tensor | None = None
     symmetries: torch.Tensor | None = None
     real: torch.Tensor | None = None
+    oracle_draws: torch.Tensor | None = None
 
     def subset(self, indices: Sequence[int]) -> PatchBatch:
         """The patches at ``indices``, in that order."""
         def pick(value: torch.Tensor | None) -> torch.Tensor | None:
             return None if value is None else value[list(indices)]
         return PatchBatch(pick(self.clean), pick(self.noisy), [self.cameras[i] for i in indices], pick(self.isos),
-                          pick(self.oracle), pick(self.grid), pick(self.symmetries), pick(self.real))
+                          pick(self.oracle), pick(self.grid), pick(self.symmetries), pick(self.real),
+                          pick(self.oracle_draws))
 
 
 class PatchDataset(Dataset):
@@ -73,7 +77,8 @@ class PatchDataset(Dataset):
             turns), ``"flips"`` the 4 that keep rows as rows (none, either flip, both), ``"none"`` (False) none.
         seed: the augmentation seed; :meth:`set_epoch` changes it per epoch.
         skip_bad: drop unusable pairs (logged) instead of raising.
-        with_oracle: also read each pair's oracle image (evaluation); training does not need it.
+        with_oracle: also read each pair's oracle image and further oracle draws (evaluation); training does not
+            need them.
         cache_mb: decoded images kept per process, in megabytes (least recently used are dropped).
         max_pixels: the largest image accepted (checked from each header before decoding).
     """
@@ -150,7 +155,8 @@ class PatchDataset(Dataset):
         record, y, x = self.locate(index)
         window = np.s_[y : y + self.patch_px, x : x + self.patch_px]
         oracle = self.with_oracle and record.oracle is not None
-        paths = [record.clean, record.noisy] + ([record.oracle] if oracle else [])
+        draws = list(record.oracle_draws) if self.with_oracle else []
+        paths = [record.clean, record.noisy] + ([record.oracle] if oracle else []) + draws
         crops = [self._image(p)[window] for p in paths] + [grid_window(y, x, self.patch_px)]
         code = 0
         if self.augment == "all":
@@ -162,6 +168,8 @@ class PatchDataset(Dataset):
                 "grid": tensors[-1], "symmetry": code, "real": not record.clean_only}
         if oracle:
             item["oracle"] = tensors[2]
+        if draws:
+            item["oracle_draws"] = torch.stack(tensors[2 + oracle : 2 + oracle + len(draws)])
         return item
 
 
@@ -174,6 +182,8 @@ def grid_window(y: int, x: int, size: int) -> np.ndarray:
 def collate(items: list[dict]) -> PatchBatch:
     """Stacks dataset items into a :class:`PatchBatch` (the DataLoader's ``collate_fn``)."""
     oracle = torch.stack([i["oracle"] for i in items]) if all("oracle" in i for i in items) else None
+    draws = [i.get("oracle_draws") for i in items]
+    same_draws = all(d is not None and d.shape == draws[0].shape for d in draws)
     return PatchBatch(
         clean=torch.stack([i["clean"] for i in items]),
         noisy=torch.stack([i["noisy"] for i in items]),
@@ -183,6 +193,7 @@ def collate(items: list[dict]) -> PatchBatch:
         grid=torch.stack([i["grid"] for i in items]) if all("grid" in i for i in items) else None,
         symmetries=torch.tensor([i["symmetry"] for i in items]) if all("symmetry" in i for i in items) else None,
         real=torch.tensor([i["real"] for i in items]) if all("real" in i for i in items) else None,
+        oracle_draws=torch.stack(draws) if same_draws else None,
     )
 
 

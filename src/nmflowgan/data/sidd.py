@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 
 FOLDER_PATTERN = re.compile(r"^(\d{4})_(\d{3})_([A-Z0-9]{2})_(\d{5})_(\d{5})_(\d{4})_([LNH])$")
 CAPTURES = ("010", "011")
+# A simcam test folder's further noisy draws of the same clean image are captures 012, 013... (three digits).
+FIRST_FURTHER_CAPTURE = 12
+MAX_FURTHER_DRAWS = 1000 - FIRST_FURTHER_CAPTURE
+
+
+def further_capture(index: int) -> str:
+    """The capture number (``"012"``, ``"013"``...) of further draw ``index`` (0-based)."""
+    return f"{FIRST_FURTHER_CAPTURE + index:03d}"
 # The standard noise-model split of SIDD by instance id (as the NM-FlowGAN and Noise Flow papers use).
 TRAIN_INSTANCES = frozenset((4, 11, 13, 17, 18, 20, 22, 23, 25, 27, 28, 29, 30, 34, 35, 39, 40, 42, 43, 44, 45,
                              47, 81, 86, 88, 90, 101, 102, 104, 105, 110, 111, 115, 116, 125, 126, 127, 129, 132,
@@ -63,7 +71,8 @@ class SiddFolder:
         return cls(int(instance), int(scene), camera, int(iso), int(shutter), int(illuminant), brightness)
 
     def pair_files(self, folder: Path, capture: str) -> tuple[Path, Path]:
-        """``(clean, noisy)`` paths of capture ``"010"`` or ``"011"`` in ``folder``."""
+        """``(clean, noisy)`` paths of capture ``"010"``, ``"011"`` (or a simcam test folder's further draws,
+        ``"012"`` on) in ``folder``."""
         prefix = f"{self.instance:04d}"
         return folder / f"{prefix}_GT_SRGB_{capture}.PNG", folder / f"{prefix}_NOISY_SRGB_{capture}.PNG"
 
@@ -81,8 +90,9 @@ def scan_sidd(root: str | Path, split: str | None = None, skip_bad: bool = False
         root: the folder holding the scene folders (or their parent ``Data/``).
         split: ``sidd-train`` / ``sidd-test`` for the standard instance split, or None for all.
         skip_bad: log and skip unparseable folders and folders with missing files instead of raising.
-        oracle_capture: return only the ``010`` pair, with capture ``011`` as its oracle (simcam trees,
-            whose two captures share one clean image); otherwise both captures are pairs.
+        oracle_capture: return only the ``010`` pair, with capture ``011`` as its oracle and the noisy captures
+            ``012``, ``013``... that follow without a gap as its further oracle draws (simcam trees, whose captures
+            share one clean image); otherwise both captures are pairs.
 
     Returns:
         The pairs, sorted by folder name then capture.
@@ -116,10 +126,21 @@ def scan_sidd(root: str | Path, split: str | None = None, skip_bad: bool = False
             _, clean, noisy = found[0]
             oracle = fields.pair_files(folder, "011")[1]
             records.append(PairRecord(clean, noisy, fields.camera, fields.iso, scene,
-                                      oracle if oracle.exists() else None))
+                                      oracle if oracle.exists() else None, oracle_draws=_further_draws(fields, folder)))
         else:
             records += [PairRecord(clean, noisy, fields.camera, fields.iso, scene) for _, clean, noisy in found]
     return records
+
+
+def _further_draws(fields: SiddFolder, folder: Path) -> tuple[Path, ...]:
+    """The noisy captures ``012``, ``013``... of a simcam folder, up to the first one missing."""
+    draws = []
+    for index in range(MAX_FURTHER_DRAWS):
+        path = fields.pair_files(folder, further_capture(index))[1]
+        if not path.is_file():
+            break
+        draws.append(path)
+    return tuple(draws)
 
 
 def _scene_parent(root: Path) -> Path:

@@ -11,7 +11,7 @@ import torch
 from nmflowgan.metrics.kld import BIN_WIDTH, EDGE_LOW, N_BINS
 
 COLOURS = {"real": "black", "gaussian": "tab:gray", "nlf": "tab:orange", "flow-only": "tab:blue",
-           "nmflowgan": "tab:red", "oracle": "tab:green"}
+           "nmflowgan": "tab:red", "oracle": "tab:green", "decorrelated oracle": "tab:olive"}
 CHANNELS = ("R", "G", "B")
 
 

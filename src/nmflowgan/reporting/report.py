@@ -14,7 +14,7 @@ import torch
 
 from nmflowgan.atomic import write_text
 from nmflowgan.data.io import MAX_PIXELS
-from nmflowgan.evaluation import EvalResult, evaluate
+from nmflowgan.evaluation import DECORRELATED, EvalResult, correlation_charge, evaluate
 from nmflowgan.evaluation import protocol as evaluation_protocol
 from nmflowgan.metrics.moments import BIN_EDGES, MIN_PIXELS, N_BINS
 from nmflowgan.metrics.realism import REAL, Realism
@@ -68,6 +68,12 @@ def results_table(realism: Realism) -> str:
         if oracle is not None:
             line += f" {scores.kld - oracle:+.4f} |"
         lines.append(line)
+    charge = correlation_charge(realism.models)
+    if charge is not None:
+        lines += ["", f"Correlation charge: {charge:+.4f}, the oracle's KLD minus the {DECORRELATED}'s (the same "
+                  "real noise, each value from one of several further captures, so neighbours no longer correlate): "
+                  "what the per-patch KLD charges the true noise for its spatial correlation. A model whose noise is "
+                  "as correlated as the real noise pays it too."]
     return "\n".join(lines)
 
 

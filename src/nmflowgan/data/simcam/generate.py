@@ -6,6 +6,9 @@ capture ``011`` is the same clean image with a second, independent draw: the ora
 With ``burst_frames`` N, every ``train`` folder also gets a burst in ``bursts/<folder>/``: N independent noisy
 frames of the same scene (frames 0 and 1 are captures 010 and 011), PNG with the camera and ISO in their EXIF, as a
 tripod burst would give; the clean image of ``train/`` is then its known truth.
+With ``oracle_draws`` K, every ``test`` folder also holds K further independent noisy captures of its clean image
+(``SSSS_NOISY_SRGB_012.PNG`` onwards, no clean partner of their own): evaluation builds the decorrelated oracle
+from them (:func:`~nmflowgan.noise_sources.decorrelated_oracle_noise`).
 Scenes in ``train``, ``val`` and ``test`` are disjoint (a bundled photo only ever lands in one of them).
 The whole tree is written under a temporary name and renamed when complete.
 """
@@ -26,7 +29,7 @@ from PIL import Image
 from nmflowgan import __version__
 from nmflowgan.atomic import write_text
 from nmflowgan.data.io import EXIF_IFD, EXIF_ISO, EXIF_MODEL, write_png
-from nmflowgan.data.sidd import SiddFolder
+from nmflowgan.data.sidd import MAX_FURTHER_DRAWS, SiddFolder, further_capture
 from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, camera_population, scene_tensor
 from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
 from nmflowgan.errors import BadInputError
@@ -44,6 +47,7 @@ VAL_EVERY = 4
 SPLITS = ("train", "val", "test")
 BURSTS = "bursts"
 MIN_BURST_FRAMES = 2
+MIN_ORACLE_DRAWS = 2  # one draw is the oracle again: decorrelating picks among at least two
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def noise_seed(seed: int, scene: int, camera: int, iso: float) -> int:
 
 def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequence[float] = DEFAULT_ISOS,
              scenes: int = 20, size_px: int = 512, seed: int = 0, overwrite: bool = False,
-             progress: bool = True, population: int = 0, burst_frames: int = 0) -> Path:
+             progress: bool = True, population: int = 0, burst_frames: int = 0, oracle_draws: int = 0) -> Path:
     """Generates a simcam data set.
 
     Args:
@@ -119,6 +123,7 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         population: this many more cameras, drawn across the simulator's parameter space from ``seed``
             (codes ``A0, A1, ...``; see :func:`~nmflowgan.data.simcam.camera.random_camera`).
         burst_frames: 0, or N >= 2 noisy frames per ``train`` folder written as a burst into ``bursts/``.
+        oracle_draws: 0, or K >= 2 further noisy captures in every ``test`` folder (the decorrelated oracle's).
 
     Returns:
         ``out``.
@@ -136,13 +141,16 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         raise BadInputError(f"simcam scenes must be at least 32 px, got {size_px}")
     if burst_frames and burst_frames < MIN_BURST_FRAMES:
         raise BadInputError(f"a simcam burst needs at least {MIN_BURST_FRAMES} frames, got {burst_frames}")
+    if oracle_draws and not MIN_ORACLE_DRAWS <= oracle_draws <= MAX_FURTHER_DRAWS:
+        raise BadInputError(f"the decorrelated oracle needs {MIN_ORACLE_DRAWS} to {MAX_FURTHER_DRAWS} further draws, "
+                            f"got {oracle_draws}")
     size_px = size_px // 2 * 2  # the Bayer mosaic wants an even side
     check_output_folder(out, "a simcam data set", is_simcam_set, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write(staging, chosen, isos, scenes, size_px, seed, progress, burst_frames)
+        _write(staging, chosen, isos, scenes, size_px, seed, progress, burst_frames, oracle_draws)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -163,7 +171,7 @@ def is_simcam_set(folder: Path) -> bool:
 
 
 def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes: int, size_px: int, seed: int,
-           progress: bool, burst_frames: int = 0) -> None:
+           progress: bool, burst_frames: int = 0, oracle_draws: int = 0) -> None:
     """Writes the whole data set into ``staging``."""
     specs = plan_scenes(scenes, seed, available_photos())
     for split in SPLITS:
@@ -182,8 +190,10 @@ def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes
                     instance += 1
                     generator = torch.Generator().manual_seed(noise_seed(seed, spec.index, camera_index, iso))
                     bursts = burst_frames if spec.split == "train" else 0
-                    # the first two draws are the same whatever follows them: bursts leave train/ as it was
-                    clean, noisy = camera.capture_raw(raw, iso, max(2, bursts), generator)
+                    further = oracle_draws if spec.split == "test" else 0
+                    # the first two draws are the same whatever follows them: bursts and further draws leave the
+                    # pair and its oracle as they were
+                    clean, noisy = camera.capture_raw(raw, iso, max(2, bursts, 2 + further), generator)
                     fields = SiddFolder(instance, spec.index + 1, camera.code, int(round(iso)),
                                         min(99999, int(round(4e5 / iso))), 5500, brightness)
                     folder = staging / spec.split / fields.name
@@ -192,6 +202,8 @@ def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes
                         clean_path, noisy_path = fields.pair_files(folder, capture)
                         write_png(clean_path, clean)
                         write_png(noisy_path, draw)
+                    for index in range(further):
+                        write_png(fields.pair_files(folder, further_capture(index))[1], noisy[2 + index])
                     if bursts:
                         _write_burst(staging / BURSTS / fields.name, noisy, camera.code, iso)
                     bar.update()
@@ -200,7 +212,7 @@ def _write(staging: Path, chosen: list[VirtualCamera], isos: list[float], scenes
         "isos": isos, "cameras": [c.to_dict() for c in chosen],
         "scenes": [{"index": s.index, "kind": s.kind, "seed": s.seed, "split": s.split} for s in specs],
         "captures": {"010": "clean + noisy draw 1", "011": "the same clean + independent noisy draw 2"},
-        "burst_frames": burst_frames,
+        "burst_frames": burst_frames, "oracle_draws": oracle_draws,
     }
     write_text(staging / "simcam.json", json.dumps(meta, indent=2) + "\n")
     log.info("simcam: wrote %d pairs (%d scenes x %d cameras x %d ISOs)", total, len(specs), len(chosen), len(isos))
