@@ -10,6 +10,7 @@ from nmflowgan.conditions import Condition, grid_positions
 from nmflowgan.models.correlation import (
     LatentCorrelation,
     content_classes,
+    label_pairs,
     lag_correlation,
     lag_products,
     phase_lag_correlation,
@@ -69,6 +70,14 @@ def test_phase_lag_correlation_hand_computed():
     # even pixels 0 and 2: value [1, -1]; right neighbours [1, -1] (both), left neighbour only of pixel 2: 1
     assert even.tolist() == pytest.approx([(-1 * 1) / 1, 1.0, (1 * 1 + -1 * -1) / 2])
     assert odd.tolist() == pytest.approx([(1 * 1 + -1 * -1) / 2, 1.0, (1 * -1) / 1])
+
+
+def test_pixel_pairs_counted_by_label_pairs_are_those_phase_lag_correlation_counts():
+    # The content loss counts the pairs once, by label_pairs, and hands them over: the same correlation.
+    z, label = torch.randn(3, 3, 12, 10), torch.randint(6, (3, 12, 10))
+    counted = label_pairs(label, 6, 2).sum(2)
+    assert torch.allclose(phase_lag_correlation(z, label, 6, 2, counted), phase_lag_correlation(z, label, 6, 2),
+                          atol=1e-5)
 
 
 @pytest.mark.parametrize("grid_px", [0, 2])

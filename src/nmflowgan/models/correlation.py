@@ -113,13 +113,16 @@ def label_pairs(label: torch.Tensor, labels: int, max_lag: int) -> torch.Tensor:
     return counts.view(size, size, batch, labels, labels).permute(2, 3, 4, 0, 1)
 
 
-def phase_lag_correlation(z: torch.Tensor, phase: torch.Tensor, labels: int, max_lag: int) -> torch.Tensor:
+def phase_lag_correlation(z: torch.Tensor, phase: torch.Tensor, labels: int, max_lag: int,
+                          pairs: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample correlation of zero-mean ``z`` ``(B, 3, H, W)`` between a pixel of each label (a grid phase, a
     content class or both) and the pixel at lag ``d``: ``E[z_c(p) z_c'(p + d) | phase(p) = f]`` with each value
     first standardized by the variance of its label and channel, each lag averaged over the pixel pairs it has.
 
     Args:
         phase: ``(B, H, W)`` the label of each pixel (:func:`phase_of` for grid phases), in ``[0, labels)``.
+        pairs: ``(B, labels, L, L)`` the pixel pairs of each label at each lag, when the caller has counted them
+            (``label_pairs(phase, labels, max_lag).sum(2)``); else counted here.
 
     Returns:
         ``(B, labels, 3, 3, 2 * max_lag + 1, 2 * max_lag + 1)``.
@@ -132,8 +135,10 @@ def phase_lag_correlation(z: torch.Tensor, phase: torch.Tensor, labels: int, max
     batch, phases = masks.shape[:2]
     by_phase = (masks[:, :, None] * standardized[:, None]).flatten(1, 2)  # (B, P2 * 3, H, W)
     products = lag_products(by_phase, max_lag, standardized)  # (B, P2 * 3, 3, L, L)
-    pairs = lag_products(masks, max_lag, torch.ones_like(masks[:, :1]))  # (B, P2, 1, L, L)
-    return products.view(batch, phases, CHANNELS, CHANNELS, *products.shape[-2:]) / pairs.clamp_min(1)[:, :, :, None]
+    if pairs is None:
+        pairs = lag_products(masks, max_lag, torch.ones_like(masks[:, :1]))[:, :, 0]  # (B, P2, L, L)
+    return (products.view(batch, phases, CHANNELS, CHANNELS, *products.shape[-2:])
+            / pairs.clamp_min(1)[:, :, None, None])
 
 
 class LatentCorrelation(nn.Module):
@@ -250,13 +255,14 @@ class LatentCorrelation(nn.Module):
             target = phase_lag_correlation(centred, self.labels(cond, None, centred), self.phases, max_lag)
         return (self.covariance(cond.features, max_lag) - target).square().mean()
 
-    def implied_covariance(self, features: torch.Tensor, label: torch.Tensor, max_lag: int
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def implied_covariance(self, features: torch.Tensor, label: torch.Tensor, max_lag: int,
+                           neighbours: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """What the filters imply away from borders for an image whose pixels take the filters ``label`` ``(B, H, W)``:
         ``E[z'_c(p) z'_c'(p + d) | label(p) = f]``, the cross-covariance ``C_fg(d)`` averaged over the labels ``g``
         of those pixels' neighbours at ``d``, as ``(B, phases, 3, 3, L, L)``; and each label's share of the pixels,
-        ``(B, phases)``."""
-        neighbours = label_pairs(label, self.phases, max_lag)  # (B, f, g, L, L)
+        ``(B, phases)``. ``neighbours``: :func:`label_pairs` of ``label`` when the caller has counted them."""
+        if neighbours is None:
+            neighbours = label_pairs(label, self.phases, max_lag)  # (B, f, g, L, L)
         implied = torch.einsum("bfcgeyx,bfgyx->bfceyx", self.cross_covariance(features, max_lag), neighbours)
         share = neighbours[..., max_lag, max_lag].sum(2) / label[0].numel()
         return implied / neighbours.sum(2).clamp_min(1)[:, :, None, None], share
@@ -264,6 +270,7 @@ class LatentCorrelation(nn.Module):
     def _content_loss(self, centred: torch.Tensor, cond: Condition, clean: torch.Tensor | None,
                       max_lag: int) -> torch.Tensor:
         label = self.labels(cond, clean, centred)
-        target = phase_lag_correlation(centred, label, self.phases, max_lag)  # (B, f, c, c', L, L)
-        implied, share = self.implied_covariance(cond.features, label, max_lag)
+        neighbours = label_pairs(label, self.phases, max_lag)  # counted once, for the target and the implied
+        target = phase_lag_correlation(centred, label, self.phases, max_lag, neighbours.sum(2))  # (B, f, c, c', L, L)
+        implied, share = self.implied_covariance(cond.features, label, max_lag, neighbours)
         return (share * (implied - target).square().mean(dim=(2, 3, 4, 5))).sum(1).mean()
