@@ -355,7 +355,7 @@ def _write_report(out: Path, noise_run: Path, evaluation: Path, scores: dict, ti
         f"## The same for the last checkpoint, step {noise_steps}", "",
         "`best` is chosen by validation KLD alone, which cannot see spatial correlation; the last checkpoint "
         "shows whether the correlation and the histogram kept improving after it.", "",
-        results_table(last), "",
+        results_table(last, with_charge=False), "",
         "## Noise level and shape (best checkpoint)", "", shape_table(result), "",
         "## Spatial and cross-channel correlation (best checkpoint)", "", correlation_table(result), "",
         "## KLD per camera and ISO", "", condition_table(result, "kld"), "",

@@ -56,8 +56,10 @@ SHAPE_NOTE = (
 )
 
 
-def results_table(realism: Realism) -> str:
-    """The overall table in Markdown, with each source's KLD above the oracle's when there is one."""
+def results_table(realism: Realism, with_charge: bool = True) -> str:
+    """The overall table in Markdown, with each source's KLD above the oracle's when there is one, and below it the
+    correlation charge when the decorrelated oracle was scored (unless ``with_charge`` is False: a second table of
+    the same test patches, whose charge is the same)."""
     oracle = realism.models["oracle"].kld if "oracle" in realism.models else None
     header = ("| model | KLD | AKLD | corr_error | neighbour KLD | skew match |"
               + (" KLD above oracle |" if oracle is not None else ""))
@@ -69,7 +71,7 @@ def results_table(realism: Realism) -> str:
             line += f" {scores.kld - oracle:+.4f} |"
         lines.append(line)
     charge = correlation_charge(realism.models)
-    if charge is not None:
+    if charge is not None and with_charge:
         lines += ["", f"Correlation charge: {charge:+.4f}, the oracle's KLD minus the {DECORRELATED}'s (the same "
                   "real noise, each value from one of several further captures, so neighbours no longer correlate): "
                   "what the per-patch KLD charges the true noise for its spatial correlation. A model whose noise is "
