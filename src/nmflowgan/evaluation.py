@@ -35,6 +35,7 @@ import torch
 from nmflowgan.data.folders import default_splits, find_pairs
 from nmflowgan.data.io import MAX_PIXELS
 from nmflowgan.data.patches import PatchBatch, PatchDataset, collate
+from nmflowgan.data.sidd import MIN_FURTHER_DRAWS
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, DataError
 from nmflowgan.metrics.noise_stats import NoiseStats
@@ -194,7 +195,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         "nmflowgan": model_noise(model, True, options, protocol.rounded)}
     if all(r.oracle is not None for r in usable):
         sources["oracle"] = oracle_noise
-        if min(len(r.oracle_draws) for r in usable) >= 2 and len({len(r.oracle_draws) for r in usable}) == 1:
+        draws = {len(r.oracle_draws) for r in usable}  # every test pair with the same number, enough to pick among
+        if len(draws) == 1 and min(draws) >= MIN_FURTHER_DRAWS:
             sources[DECORRELATED] = decorrelated_oracle_noise
     generators = {name: torch.Generator().manual_seed(seed + STREAMS[name]) for name in sources}
 

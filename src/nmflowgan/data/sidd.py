@@ -24,14 +24,6 @@ log = logging.getLogger(__name__)
 
 FOLDER_PATTERN = re.compile(r"^(\d{4})_(\d{3})_([A-Z0-9]{2})_(\d{5})_(\d{5})_(\d{4})_([LNH])$")
 CAPTURES = ("010", "011")
-# A simcam test folder's further noisy draws of the same clean image are captures 012, 013... (three digits).
-FIRST_FURTHER_CAPTURE = 12
-MAX_FURTHER_DRAWS = 1000 - FIRST_FURTHER_CAPTURE
-
-
-def further_capture(index: int) -> str:
-    """The capture number (``"012"``, ``"013"``...) of further draw ``index`` (0-based)."""
-    return f"{FIRST_FURTHER_CAPTURE + index:03d}"
 # The standard noise-model split of SIDD by instance id (as the NM-FlowGAN and Noise Flow papers use).
 TRAIN_INSTANCES = frozenset((4, 11, 13, 17, 18, 20, 22, 23, 25, 27, 28, 29, 30, 34, 35, 39, 40, 42, 43, 44, 45,
                              47, 81, 86, 88, 90, 101, 102, 104, 105, 110, 111, 115, 116, 125, 126, 127, 129, 132,
@@ -39,6 +31,16 @@ TRAIN_INSTANCES = frozenset((4, 11, 13, 17, 18, 20, 22, 23, 25, 27, 28, 29, 30, 
 TEST_INSTANCES = frozenset((54, 55, 57, 59, 60, 62, 63, 66, 150, 151, 152, 154, 155, 159, 160, 161, 163, 164, 165,
                             166, 198, 199))
 SPLITS = {"sidd-train": TRAIN_INSTANCES, "sidd-test": TEST_INSTANCES}
+# A simcam test folder's further noisy draws of the same clean image are captures 012, 013... (three digits); the
+# decorrelated oracle picks among at least two of them (one would be a second oracle).
+FIRST_FURTHER_CAPTURE = 12
+MIN_FURTHER_DRAWS = 2
+MAX_FURTHER_DRAWS = 1000 - FIRST_FURTHER_CAPTURE
+
+
+def further_capture(index: int) -> str:
+    """The capture number (``"012"``, ``"013"``...) of further draw ``index`` (0-based)."""
+    return f"{FIRST_FURTHER_CAPTURE + index:03d}"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from PIL import Image
 from nmflowgan import __version__
 from nmflowgan.atomic import write_text
 from nmflowgan.data.io import EXIF_IFD, EXIF_ISO, EXIF_MODEL, write_png
-from nmflowgan.data.sidd import MAX_FURTHER_DRAWS, SiddFolder, further_capture
+from nmflowgan.data.sidd import MAX_FURTHER_DRAWS, MIN_FURTHER_DRAWS, SiddFolder, further_capture
 from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, camera_population, scene_tensor
 from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
 from nmflowgan.errors import BadInputError
@@ -47,7 +47,6 @@ VAL_EVERY = 4
 SPLITS = ("train", "val", "test")
 BURSTS = "bursts"
 MIN_BURST_FRAMES = 2
-MIN_ORACLE_DRAWS = 2  # one draw is the oracle again: decorrelating picks among at least two
 
 
 @dataclass(frozen=True)
@@ -141,8 +140,8 @@ def simulate(out: str | Path, cameras: Sequence[str] | None = None, isos: Sequen
         raise BadInputError(f"simcam scenes must be at least 32 px, got {size_px}")
     if burst_frames and burst_frames < MIN_BURST_FRAMES:
         raise BadInputError(f"a simcam burst needs at least {MIN_BURST_FRAMES} frames, got {burst_frames}")
-    if oracle_draws and not MIN_ORACLE_DRAWS <= oracle_draws <= MAX_FURTHER_DRAWS:
-        raise BadInputError(f"the decorrelated oracle needs {MIN_ORACLE_DRAWS} to {MAX_FURTHER_DRAWS} further draws, "
+    if oracle_draws and not MIN_FURTHER_DRAWS <= oracle_draws <= MAX_FURTHER_DRAWS:
+        raise BadInputError(f"the decorrelated oracle needs {MIN_FURTHER_DRAWS} to {MAX_FURTHER_DRAWS} further draws, "
                             f"got {oracle_draws}")
     size_px = size_px // 2 * 2  # the Bayer mosaic wants an even side
     check_output_folder(out, "a simcam data set", is_simcam_set, overwrite)
