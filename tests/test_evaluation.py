@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,11 +53,13 @@ def test_evaluate_writes_results_and_report(tmp_path, tiny_run, simcam_tree):
     assert row["correlation"]["real"]["spatial"][0][0] == pytest.approx(1.0)
     # Simcam noise is spatially correlated: its neighbour differences are narrower than white noise's.
     assert models["oracle"]["neighbour_kld"] < models["gaussian"]["neighbour_kld"]
-    # The oracle is real noise too: its level and shape match the real noise's (simcam noise has heavy tails).
+    # The oracle is real noise too: its level and shape match the real noise's. Pooled over ISO 100 and 1600 and over
+    # dark and bright pixels, the noise mixes levels: tails heavier than a Gaussian's (one channel may come out near 3
+    # on one scene's 40 patches, so the mean over the channels).
     real = results["real"]
     assert models["oracle"]["std"] == pytest.approx(real["std"], rel=0.1)
     assert models["oracle"]["kurtosis"] == pytest.approx(real["kurtosis"], rel=0.15)
-    assert all(k > 3 for k in real["kurtosis"])
+    assert np.mean(real["kurtosis"]) > 3.3
     text = (tmp_path / "eval" / "report.md").read_text()
     assert "| oracle |" in text and "AKLD" in text and "samples.png" in text and "kurtosis R / G / B" in text
     assert "Protocol `default`" in text and "R-G / G-B / R-B" in text
@@ -100,12 +103,13 @@ def test_official_protocol_scores_every_96px_patch_at_stride_48_unrounded(tmp_pa
     assert official.protocol.to_dict() == {"name": "official", "patch_px": 96, "stride_px": 48, "max_patches": None,
                                            "rounded": False}
     # Generated noise is clipped to the 8-bit range but not rounded (the flow's own sample is integer-valued:
-    # its dequantization layer inverts to a floor), and rounded under the default protocol.
+    # its dequantization layer inverts to a floor), and rounded under the default protocol; both to within float32's
+    # round-off on values near 255 (1e-5).
     clean = next(iter(official.examples.values()))["clean"].double()
     for examples, rounded in ((official.examples, False), (default.examples, True)):
         for example in examples.values():
             noisy = example["clean"].double() + example["gaussian"]
-            assert bool(((noisy >= 0) & (noisy <= 255)).all())
+            assert bool(((noisy >= -1e-3) & (noisy <= 255 + 1e-3)).all())
             off_integer = (example["gaussian"] - example["gaussian"].round()).abs().max().item()
             assert (off_integer < 1e-3) == rounded
     assert clean.shape[-1] == 96

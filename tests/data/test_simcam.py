@@ -140,6 +140,19 @@ def test_enough_scenes_give_a_val_split_of_its_own_that_training_validates_on():
     assert "val" not in [s.split for s in plan_scenes(6, 3, ["a.png"])], "too few: training holds scenes out itself"
 
 
+@pytest.mark.parametrize("photos", [["a.png", "b.png", "c.png", "d.png"], []])
+@pytest.mark.parametrize("count", [16, 32])
+def test_every_split_holds_every_procedural_kind_its_size_allows(count, photos):
+    from nmflowgan.data.simcam.generate import plan_scenes
+    from nmflowgan.data.simcam.scenes import PROCEDURAL
+
+    specs = plan_scenes(count, 0, photos)
+    for split in ("train", "val", "test"):
+        kinds = [s.kind for s in specs if s.split == split and not s.kind.startswith("photo:")]
+        assert len(set(kinds)) == min(len(kinds), len(PROCEDURAL)), (split, kinds)
+        assert max(map(kinds.count, set(kinds)), default=0) - min(map(kinds.count, set(kinds)), default=0) <= 1
+
+
 def test_the_simulator_writes_val_and_training_picks_it(tmp_path):
     from nmflowgan.data.training_data import validation_split
 

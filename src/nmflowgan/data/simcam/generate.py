@@ -60,23 +60,33 @@ class SceneSpec:
 
 
 def plan_scenes(count: int, seed: int, photos: Sequence[str]) -> list[SceneSpec]:
-    """Alternates bundled photos and procedural kinds; splits so that no photo is in both splits."""
-    specs = []
+    """Alternates bundled photos and procedural scenes. Splits by position, so that no photo is in two splits, then
+    cycles the procedural kinds within each split, so that every split holds every kind its number of procedural
+    scenes allows (kinds cycled over all positions would fall into the splits by the splits' own period: test/
+    once held only flat patches and textures, train/ only dead leaves and gradients)."""
+    kinds: list[str | None] = []
+    splits: list[str] = []
     for index in range(count):
-        scene_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        position = index // 2
         if photos and index % 2 == 0:
-            photo_index = position % len(photos)
-            kind, test = f"photo:{photos[photo_index]}", photo_index % TEST_EVERY == TEST_EVERY - 1
+            photo_index = (index // 2) % len(photos)
+            kinds.append(f"photo:{photos[photo_index]}")
+            test = photo_index % TEST_EVERY == TEST_EVERY - 1
         else:
-            kind, test = PROCEDURAL[position % len(PROCEDURAL)], index % TEST_EVERY == TEST_EVERY - 1
-        specs.append(SceneSpec(index, kind, scene_seed, "test" if test else "train"))
-    if count >= 2 and all(s.split == "train" for s in specs):
-        specs[-1] = SceneSpec(specs[-1].index, specs[-1].kind, specs[-1].seed, "test")
-    procedural = [i for i, s in enumerate(specs) if s.split == "train" and not s.kind.startswith("photo:")]
+            kinds.append(None)  # procedural: its kind is picked below, once its split is known
+            test = index % TEST_EVERY == TEST_EVERY - 1
+        splits.append("test" if test else "train")
+    if count >= 2 and all(split == "train" for split in splits):
+        splits[-1] = "test"
+    procedural = [i for i in range(count) if splits[i] == "train" and kinds[i] is None]
     for i in procedural[VAL_EVERY - 1 :: VAL_EVERY]:  # photos stay out: one photo may recur among the scenes
-        specs[i] = SceneSpec(specs[i].index, specs[i].kind, specs[i].seed, "val")
-    return specs
+        splits[i] = "val"
+    in_split = dict.fromkeys(SPLITS, 0)
+    for i in range(count):
+        if kinds[i] is None:
+            kinds[i] = PROCEDURAL[in_split[splits[i]] % len(PROCEDURAL)]
+            in_split[splits[i]] += 1
+    return [SceneSpec(i, str(kinds[i]), int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), splits[i])
+            for i in range(count)]
 
 
 def camera_by_code(codes: Sequence[str] | None, population: int = 0, seed: int = 0) -> list[VirtualCamera]:
