@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from nmflowgan.data.io import write_png
-from nmflowgan.data.simcam.scenes import available_photos, make_scene
+from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
 
 
 def read_rows(metadata: Path) -> list[dict[str, str]]:
@@ -61,8 +61,7 @@ def chosen_pairs(rows: list[dict[str, str]], pairs: str, seed: int) -> list[dict
 def write_scenes(folder: Path, scenes: int) -> None:
     """``scenes`` simulator scenes of 512 px (photographs and procedural kinds in turn) as PNGs in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    # the procedural kinds in the order docs/adapt.md's rows were measured with (PROCEDURAL's order changed since)
-    kinds = [f"photo:{p}" for p in available_photos()] + ["dead_leaves", "flat_patches", "gradients", "texture"]
+    kinds = [f"photo:{p}" for p in available_photos()] + list(PROCEDURAL)
     for index in range(scenes):
         scene = make_scene(kinds[index % len(kinds)], index, 512)
         write_png(folder / f"scene_{index:03d}.png", np.ascontiguousarray(scene))

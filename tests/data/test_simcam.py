@@ -147,6 +147,7 @@ def test_every_split_holds_every_procedural_kind_its_size_allows(count, photos):
     from nmflowgan.data.simcam.scenes import PROCEDURAL
 
     specs = plan_scenes(count, 0, photos)
+    assert {s.kind for s in specs if not s.kind.startswith("photo:")} == set(PROCEDURAL)
     for split in ("train", "val", "test"):
         kinds = [s.kind for s in specs if s.split == split and not s.kind.startswith("photo:")]
         assert len(set(kinds)) == min(len(kinds), len(PROCEDURAL)), (split, kinds)

@@ -10,15 +10,12 @@ import torch
 from nmflowgan import api
 from nmflowgan.data.io import write_png
 from nmflowgan.data.simcam.camera import random_camera
-from nmflowgan.data.simcam.scenes import make_scene
+from nmflowgan.data.simcam.scenes import PROCEDURAL, make_scene
 from nmflowgan.errors import BadInputError
 from nmflowgan.models.adaptation import grown_model, restrict_to_new_cameras
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
 from tests.conftest import exit_code
-
-# The new camera's scenes, in the order its pairs take them (the thresholds below were set on these scenes).
-KINDS = ("dead_leaves", "flat_patches", "gradients", "texture")
 
 
 def _perturbed(cameras=("AA", "BB"), seed=0):
@@ -115,7 +112,7 @@ def _new_camera(code="ZZ"):
 def _noise_std_against_the_camera(model, camera, iso):
     """``(std of the noise model draws as camera, std of the drawn camera's own noise)`` (8-bit units) on the
     camera's clean image of a 96 px scene it never trained on."""
-    clean, noisy = _new_camera().capture(make_scene(KINDS[0], 777, 96), iso, 1, torch.Generator().manual_seed(3))
+    clean, noisy = _new_camera().capture(make_scene(PROCEDURAL[0], 777, 96), iso, 1, torch.Generator().manual_seed(3))
     true = noisy[0].astype(np.float64) - clean
     clean01 = torch.from_numpy(clean).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
@@ -130,7 +127,7 @@ def _new_camera_pairs(folder, count, seed=0, size=192, isos=(400, 1600), code="Z
     rows = ["clean,noisy,camera,iso"]
     for i in range(count):
         iso = isos[i % len(isos)]
-        clean, noisy = camera.capture(make_scene(KINDS[i % len(KINDS)], 100 * seed + i, size), iso, 1,
+        clean, noisy = camera.capture(make_scene(PROCEDURAL[i % len(PROCEDURAL)], 100 * seed + i, size), iso, 1,
                                       torch.Generator().manual_seed(i))
         write_png(folder / f"c{i}.png", clean)
         write_png(folder / f"n{i}.png", noisy[0])

@@ -31,7 +31,7 @@ from nmflowgan.atomic import write_text
 from nmflowgan.data.io import EXIF_IFD, EXIF_ISO, EXIF_MODEL, write_png
 from nmflowgan.data.sidd import MAX_FURTHER_DRAWS, MIN_FURTHER_DRAWS, SiddFolder, further_capture
 from nmflowgan.data.simcam.camera import ISO_RANGE, VirtualCamera, builtin_cameras, camera_population, scene_tensor
-from nmflowgan.data.simcam.scenes import PROCEDURAL, available_photos, make_scene
+from nmflowgan.data.simcam.scenes import available_photos, make_scene
 from nmflowgan.errors import BadInputError
 from nmflowgan.outputs import check_output_folder
 from nmflowgan.progress import progress as progress_bar
@@ -47,6 +47,9 @@ VAL_EVERY = 4
 SPLITS = ("train", "val", "test")
 BURSTS = "bursts"
 MIN_BURST_FRAMES = 2
+# The procedural kinds in the order a split receives them: the richest content first, flat patches last (the smooth
+# areas of every other kind stand in for them), so that a split of three procedural scenes misses flat patches only.
+SPLIT_KIND_ORDER = ("dead_leaves", "texture", "gradients", "flat_patches")
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def plan_scenes(count: int, seed: int, photos: Sequence[str]) -> list[SceneSpec]
     in_split = dict.fromkeys(SPLITS, 0)
     for i in range(count):
         if kinds[i] is None:
-            kinds[i] = PROCEDURAL[in_split[splits[i]] % len(PROCEDURAL)]
+            kinds[i] = SPLIT_KIND_ORDER[in_split[splits[i]] % len(SPLIT_KIND_ORDER)]
             in_split[splits[i]] += 1
     return [SceneSpec(i, str(kinds[i]), int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), splits[i])
             for i in range(count)]

@@ -16,9 +16,7 @@ log = logging.getLogger(__name__)
 # Colour photographs bundled with scikit-image (loaded offline, no download).
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field",
           "immunohistochemistry", "stereo_motorcycle")
-# In the order a split of few scenes receives them (data/simcam/generate.py cycles them within each split): the
-# richest content first, flat patches, which every other kind's smooth areas stand in for, last.
-PROCEDURAL = ("dead_leaves", "texture", "gradients", "flat_patches")
+PROCEDURAL = ("dead_leaves", "flat_patches", "gradients", "texture")
 
 
 def dead_leaves(size: int, rng: np.random.Generator) -> np.ndarray:
