@@ -40,7 +40,7 @@ from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError, DataError
 from nmflowgan.metrics.noise_stats import NoiseStats
 from nmflowgan.metrics.realism import Condition, Realism, RealismScorer
-from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.models.noise_model import NoiseModel, exact_8bit_noise
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.noise_sources import (
     NoiseSource,
@@ -207,24 +207,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
             batch = collate([test[i] for i in indices[start : start + batch_size]])
             clean = batch.clean.double() / 255.0
             real = batch.noisy.double() - batch.clean.double()
-            noises = {name: as_recorded(draw(clean.float(), batch, generators[name]), batch.clean, protocol.rounded)
-                      for name, draw in sources.items()}
+            drawn = {name: draw(clean.float(), batch, generators[name]) for name, draw in sources.items()}
+            noises = {name: exact_8bit_noise(noise, batch.clean, protocol.rounded) for name, noise in drawn.items()}
             conditions = list(zip(batch.cameras, batch.isos.tolist()))
             scorer.update(clean, real, noises, conditions)
             _keep_examples(examples, batch, conditions, real, noises)
     sampling = "plain" if options.is_plain else f"optimized {options.precision}"
     return EvalResult(scorer.result(), protocol, seed, sampling, scorer.stats(), scorer.histograms(), examples,
                       dict(sorted(skipped.items())))
-
-
-def as_recorded(noise: torch.Tensor, clean_8bit: torch.Tensor, rounded: bool) -> torch.Tensor:
-    """A source's noise (8-bit units) made exactly what a camera records on ``clean_8bit`` (integers 0-255), in float64:
-    ``clean + noise`` clipped to [0, 255] and, where ``rounded``, an integer. The sources draw on the clean image in
-    float32, where ``k / 255 * 255`` can miss ``k`` by 1.5e-5 near 255; this takes that round-off out (it moves no
-    value by more than it), so every scored noisy value is one the 8-bit image could hold."""
-    clean = clean_8bit.double()
-    noisy = (clean + noise.double()).clamp(0, 255)
-    return (noisy.round() if rounded else noisy) - clean
 
 
 def _keep_examples(examples: dict[Condition, dict[str, torch.Tensor]], batch: PatchBatch,

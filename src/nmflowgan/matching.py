@@ -24,7 +24,7 @@ from nmflowgan.data.patches import PatchBatch, PatchDataset, collate, evenly_spa
 from nmflowgan.devices import resolve_device
 from nmflowgan.errors import BadInputError
 from nmflowgan.metrics.kld import kld
-from nmflowgan.models.noise_model import NoiseModel
+from nmflowgan.models.noise_model import NoiseModel, exact_8bit_noise
 from nmflowgan.progress import progress as progress_bar
 from nmflowgan.seeds import checked_seed
 
@@ -163,5 +163,5 @@ def _kld(model: NoiseModel, batch: PatchBatch, camera: str, iso: float, seed: in
     clean = batch.clean.float().to(device) / 255.0
     grid = batch.grid.to(device) if batch.grid is not None else None
     cond = model.encode(camera, [iso] * len(clean), len(clean), grid=grid)
-    drawn = model.draw(clean, cond, torch.Generator(device).manual_seed(seed))
-    return kld((batch.noisy.float() - batch.clean.float()).to(device), drawn)
+    drawn = exact_8bit_noise(model.draw(clean, cond, torch.Generator(device).manual_seed(seed)), batch.clean)
+    return kld((batch.noisy.double() - batch.clean.double()).to(device), drawn)

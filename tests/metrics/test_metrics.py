@@ -32,6 +32,25 @@ def test_kld_of_two_single_bin_histograms_matches_the_hand_computed_value():
     assert kld(real, generated) == pytest.approx(expected, rel=1e-12)
 
 
+def test_noise_drawn_on_a_float32_clean_image_is_scored_as_the_integers_a_camera_records():
+    from nmflowgan.models.noise_model import exact_8bit_noise, quantize
+
+    clean_8bit = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(4, 3, 16, 16)
+    clean = clean_8bit.float() / 255  # what every sampler draws on
+    drawn = quantize(clean, 3 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0)))
+    recorded = drawn.double().round()  # what the camera would have recorded, as noise
+    assert ((recorded == 0) & (drawn < 0)).any()  # a recorded 0 that the KLD's edge at 0 puts a bin too low
+    assert kld(recorded, drawn) > 0.005  # 0.0105 here: as much as the gaps the project measures
+    exact = exact_8bit_noise(drawn, clean_8bit)
+    assert exact.dtype == torch.float64 and torch.equal(exact, recorded)
+    assert kld(recorded, exact) == 0
+    # clipped and rounded as a camera records, unrounded on request (the official protocol)
+    noisy = exact_8bit_noise(torch.full(clean.shape, 2.6), clean_8bit) + clean_8bit.double()
+    assert noisy.max() == 255 and torch.equal(noisy, noisy.round())
+    unrounded = exact_8bit_noise(torch.full(clean.shape, 2.6), clean_8bit, rounded=False) + clean_8bit.double()
+    assert unrounded.max() == 255 and unrounded.min() == pytest.approx(2.6)
+
+
 def test_kld_per_patch_and_identity():
     torch.manual_seed(0)
     noise = torch.randn(4, 3, 16, 16) * 10

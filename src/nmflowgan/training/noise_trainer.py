@@ -42,7 +42,7 @@ from nmflowgan.errors import BadInputError
 from nmflowgan.metrics.realism import RealismScorer
 from nmflowgan.models.critic import Critic
 from nmflowgan.models.files import built_within_budget
-from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, quantize
+from nmflowgan.models.noise_model import WEIGHTS_FILE, NoiseModel, exact_8bit_noise, quantize
 from nmflowgan.models.sampler import SamplingOptions
 from nmflowgan.training.batching import GlobalBatchSampler
 from nmflowgan.training.checkpoint import TrainingState
@@ -341,7 +341,8 @@ def validation_scores(model: NoiseModel, patches: PatchBatch, seed: int, batch_s
         clean = clean / 255.0
         grid = patches.grid[part] if patches.grid is not None else None
         cond = model.encode(patches.cameras[part], isos[part], clean.shape[0], grid=grid)
-        fake = model.draw(clean, cond, generator, options=SamplingOptions.plain())
+        fake = exact_8bit_noise(model.draw(clean, cond, generator, options=SamplingOptions.plain()),
+                                patches.clean[part])
         scorer.update(clean, real, {"model": fake}, list(zip(patches.cameras[part], isos[part])))
     scores = scorer.result().models["model"]
     return {"val_kld": scores.kld, "val_akld": scores.akld, "val_corr_error": scores.corr_error}
