@@ -247,10 +247,11 @@ def exact_8bit_noise(noise_255: torch.Tensor, clean_8bit: torch.Tensor, rounded:
     """Noise drawn on an 8-bit clean image, made exactly what a camera records on it, in float64: ``clean + noise``
     clipped to [0, 255] and, where ``rounded``, an integer, minus ``clean``.
 
-    A model draws on the clean image as float32 in [0, 1], where ``k / 255 * 255`` misses ``k`` by up to 1.5e-5, and
-    :func:`quantize` returns the noise relative to that: a recorded value of 0 can come out as -1e-5. The KLD's bin
-    edges are whole levels (:mod:`nmflowgan.metrics.kld`), so such a value lands a bin too low; every score that bins
-    drawn noise against real noise takes it through here first. It moves no value by more than that round-off.
+    A noise source draws on the clean image as float32 in [0, 1], and :func:`quantize` takes ``clean * 255 + noise``
+    from the rounded value in float32, whose round-off reaches 1.5e-5 near 255: a recorded noise of 0 can come out as
+    -1e-5. The KLD's bin edges are whole levels (:mod:`nmflowgan.metrics.kld`), so such a value lands a bin too low;
+    every score that bins drawn noise against real noise takes it through here first. It moves no value by more
+    than that round-off.
 
     Args:
         noise_255: ``(B, 3, H, W)`` noise in 8-bit units; clean_8bit: the clean image it was drawn on, integer
