@@ -21,9 +21,8 @@ def saving(camera: dict) -> str:
 
 def breakdown(results: dict, cameras: dict[str, dict], model: str) -> dict[str, dict[str, float]]:
     """``{"iso": {...}, "camera": {...}, "saving": {...}}``: patch-weighted KLD of ``model`` per group."""
-    sums: dict[str, dict[str, list[float]]] = {"iso": defaultdict(lambda: [0.0, 0.0]),
-                                               "camera": defaultdict(lambda: [0.0, 0.0]),
-                                               "saving": defaultdict(lambda: [0.0, 0.0])}
+    sums: dict[str, dict[str, list[float]]] = {axis: defaultdict(lambda: [0.0, 0.0])
+                                               for axis in ("iso", "camera", "saving")}
     for row in results["per_condition"]:
         weight, kld = row["n_patches"], row["models"][model]["kld"]
         for axis, key in (("iso", f"{row['iso']:g}"), ("camera", row["camera"]),
