@@ -18,14 +18,21 @@ from nmflowgan.data.sidd import SiddFolder, load_sidd_blocks, read_mat_array, sc
 from nmflowgan.errors import DataError
 
 folder_fields = st.builds(
-    SiddFolder, st.integers(0, 9999), st.integers(0, 999), st.text("ABCGINPS0123456789", min_size=2, max_size=2),
-    st.integers(1, 99999), st.integers(0, 99999), st.integers(0, 9999), st.sampled_from("LNH"),
+    SiddFolder, st.integers(0, 10**6), st.integers(0, 10**4), st.text("ABCGINPS0123456789", min_size=2, max_size=2),
+    st.integers(1, 10**6), st.integers(0, 99999), st.integers(0, 9999), st.sampled_from("LNH"),
 )
 
 
 @given(folder_fields)
 def test_folder_names_round_trip(fields):
     assert SiddFolder.parse(fields.name) == fields
+
+
+def test_folder_names_grow_past_their_sidd_width():
+    """A simulator set of more than 9,999 pairs names its instances 10000 on: the reader takes them."""
+    assert SiddFolder.parse("10361_057_V1_00050_08000_5500_N") == SiddFolder(10361, 57, "V1", 50, 8000, 5500, "N")
+    with pytest.raises(DataError, match="not a SIDD folder name"):
+        SiddFolder.parse("00361_057_V1_00050_08000_5500_N")  # a fifth digit only where the number needs it
 
 
 @given(st.text(max_size=40))

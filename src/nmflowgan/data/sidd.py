@@ -22,7 +22,10 @@ from nmflowgan.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FOLDER_PATTERN = re.compile(r"^(\d{4})_(\d{3})_([A-Z0-9]{2})_(\d{5})_(\d{5})_(\d{4})_([LNH])$")
+# Instance, scene and ISO take their SIDD width or more digits (no leading zero beyond it), as the names are written:
+# a simulator data set of more than 9,999 pairs numbers its instances from 10000 on.
+FOLDER_PATTERN = re.compile(r"^(\d{4}|[1-9]\d{4,})_(\d{3}|[1-9]\d{3,})_([A-Z0-9]{2})_(\d{5}|[1-9]\d{5,})"
+                            r"_(\d{5})_(\d{4})_([LNH])$")
 CAPTURES = ("010", "011")
 # The standard noise-model split of SIDD by instance id (as the NM-FlowGAN and Noise Flow papers use).
 TRAIN_INSTANCES = frozenset((4, 11, 13, 17, 18, 20, 22, 23, 25, 27, 28, 29, 30, 34, 35, 39, 40, 42, 43, 44, 45,
