@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from nmflowgan.condition_input import ConditionInput, ConditionPlanes, condition_channels, grow_cameras
-from nmflowgan.conditions import ConditionSpace
+from nmflowgan.condition_input import CameraGrid, ConditionInput, ConditionPlanes, condition_channels, grow_cameras
+from nmflowgan.conditions import ConditionSpace, grid_positions
 from nmflowgan.errors import BadInputError
 from nmflowgan.models.noise_model import NoiseModel
 
@@ -52,3 +52,33 @@ def test_a_layer_that_reads_the_features_another_way_is_refused():
     bigger = NoiseModel.from_preset("paper", cameras=("A", "B"), isos=(100, 800))
     with pytest.raises(BadInputError, match="cannot grow .*log_scale"):
         grow_cameras(onehot, bigger, 1, [0])
+
+
+def test_a_camera_grid_adds_each_cameras_own_value_at_each_grid_position_and_grows_by_zero_columns():
+    """``CameraGrid``: camera c at a pixel of grid phase (r, q) gets ``table[channel, (r, q), c]``; a grown model's
+    tables keep the base's columns and start the new cameras' at zero (where the base had none, all zero)."""
+    space = ConditionSpace(("A", "B"), (100, 800))
+    grid = CameraGrid(3, 2, 2)
+    with torch.no_grad():
+        grid.table.copy_(torch.arange(24, dtype=torch.float32).view(12, 2))  # row: channel * 4 + phase
+    positions = grid_positions(2, 3, 4, top=1)  # rows 1..3: phases (1, q), (0, q), (1, q)
+    out = grid(positions, space.encode(["A", "B"], [100, 800], 2).features)
+    assert out.shape == (2, 3, 3, 4)
+    for b, camera in enumerate((0, 1)):
+        for y in range(3):
+            for x in range(4):
+                phase = ((1 + y) % 2) * 2 + x % 2
+                assert torch.equal(out[b, :, y, x], grid.table[[c * 4 + phase for c in range(3)], camera])
+
+    class _Gridded(nn.Module):
+        def __init__(self, cameras: int) -> None:
+            super().__init__()
+            self.camera_grid = CameraGrid(3, cameras, 2)
+
+    base, grown = _Gridded(2), _Gridded(3)
+    with torch.no_grad():
+        base.camera_grid.table.normal_()
+    assert grow_cameras(base, grown, 2, [1]) == {"camera_grid.table": slice(2, 3)}
+    assert torch.equal(grown.camera_grid.table[:, :2], base.camera_grid.table)
+    assert torch.equal(grown.camera_grid.table[:, 2], base.camera_grid.table[:, 1])  # the source's values, copied
+    assert grow_cameras(nn.Module(), _Gridded(3), 2, [1]) == {"camera_grid.table": slice(2, 3)}

@@ -9,9 +9,10 @@ a camera one-hot followed by the ISO feature) through one of two layers, and thr
   refiner or critic that sees the condition);
 
 and, in a model that gives cameras parameters of their own (an adapted model, ``FlowConfig.camera_adapters``),
-through :class:`CameraModulation`: a scale and a shift per camera of each hidden channel of the flow's networks.
+through :class:`CameraModulation`: a scale and a shift per camera of each hidden channel of the flow's networks,
+and :class:`CameraGrid`: a value per camera and grid position (``FlowConfig.camera_grid_px``).
 
-In all three, column ``first_feature + c`` of the weight (axis 1) reads camera ``c``. :func:`grow_cameras` relies
+In all of them, column ``first_feature + c`` of the weight (axis 1) reads camera ``c``. :func:`grow_cameras` relies
 on that alone: it copies a base model into the same architecture over more cameras, starts each new camera's
 column as a copy of a base camera's (so the new camera draws exactly that camera's noise), and refuses any other
 parameter whose shape changed, so a layer that read the features another way could not be grown wrongly.
@@ -60,6 +61,7 @@ class CameraModulation(nn.Module):
     """
 
     first_feature = 0
+    camera_tables = ("scale", "shift")
 
     def __init__(self, cameras: int, channels: int) -> None:
         super().__init__()
@@ -122,6 +124,34 @@ class GridPosition(nn.Module):
         return values.permute(0, 3, 1, 2)
 
 
+class CameraGrid(nn.Module):
+    """A learned value per camera and per position in a ``period`` x ``period`` grid of its frame, added to a layer's
+    output at each pixel: ``(B, 2, H, W)`` grid positions and ``(B, D)`` condition features -> ``(B, out_channels, H,
+    W)``. What :class:`GridPosition` is for every camera, one per camera: a new camera's noise can follow its own
+    colour-filter phases and JPEG blocks while the base's cameras, whose columns stay zero, get exactly 0 added.
+
+    Args:
+        out_channels: channels of the output it is added to; cameras: the vocabulary's cameras (the first
+            ``cameras`` features are their one-hot); period: a divisor of the grid positions' period.
+    """
+
+    first_feature = 0
+    camera_tables = ("table",)
+
+    def __init__(self, out_channels: int, cameras: int, period: int) -> None:
+        super().__init__()
+        self.period = period
+        self.table = nn.Parameter(torch.zeros(out_channels * period * period, cameras))  # cameras on axis 1
+
+    def forward(self, grid: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = grid.shape
+        cameras = features[:, : self.table.shape[1]].to(self.table.dtype)  # one-hot: picks one column exactly
+        tables = nn.functional.linear(cameras, self.table).view(batch, -1, self.period * self.period)
+        position = phase_of(grid, self.period).view(batch, 1, height * width)
+        values = tables.gather(2, position.expand(-1, tables.shape[1], -1))  # (B, out, H * W)
+        return values.view(batch, -1, height, width)
+
+
 def condition_channels(features: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """``(B, D)`` features -> ``(B, D, H, W)`` constant channels shaped like ``like`` ``(B, C, H, W)``, in its dtype."""
     if features is None:
@@ -136,25 +166,25 @@ def grow_cameras(base: nn.Module, grown: nn.Module, base_cameras: int, sources: 
     Returns:
         For each weight that reads the camera, the new cameras' columns (along axis 1).
 
-    A :class:`CameraModulation` the base does not have starts at zero for every camera (the base's cameras draw what
-    they drew; new cameras start as their source camera).
+    A :class:`CameraModulation` or :class:`CameraGrid` the base does not have starts at zero for every camera (the
+    base's cameras draw what they drew; new cameras start as their source camera).
 
     Raises:
         BadInputError: a parameter whose shape changed is not the weight of a :class:`ConditionInput` or
-            :class:`ConditionPlanes` or a table of a :class:`CameraModulation` (it reads the condition some other way,
-            e.g. a table per (camera, ISO) cell).
+            :class:`ConditionPlanes` or a table of a :class:`CameraModulation` or :class:`CameraGrid` (it reads the
+            condition some other way, e.g. a table per (camera, ISO) cell).
     """
     readers = {f"{name}.weight": module for name, module in grown.named_modules()
                if isinstance(module, ConditionInput | ConditionPlanes)}
     readers |= {f"{name}.{table}": module for name, module in grown.named_modules()
-                if isinstance(module, CameraModulation) for table in ("scale", "shift")}
+                if isinstance(module, CameraModulation | CameraGrid) for table in module.camera_tables}
     base_state = base.state_dict()
     columns: dict[str, slice] = {}
     with torch.no_grad():
         for name, target in grown.state_dict().items():
             reader = readers.get(name)
             old = base_state.get(name)
-            if old is None and isinstance(reader, CameraModulation):  # the base reads cameras without modulation
+            if old is None and isinstance(reader, CameraModulation | CameraGrid):  # a table the base does not have
                 old = torch.zeros(target.shape[0], base_cameras, dtype=target.dtype)
             elif old is None:
                 raise BadInputError(f"cannot grow {name}: the base model has no such parameter")

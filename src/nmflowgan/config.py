@@ -62,6 +62,9 @@ class FlowConfig:
         camera_adapters: every hidden layer of SAL, SDL and RQS also gets a scale and a shift per camera
             (:class:`~nmflowgan.condition_input.CameraModulation`, zero at start): what ``adapt --adapt adapters``
             trains for a new camera, so that the base's cameras keep their noise exactly.
+        camera_grid_px: SAL, SDL and RQS also add a learned value per camera and per position in a grid of this period
+            to their first hidden layer (:class:`~nmflowgan.condition_input.CameraGrid`, zero at start): what ``adapt
+            --adapt adapters`` gives a new camera so that its noise can follow its own grid; 0: none.
     """
 
     spec: str = "UD|NE|SAL|SDL|CL2|SAL|SDL|CL2"
@@ -72,6 +75,7 @@ class FlowConfig:
     sdl_embedding: int = 3
     grid_px: int = 0
     camera_adapters: bool = False
+    camera_grid_px: int = 0
 
     def __post_init__(self) -> None:
         names = self.layer_names
@@ -87,6 +91,7 @@ class FlowConfig:
             raise BadInputError(f"receptive_field_px must be odd and >= 3, got {self.receptive_field_px}")
         _check_positive(self, "conv_features", "meta_hidden", "meta_blocks", "sdl_embedding")
         _check_grid(self, "grid_px")
+        _check_grid(self, "camera_grid_px")
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -392,6 +397,7 @@ def to_dict(config: object) -> dict:
 ADDED_LATER: dict[tuple[str, str], object] = {
     ("FlowConfig", "grid_px"): 0,
     ("FlowConfig", "camera_adapters"): False,
+    ("FlowConfig", "camera_grid_px"): 0,
     ("ModelConfig", "correlation_grid_px"): 0,
     ("ModelConfig", "correlation_content"): False,
     ("TrainConfig", "augment"): "all",

@@ -81,8 +81,8 @@ def test_adapting_the_camera_only_changes_the_new_cameras_columns_and_nothing_el
 def test_camera_adapters_start_as_the_identity_and_leave_the_base_cameras_bit_for_bit():
     base = _perturbed()
     model, columns = grown_model(base, ["BB"], ["CC"], adapters=True)
-    modulated = [name for name in columns if ".modulations." in name]
-    assert modulated and all(name.endswith((".scale", ".shift")) for name in modulated)
+    modulated = [name for name in columns if ".modulations." in name or ".camera_grid." in name]
+    assert {name.rsplit(".", 1)[1] for name in modulated} == {"scale", "shift", "table"}  # both kinds, nothing else
     model.eval()
     assert torch.equal(_draw(model, "CC"), _draw(model, "BB"))  # zero tables: the source camera's noise exactly
     trainable = restrict_to_new_cameras(model, columns)

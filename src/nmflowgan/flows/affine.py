@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmflowgan.condition_input import ConditionInput, GridPosition, hidden_modulations, modulated
+from nmflowgan.condition_input import CameraGrid, ConditionInput, GridPosition, hidden_modulations, modulated
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.flows.base import FlowContext, FlowLayer
 
@@ -44,12 +44,16 @@ class ResidualMLP(nn.Module):
         return self.last(h)
 
 
-def grid_term(grid: GridPosition | None, context: FlowContext, like: torch.Tensor) -> torch.Tensor | float:
-    """What ``grid`` adds at each pixel of ``like`` ``(B, F, H, W)`` (in its dtype) for the context's grid positions; 0
-    for a layer without one."""
-    if grid is None:
-        return 0.0
-    return grid(context.cond.grid_like(like)).to(like.dtype)
+def grid_term(grid: GridPosition | None, context: FlowContext, like: torch.Tensor,
+              camera_grid: CameraGrid | None = None) -> torch.Tensor | float:
+    """What ``grid`` and ``camera_grid`` add at each pixel of ``like`` ``(B, F, H, W)`` (in its dtype) for the
+    context's grid positions (and, for ``camera_grid``, each sample's camera); 0 for a layer without either."""
+    term: torch.Tensor | float = 0.0
+    if grid is not None:
+        term = grid(context.cond.grid_like(like)).to(like.dtype)
+    if camera_grid is not None:
+        term = term + camera_grid(context.cond.grid_like(like), context.cond.features).to(like.dtype)
+    return term
 
 
 def with_condition_planes(meta: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -89,10 +93,12 @@ class SignalAwareAffine(ConditionalAffine):
         grid_px: period of the grid read (0: none).
         camera_adapters: a scale and shift per camera of every hidden layer
             (:class:`~nmflowgan.condition_input.CameraModulation`).
+        camera_grid_px: period of a grid read per camera (:class:`~nmflowgan.condition_input.CameraGrid`; 0: none).
     """
 
     def __init__(self, channels: int, space: ConditionSpace, features: int, receptive_field_px: int,
-                 meta_hidden: int, meta_blocks: int, grid_px: int = 0, camera_adapters: bool = False) -> None:
+                 meta_hidden: int, meta_blocks: int, grid_px: int = 0, camera_adapters: bool = False,
+                 camera_grid_px: int = 0) -> None:
         super().__init__()
         self.channels = channels
         layers: list[nn.Module] = [nn.Conv2d(3, features, 1), nn.ReLU()]
@@ -102,13 +108,15 @@ class SignalAwareAffine(ConditionalAffine):
         self.structure = nn.Sequential(*layers)
         self.meta = ResidualMLP(space.feature_dim, 2 * channels, meta_hidden, meta_blocks)
         self.grid = GridPosition(features, grid_px) if grid_px else None
+        self.camera_grid = CameraGrid(features, len(space.cameras), camera_grid_px) if camera_grid_px else None
         self.modulations = hidden_modulations(self.structure, len(space.cameras)) if camera_adapters else None
 
     def scale_bias(self, context: FlowContext) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = context.clean.dtype
         first = self.structure[0](context.clean_compute)
-        structure = modulated(self.structure[1:], first + grid_term(self.grid, context, first), self.modulations,
-                              context.cond.features, start=1).to(dtype)  # (B, 2C, H, W)
+        first = first + grid_term(self.grid, context, first, self.camera_grid)
+        structure = modulated(self.structure[1:], first, self.modulations, context.cond.features,
+                              start=1).to(dtype)  # (B, 2C, H, W)
         meta = self.meta(context.cond.features.to(dtype))[:, :, None, None]  # (B, 2C, 1, 1)
         embedding = structure * meta
         return embedding[:, : self.channels], embedding[:, self.channels :]
@@ -129,14 +137,16 @@ class SignalDependentAffine(ConditionalAffine):
     Pointwise (1x1) convolutions make scale and bias a function of the clean intensity at the same pixel:
     the heteroscedastic, signal-dependent part of camera noise. With ``grid_px`` (the period of the grid read),
     also of the pixel's position in the camera's grid: a learned value per position joins the first hidden layer.
-    With ``camera_adapters``, every hidden layer is scaled and shifted per camera.
+    With ``camera_adapters``, every hidden layer is scaled and shifted per camera; with ``camera_grid_px``, each
+    camera adds values of its own per grid position to the first hidden layer.
     """
 
     # the first two convolutions, which have no activation between them (folded when drawing)
     ENTRY = 2
 
     def __init__(self, channels: int, space: ConditionSpace, features: int, embedding: int,
-                 meta_hidden: int, meta_blocks: int, grid_px: int = 0, camera_adapters: bool = False) -> None:
+                 meta_hidden: int, meta_blocks: int, grid_px: int = 0, camera_adapters: bool = False,
+                 camera_grid_px: int = 0) -> None:
         super().__init__()
         self.channels = channels
         self.meta = ResidualMLP(space.feature_dim, embedding, meta_hidden, meta_blocks)
@@ -149,6 +159,7 @@ class SignalDependentAffine(ConditionalAffine):
             nn.Conv2d(features, 2 * channels, 1), nn.Tanh(),
         )
         self.grid = GridPosition(2 * features, grid_px) if grid_px else None
+        self.camera_grid = CameraGrid(2 * features, len(space.cameras), camera_grid_px) if camera_grid_px else None
         self.modulations = hidden_modulations(self.pointwise, len(space.cameras)) if camera_adapters else None
         self.folded: _FoldedEntry | None = None  # set in sampling copies only (see for_sampling)
 
@@ -160,8 +171,9 @@ class SignalDependentAffine(ConditionalAffine):
             rest = self.pointwise[self.ENTRY :]
         else:
             hidden, rest = self.folded(clean, meta), self.pointwise
-        embedding = modulated(rest, hidden + grid_term(self.grid, context, hidden), self.modulations,
-                              context.cond.features, start=self.ENTRY).to(context.clean.dtype)  # (B, 2C, H, W)
+        hidden = hidden + grid_term(self.grid, context, hidden, self.camera_grid)
+        embedding = modulated(rest, hidden, self.modulations, context.cond.features,
+                              start=self.ENTRY).to(context.clean.dtype)  # (B, 2C, H, W)
         return embedding[:, : self.channels], embedding[:, self.channels :]
 
     def for_sampling(self, dtype: torch.dtype, memory_format: torch.memory_format, fold: bool) -> FlowLayer:

@@ -26,15 +26,17 @@ def build_layer(name: str, config: FlowConfig, space: ConditionSpace, channels: 
         return NoiseExtraction()
     if name == "SAL":
         return SignalAwareAffine(channels, space, config.conv_features, config.receptive_field_px,
-                                 config.meta_hidden, config.meta_blocks, config.grid_px, config.camera_adapters)
+                                 config.meta_hidden, config.meta_blocks, config.grid_px, config.camera_adapters,
+                                 config.camera_grid_px)
     if name == "SDL":
         return SignalDependentAffine(channels, space, config.conv_features, config.sdl_embedding,
-                                     config.meta_hidden, config.meta_blocks, config.grid_px, config.camera_adapters)
+                                     config.meta_hidden, config.meta_blocks, config.grid_px, config.camera_adapters,
+                                     config.camera_grid_px)
     if name == "CL2":
         return ConditionalLinear(channels, space, config.meta_hidden)
     if name == "RQS":
         return ConditionalSpline(channels, space, config.conv_features, config.sdl_embedding, config.meta_hidden,
-                                 config.meta_blocks, config.grid_px, config.camera_adapters)
+                                 config.meta_blocks, config.grid_px, config.camera_adapters, config.camera_grid_px)
     raise ValueError(f"unknown flow layer {name!r}")  # FlowConfig validates names first
 
 

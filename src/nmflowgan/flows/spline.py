@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from nmflowgan.condition_input import GridPosition, hidden_modulations, modulated
+from nmflowgan.condition_input import CameraGrid, GridPosition, hidden_modulations, modulated
 from nmflowgan.conditions import ConditionSpace
 from nmflowgan.flows.affine import ResidualMLP, grid_term, with_condition_planes
 from nmflowgan.flows.base import FlowContext, FlowLayer
@@ -120,10 +120,11 @@ class ConditionalSpline(FlowLayer):
         grid_px: period of the grid read (0: none).
         camera_adapters: a scale and shift per camera of every hidden layer
             (:class:`~nmflowgan.condition_input.CameraModulation`).
+        camera_grid_px: period of a grid read per camera (:class:`~nmflowgan.condition_input.CameraGrid`; 0: none).
     """
 
     def __init__(self, channels: int, space: ConditionSpace, features: int, embedding: int, meta_hidden: int,
-                 meta_blocks: int, grid_px: int = 0, camera_adapters: bool = False) -> None:
+                 meta_blocks: int, grid_px: int = 0, camera_adapters: bool = False, camera_grid_px: int = 0) -> None:
         super().__init__()
         self.channels = channels
         self.meta = ResidualMLP(space.feature_dim, embedding, meta_hidden, meta_blocks)
@@ -136,6 +137,7 @@ class ConditionalSpline(FlowLayer):
         nn.init.zeros_(self.pointwise[-1].weight)  # equal bins and unit slopes: the identity
         nn.init.zeros_(self.pointwise[-1].bias)
         self.grid = GridPosition(features, grid_px) if grid_px else None
+        self.camera_grid = CameraGrid(features, len(space.cameras), camera_grid_px) if camera_grid_px else None
         self.modulations = hidden_modulations(self.pointwise, len(space.cameras)) if camera_adapters else None
 
     def spline(self, context: FlowContext) -> Spline:
@@ -143,7 +145,8 @@ class ConditionalSpline(FlowLayer):
         clean = context.clean_compute
         meta = self.meta(context.cond.features.to(context.clean.dtype))  # (B, E)
         hidden = self.pointwise[0](with_condition_planes(meta, clean))
-        raw = modulated(self.pointwise[1:], hidden + grid_term(self.grid, context, hidden), self.modulations,
+        hidden = hidden + grid_term(self.grid, context, hidden, self.camera_grid)
+        raw = modulated(self.pointwise[1:], hidden, self.modulations,
                         context.cond.features, start=1)  # (B, C * (3K - 1), H, W)
         raw = raw.to(context.clean.dtype)
         batch, _, height, width = raw.shape

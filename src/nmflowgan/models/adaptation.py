@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from nmflowgan.condition_input import grow_cameras
-from nmflowgan.conditions import ConditionSpace
+from nmflowgan.conditions import GRID_PX, ConditionSpace
+from nmflowgan.config import ModelConfig
 from nmflowgan.errors import BadInputError
 from nmflowgan.models.noise_model import NoiseModel
 from nmflowgan.models.sampler import SamplingOptions
@@ -52,14 +53,21 @@ def check_adaptable(space: ConditionSpace, cameras: Sequence[str], isos: Sequenc
                             f"{low:g}-{high:g}")
 
 
+def with_camera_parameters(config: ModelConfig) -> ModelConfig:
+    """``config`` with the parameters of its own that ``adapters`` gives each camera: a scale and shift of every
+    hidden layer of the flow, and a value per position in its :data:`~nmflowgan.conditions.GRID_PX` grid in the first
+    hidden layer of SAL, SDL and RQS (a camera grid the base already reads at another period is kept)."""
+    flow = config.flow
+    flow = dataclasses.replace(flow, camera_adapters=True, camera_grid_px=flow.camera_grid_px or GRID_PX)
+    return dataclasses.replace(config, flow=flow)
+
+
 def grown_model(base: NoiseModel, sources: Sequence[str], cameras: Sequence[str], adapters: bool = False
                 ) -> tuple[NoiseModel, dict[str, slice]]:
     """``base`` over its cameras followed by ``cameras``, new camera ``i`` a copy of base camera ``sources[i]``; and,
     for each weight that reads the camera, the new cameras' columns (axis 1). With ``adapters`` (or a base that has
-    them), the model has a :class:`~nmflowgan.condition_input.CameraModulation` in every hidden layer of its flow."""
-    config = base.config
-    if adapters and not config.flow.camera_adapters:
-        config = dataclasses.replace(config, flow=dataclasses.replace(config.flow, camera_adapters=True))
+    them), the model has the parameters of its own per camera of :func:`with_camera_parameters`."""
+    config = with_camera_parameters(base.config) if adapters else base.config
     model = NoiseModel(config, base.cameras + tuple(cameras), base.isos)
     columns = grow_cameras(base, model, len(base.cameras), [base.space.camera_index(s) for s in sources])
     return model, columns

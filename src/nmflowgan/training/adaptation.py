@@ -30,6 +30,7 @@ from nmflowgan.models.adaptation import (
     grown_model,
     nearest_cameras,
     restrict_to_new_cameras,
+    with_camera_parameters,
 )
 from nmflowgan.models.noise_model import BUILTIN, BUILTIN_DIR, NoiseModel
 from nmflowgan.training.loop import TrainResult, step_generator
@@ -119,7 +120,7 @@ def adaptation_config(base: NoiseModel, adaptation: AdaptationOptions) -> Config
     preset = small()
     model = base.config
     if adaptation.adapt == "adapters":
-        model = dataclasses.replace(model, flow=dataclasses.replace(model.flow, camera_adapters=True))
+        model = with_camera_parameters(model)
     train = dataclasses.replace(preset.train, lr=adaptation.lr or ADAPT_LR[adaptation.adapt],
                                 lr_decay_every=ADAPT_LR_PARTS, lr_decay_unit="run", augment="all")
     return dataclasses.replace(preset, name="adapt", model=model, train=train, gan=None)
