@@ -166,8 +166,9 @@ def _adapt_command(sub: argparse._SubParsersAction) -> None:
     adapt.add_argument("--split", default=None, help="training split (default: as train)")
     adapt.add_argument("--val-split", default=None, help="validation split (default: as train: never the test split)")
     adapt.add_argument("--adapt", choices=ADAPTED_PARAMETERS, default=_default(api.AdaptationOptions, "adapt"),
-                       help="adapters: the new cameras' weights and a scale and shift per new camera of every hidden "
-                            "layer (the base's cameras draw exactly what they drew); camera: only the new cameras' "
+                       help="adapters: the new cameras' weights, a scale and shift per new camera of every hidden "
+                            "layer and a value per new camera of each place in its 8x8 grid (the base's cameras draw "
+                            "exactly what they drew); camera: only the new cameras' "
                             "weights (the same guarantee, less room); all: every weight, on the new pairs and on the "
                             "base's own noise for its cameras")
     adapt.add_argument("--replay", type=float, default=_default(api.AdaptationOptions, "replay"),
