@@ -48,11 +48,14 @@ def grid_term(grid: GridPosition | None, context: FlowContext, like: torch.Tenso
               camera_grid: CameraGrid | None = None) -> torch.Tensor | float:
     """What ``grid`` and ``camera_grid`` add at each pixel of ``like`` ``(B, F, H, W)`` (in its dtype) for the
     context's grid positions (and, for ``camera_grid``, each sample's camera); 0 for a layer without either."""
+    if grid is None and camera_grid is None:
+        return 0.0
+    positions = context.cond.grid_like(like)  # built once for both readers (the upright grid when none is carried)
     term: torch.Tensor | float = 0.0
     if grid is not None:
-        term = grid(context.cond.grid_like(like)).to(like.dtype)
+        term = grid(positions).to(like.dtype)
     if camera_grid is not None:
-        term = term + camera_grid(context.cond.grid_like(like), context.cond.features).to(like.dtype)
+        term = term + camera_grid(positions, context.cond.features).to(like.dtype)
     return term
 
 
