@@ -5,7 +5,8 @@
 # same subset. "real" trains on the real pairs; "synth" on noise ADAPTED draws on their clean images and on the 40
 # clean simulator scenes; "mixed" on both: each real patch keeps its real partner with probability 0.5, the scenes
 # are synthesized; "real+scenes" keeps every real partner and synthesizes the scenes only. Every run validates on
-# scenes held out of the subset's train/ and is scored on its test/. SOURCES picks the sources (default: all four).
+# scenes held out of the subset's train/ and is scored on its test/. SOURCES picks the sources (default: all four);
+# EXTRA another folder of clean images in place of the 40 scenes.
 # Prints one tab-separated row per run: set, source, steps, seed, PSNR, SSIM, noisy PSNR.
 #
 #     bash docs/studies/mixed_denoiser.sh SUBSETS polyu ADAPTED WORK "800 4000" "0 1"
@@ -13,7 +14,7 @@ set -euo pipefail
 SUBSETS=${1:?usage: mixed_denoiser.sh SUBSETS SET ADAPTED WORK [STEPS] [SEEDS]}
 SET=${2:?} ADAPTED=${3:?} WORK=${4:?}
 STEPS=${5:-800} SEEDS=${6:-0} SOURCES=${SOURCES:-real synth mixed real+scenes}
-DATA="$SUBSETS/$SET-k5-s0" SCENES="$SUBSETS/scenes-40"
+DATA="$SUBSETS/$SET-k5-s0" SCENES=${EXTRA:-$SUBSETS/scenes-40}
 mkdir -p "$WORK"
 for steps in $STEPS; do
   for seed in $SEEDS; do
