@@ -28,7 +28,7 @@ for steps in $STEPS; do
       esac
       [ -d "$run/best" ] || nmflowgan train-denoiser "${noise[@]}" --data "$DATA" --preset small --steps "$steps" \
           --val-every 100 --seed "$seed" --out "$run" --device cpu --quiet --overwrite > "$run.log" 2>&1
-      val=$(grep -o "best validation PSNR [0-9.]*" "$run.log" | grep -o "[0-9.]*$")
+      val=$(sed -n 's/.*best validation PSNR \([0-9.]*\).*/\1/p' "$run.log")  # empty, not an exit, if absent
       nmflowgan eval-denoiser --checkpoint "$run" --data "$DATA" --split test --device cpu --json --quiet \
           | python -c "import json, sys; o = json.load(sys.stdin)['overall']; print('\t'.join(map(str, [
               '$SET', '$source', $steps, $seed, round(o['psnr'], 2), round(o['ssim'], 4), round(o['noisy_psnr'], 2),
